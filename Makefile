@@ -1,0 +1,47 @@
+# Two commands from a fresh clone: `make demo` and `make test`.
+# Both install what is missing into .venv first; a second run only re-installs
+# when pyproject.toml or this Makefile changed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck bench loadtest-deps clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 'setuptools<82' wheel
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@# face_recognition declares a dependency on dlib's source distribution (an
+	@# 8-minute compile); dlib-bin provides the same module prebuilt.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'face_recognition==1.3.0'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/portcullis demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway audit biometrics demo_backend tests loadtests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# locust monkey-patches sockets: it gets its own venv and never enters the gateway's process.
+.venv-load/.installed:
+	$(PYTHON) -m venv .venv-load
+	.venv-load/bin/pip install -q --disable-pip-version-check 'locust>=2.30,<3'
+	@touch $@
+
+loadtest-deps: .venv-load/.installed
+
+bench: $(STAMP)
+	$(VENV)/bin/portcullis bench
+
+clean:
+	rm -rf $(VENV) .venv-load var .pytest_cache .mypy_cache

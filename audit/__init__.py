@@ -1,0 +1,1 @@
+"""The tamper-evident audit trail, usable without the gateway (imports nothing of it)."""

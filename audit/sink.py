@@ -1,0 +1,142 @@
+"""Audit sinks: where decision and security-event records become durable.
+
+`write()` returns only once the record is on disk (fsync), so the gateway can
+forward trade, transfer and admin requests strictly after their decision
+record is durable. Writes are group-committed: records arriving within
+`fsync_interval` share one write and one fsync, which keeps the per-record
+cost to a JSON dump and a list append on the event loop.
+
+The audit issue hardens this (SM3 hash chain, SM2-signed checkpoints,
+rotation and retention, a PostgreSQL store) behind the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class AuditWriteError(Exception):
+    """The record could not be made durable."""
+
+
+class AuditSink(Protocol):
+    async def write(self, record: Mapping[str, Any]) -> None:
+        """Return once the record is durable; raise AuditWriteError otherwise."""
+        ...
+
+    def submit(self, record: Mapping[str, Any]) -> asyncio.Future[None]:
+        """Queue the record without waiting; the future resolves when durable."""
+        ...
+
+    @property
+    def backlog(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+def encode(record: Mapping[str, Any]) -> bytes:
+    """Canonical line form: sorted keys, compact, UTF-8, one line."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str).encode("utf-8") + b"\n"
+
+
+class FileAuditSink:
+    """Append-only JSON Lines segments with batched fsync."""
+
+    def __init__(self, directory: Path, *, fsync_interval: float = 0.005,
+                 segment_max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.directory = directory
+        self._interval = fsync_interval
+        self._segment_max = segment_max_bytes
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._fd: int | None = None
+        self._size = 0
+        self._closed = False
+        self.written = 0
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def _open_segment(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = time.strftime("audit-%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}.jsonl"
+        path = self.directory / name
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        self.current_path = path
+
+    def _write_batch(self, data: bytes) -> None:
+        if self._fd is None or self._size >= self._segment_max:
+            if self._fd is not None:
+                os.close(self._fd)
+            self._open_segment()
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        os.fsync(self._fd)
+        self._size += len(data)
+
+    def submit(self, record: Mapping[str, Any]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if self._closed:
+            fut.set_exception(AuditWriteError("audit sink is closed"))
+            return fut
+        self._pending.append((encode(record), fut))
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run())
+        assert self._wake is not None
+        self._wake.set()
+        return fut
+
+    async def write(self, record: Mapping[str, Any]) -> None:
+        await self.submit(record)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._interval:
+                await asyncio.sleep(self._interval)
+            batch, self._pending = self._pending, []
+            if not batch:
+                if self._closed:
+                    return
+                continue
+            try:
+                await loop.run_in_executor(None, self._write_batch, b"".join(b for b, _ in batch))
+            except OSError as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(AuditWriteError(f"audit write failed: {exc.strerror}"))
+            else:
+                self.written += len(batch)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+            if self._closed and not self._pending:
+                return
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            assert self._wake is not None
+            self._wake.set()
+            await self._task
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

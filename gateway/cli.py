@@ -1,0 +1,184 @@
+"""The `portcullis` command: serve, demo, token, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = REPO_ROOT / "examples" / "portcullis.toml"
+
+
+def demo_dir() -> Path:
+    """Where demo keys live: $PORTCULLIS_DEMO_DIR, else var/demo in the checkout."""
+    return Path(os.environ.get("PORTCULLIS_DEMO_DIR", REPO_ROOT / "var" / "demo"))
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve_until_signal(config_path: Path, on_ready: str | None = None,
+                              children: Sequence[subprocess.Popen[bytes]] = ()) -> int:
+    from gateway import config as config_mod
+    from gateway.server import Gateway
+
+    cfg = config_mod.load(config_path)
+    gw = Gateway(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await gw.start()
+    if on_ready:
+        print(on_ready.format(public=gw.public_port, admin=gw.admin_port), flush=True)
+    waiter = asyncio.create_task(stop.wait())
+    watchers = [asyncio.create_task(asyncio.to_thread(c.wait)) for c in children]
+    done, _ = await asyncio.wait([waiter, *watchers], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if waiter not in done:
+        print("a child process exited; stopping", file=sys.stderr)
+        code = 1
+    await gw.stop()
+    for t in [waiter, *watchers]:
+        t.cancel()
+    return code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import logs
+
+    logs.setup(args.log_level)
+    _install_uvloop()
+    ready = None if args.quiet else "portcullis listening: public :{public}, admin :{admin}"
+    return asyncio.run(_serve_until_signal(Path(args.config), ready))
+
+
+def start_backend(keys_jwks: Path, port: int, *, debug_routes: bool = False) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "demo_backend", "--host", "127.0.0.1", "--port", str(port),
+           "--identity-jwks", str(keys_jwks)]
+    if debug_routes:
+        cmd.append("--debug-routes")
+    return subprocess.Popen(cmd, cwd=REPO_ROOT)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway import logs
+    from gateway.demo_keys import ensure_demo_keys
+
+    logs.setup(args.log_level)
+    _install_uvloop()
+    keys = ensure_demo_keys(demo_dir())
+    backend = start_backend(keys.identity_jwks, 9000)
+    try:
+        _wait_port(9000, backend)
+        banner = (
+            "\nPortcullis demo is running.\n"
+            "  gateway   http://127.0.0.1:{public}   (admin and /metrics on http://127.0.0.1:{admin})\n"
+            "  backend   http://127.0.0.1:9000       (trusts only the gateway's identity assertion)\n\n"
+            "Try it:\n"
+            "  TOKEN=$(.venv/bin/portcullis token --sub alice --accounts A1 | tail -n1)\n"
+            "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/quotes/600519.SH\n"
+            "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/accounts/A1/positions\n"
+            "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/accounts/B9   # 403: not alice's\n"
+            "Press Ctrl-C to stop.\n"
+        )
+        return asyncio.run(_serve_until_signal(Path(args.config), banner, [backend]))
+    finally:
+        backend.terminate()
+        try:
+            backend.wait(10)
+        except subprocess.TimeoutExpired:
+            backend.kill()
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process exited with status {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on port {port} after {timeout:.0f}s")
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.demo_keys import ensure_demo_keys, mint_token
+
+    keys = ensure_demo_keys(Path(args.keys_dir) if args.keys_dir else demo_dir())
+    accounts = [a for part in args.accounts for a in part.split(",") if a]
+    token = mint_token(keys, sub=args.sub, accounts=accounts, roles=args.role or ["client"],
+                       ttl=args.ttl)
+    print(f"# demo token for {args.sub} (accounts: {', '.join(accounts) or 'none'}; "
+          f"roles: {', '.join(args.role or ['client'])}; expires in {args.ttl}s)", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gateway.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="portcullis", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", required=True, help="TOML configuration file")
+    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", help="run the demo backend and the gateway")
+    d.add_argument("--config", default=str(EXAMPLE_CONFIG))
+    d.add_argument("--log-level", default="WARNING")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("token", help="mint a demo access token (printed alone on the last line)")
+    t.add_argument("--sub", required=True)
+    t.add_argument("--accounts", action="append", default=[],
+                   help="account id(s); repeat or comma-separate")
+    t.add_argument("--role", action="append", help="role (client, advisor, compliance, admin)")
+    t.add_argument("--ttl", type=int, default=900)
+    t.add_argument("--keys-dir", help="demo key folder (default: var/demo in the checkout)")
+    t.set_defaults(func=cmd_token)
+
+    b = sub.add_parser("bench", help="benchmark direct vs bare proxy vs gateway")
+    b.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    b.add_argument("--connections", type=int, default=32)
+    b.add_argument("--rate", type=int, default=500, help="requests/s for the fixed-load latency run")
+    b.add_argument("--path", default="/api/quotes/600519.SH")
+    b.add_argument("--tool", choices=("auto", "wrk", "locust"), default="auto")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"portcullis: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,507 @@
+"""Configuration: one TOML file, loaded once into frozen typed objects.
+
+Unknown keys are errors (a typo in a security gateway's configuration must not
+silently turn a check off). Every error names the key and what is expected.
+Relative file paths are resolved against the configuration file's folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from gateway.errors import ConfigError
+
+Tier = Literal["public", "read", "trade", "transfer", "admin"]
+TIERS: tuple[str, ...] = ("public", "read", "trade", "transfer", "admin")
+#: Tiers whose request bodies are buffered and whose dependencies fail closed.
+GUARDED_TIERS: frozenset[str] = frozenset({"trade", "transfer", "admin"})
+FailMode = Literal["closed", "open"]
+
+_NetT = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    host: str
+    port: int
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTLSConfig:
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    connect_timeout: float = 2.0
+    read_timeout: float = 10.0
+    pool_size: int = 256
+    health_path: str = "/healthz"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    iss: str
+    audience: tuple[str, ...]
+    algorithms: tuple[str, ...]
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    leeway: float = 30.0
+    jwks_min_refetch_interval: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    methods: tuple[str, ...]
+    path: str
+    upstream: str
+    tier: Tier
+    fail_mode: FailMode
+    body_limit: int
+    connect_timeout: float | None = None
+    read_timeout: float | None = None
+    account_param: str | None = None
+    account_query: str | None = None
+    websocket: bool = False
+    json_body: bool = False
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    signing_key: Path
+    issuer: str = "portcullis-gateway"
+    audience: str = "portcullis-upstream"
+    ttl: int = 60
+    header: str = "X-Portcullis-Identity"
+    terminal_header: str = "X-Portcullis-Terminal"
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    backend: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "portcullis:"
+    timeout: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    sink: Literal["file"] = "file"
+    path: Path = Path("var/audit")
+    fsync_interval_ms: float = 5.0
+    write_timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierConfig:
+    sink: Literal["console", "file"] = "console"
+    path: Path | None = None
+
+
+DEFAULT_IDENTITY_PREFIXES: tuple[str, ...] = (
+    "x-user-", "x-portcullis-", "x-remote-user", "x-forwarded-user", "x-authenticated-",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    name: str = "portcullis"
+    security: bool = True
+    request_id_header: str = "X-Request-Id"
+    max_path_length: int = 2048
+    identity_header_prefixes: tuple[str, ...] = DEFAULT_IDENTITY_PREFIXES
+    access_log: bool = True
+    shutdown_timeout: float = 15.0
+    claims_cache_size: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    gateway: GatewaySettings
+    public: ListenerConfig
+    admin: ListenerConfig
+    upstream_tls: UpstreamTLSConfig
+    trusted_proxies: tuple[_NetT, ...]
+    issuers: tuple[IssuerConfig, ...]
+    upstreams: dict[str, UpstreamConfig]
+    routes: tuple[RouteConfig, ...]
+    identity: IdentityConfig
+    state: StateConfig
+    audit: AuditConfig
+    notifier: NotifierConfig
+    source: Path | None = field(default=None, compare=False)
+
+
+# --------------------------------------------------------------------------
+# Reading helpers: each takes the table, the key and the dotted path for errors.
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class _Table:
+    """A TOML table being read; remembers which keys were used."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or 'top level'}: must be a table")
+        self.data: dict[str, Any] = data
+        self.where = where
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(self, name: str, kind: type[T] | tuple[type, ...], default: Any = _MISSING) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            if default is _MISSING:
+                raise ConfigError(f"{self.key(name)}: required key is missing")
+            return default
+        value = self.data[name]
+        # bool is an int in Python; never accept true for a number.
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ConfigError(f"{self.key(name)}: expected {_names(kinds)}, got a boolean")
+        if not isinstance(value, kinds):
+            raise ConfigError(
+                f"{self.key(name)}: expected {_names(kinds)}, got {type(value).__name__}"
+            )
+        return value
+
+    def sub(self, name: str, required: bool = False) -> _Table:
+        self.used.add(name)
+        if name not in self.data:
+            if required:
+                raise ConfigError(f"{self.key(name)}: required table is missing")
+            return _Table({}, self.key(name))
+        return _Table(self.data[name], self.key(name))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key (check the spelling)")
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join({int: "integer", float: "number", str: "string", bool: "boolean",
+                        list: "array", dict: "table"}.get(k, k.__name__) for k in kinds)
+
+
+def _number(t: _Table, name: str, default: Any = _MISSING, minimum: float = 0.0) -> float:
+    value = float(t.get(name, (int, float), default))
+    if value < minimum:
+        raise ConfigError(f"{t.key(name)}: must be >= {minimum:g} (got {value:g})")
+    return value
+
+
+def _int(t: _Table, name: str, default: Any = _MISSING, lo: int = 0, hi: int = 2**62) -> int:
+    value = t.get(name, int, default)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{t.key(name)}: must be between {lo} and {hi} (got {value})")
+    return int(value)
+
+
+def _strs(t: _Table, name: str, default: Any = _MISSING) -> tuple[str, ...]:
+    value = t.get(name, (list, str), default)
+    if isinstance(value, str):
+        value = [value]
+    if not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{t.key(name)}: must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _choice(t: _Table, name: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
+    value = t.get(name, str, default)
+    if value not in choices:
+        raise ConfigError(
+            f"{t.key(name)}: must be one of {', '.join(choices)} (got {value!r})"
+        )
+    return str(value)
+
+
+def _path(t: _Table, name: str, base: Path, default: Any = _MISSING) -> Path | None:
+    value = t.get(name, str, default)
+    if value is None or value == "":
+        return None
+    p = Path(os.path.expandvars(value)).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _existing(t: _Table, name: str, base: Path) -> Path | None:
+    p = _path(t, name, base, None)
+    if p is not None and not p.is_file():
+        raise ConfigError(f"{t.key(name)}: file {str(p)!r} does not exist")
+    return p
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "kb": 1000, "mib": 1024**2, "mb": 1000**2}
+
+
+def _size(t: _Table, name: str, default: Any) -> int:
+    value = t.get(name, (int, str), default)
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{t.key(name)}: must be >= 0")
+        return value
+    text = value.strip().lower()
+    num = text.rstrip("abcdefghijklmnopqrstuvwxyz ")
+    unit = text[len(num):].strip()
+    if not num.isdigit() or unit not in _SIZE_UNITS:
+        raise ConfigError(f"{t.key(name)}: expected a size such as 65536 or \"64KiB\" (got {value!r})")
+    return int(num) * _SIZE_UNITS[unit]
+
+
+def _items(t: _Table, name: str) -> list[_Table]:
+    value = t.get(name, list, [])
+    return [_Table(v, f"{t.key(name)}[{i}]") for i, v in enumerate(value)]
+
+
+def _listener(t: _Table, base: Path, default_port: int) -> ListenerConfig:
+    cert = _existing(t, "tls_cert", base)
+    key = _existing(t, "tls_key", base)
+    if (cert is None) != (key is None):
+        raise ConfigError(f"{t.key('tls_cert')}: tls_cert and tls_key must be set together")
+    lc = ListenerConfig(
+        host=t.get("host", str, "127.0.0.1"),
+        port=_int(t, "port", default_port, 0, 65535),
+        tls_cert=cert,
+        tls_key=key,
+    )
+    t.finish()
+    return lc
+
+
+def _validate_path_pattern(pattern: str, where: str) -> None:
+    if not pattern.startswith("/"):
+        raise ConfigError(f"{where}: must start with '/' (got {pattern!r})")
+    for seg in pattern.split("/")[1:]:
+        if seg.startswith("{") != seg.endswith("}"):
+            raise ConfigError(f"{where}: parameter segments look like {{name}} (got {seg!r})")
+        if seg.startswith("{") and not seg[1:-1].isidentifier():
+            raise ConfigError(f"{where}: {seg!r} is not a valid parameter name")
+
+
+_DEFAULT_BODY_LIMIT = {"public": 64 * 1024, "read": 64 * 1024, "trade": 64 * 1024,
+                       "transfer": 64 * 1024, "admin": 1024 * 1024}
+
+
+def _route(t: _Table, upstreams: dict[str, UpstreamConfig]) -> RouteConfig:
+    tier = _choice(t, "tier", TIERS)
+    path = t.get("path", str)
+    _validate_path_pattern(path, t.key("path"))
+    upstream = t.get("upstream", str)
+    if upstream not in upstreams:
+        known = ", ".join(sorted(upstreams)) or "none defined"
+        raise ConfigError(f"{t.key('upstream')}: unknown upstream {upstream!r} (known: {known})")
+    methods = tuple(m.upper() for m in _strs(t, "methods", ["GET"]))
+    account_param = t.get("account_param", str, None)
+    if account_param is not None and "{" + account_param + "}" not in path:
+        raise ConfigError(
+            f"{t.key('account_param')}: {account_param!r} is not a parameter of {path!r}"
+        )
+    if tier == "public" and (account_param or "account_query" in t.data):
+        raise ConfigError(
+            f"{t.key('tier')}: public routes are not authenticated, so they cannot name an account"
+        )
+    default_fail = "closed" if tier in GUARDED_TIERS else "open"
+    fail_mode = _choice(t, "fail_mode", ("closed", "open"), default_fail)
+    if tier in GUARDED_TIERS and fail_mode != "closed":
+        raise ConfigError(f"{t.key('fail_mode')}: {tier} routes always fail closed")
+    rc = RouteConfig(
+        name=t.get("name", str, f"{methods[0]} {path}"),
+        methods=methods,
+        path=path,
+        upstream=upstream,
+        tier=tier,  # type: ignore[arg-type]
+        fail_mode=fail_mode,  # type: ignore[arg-type]
+        body_limit=_size(t, "body_limit", _DEFAULT_BODY_LIMIT[tier]),
+        connect_timeout=_number(t, "connect_timeout", None) if "connect_timeout" in t.data else None,
+        read_timeout=_number(t, "read_timeout", None) if "read_timeout" in t.data else None,
+        account_param=account_param,
+        account_query=t.get("account_query", str, None),
+        websocket=t.get("websocket", bool, False),
+        json_body=t.get("json_body", bool, tier in GUARDED_TIERS),
+        roles=_strs(t, "roles", []),
+    )
+    t.used.update({"connect_timeout", "read_timeout"})
+    t.finish()
+    return rc
+
+
+def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Config:
+    """Build a validated Config from parsed TOML data."""
+    top = _Table(data, "")
+
+    g = top.sub("gateway")
+    settings = GatewaySettings(
+        name=g.get("name", str, "portcullis"),
+        security=g.get("security", bool, True),
+        request_id_header=g.get("request_id_header", str, "X-Request-Id"),
+        max_path_length=_int(g, "max_path_length", 2048, 16, 65536),
+        identity_header_prefixes=tuple(
+            p.lower() for p in _strs(g, "identity_header_prefixes",
+                                     list(DEFAULT_IDENTITY_PREFIXES))
+        ),
+        access_log=g.get("access_log", bool, True),
+        shutdown_timeout=_number(g, "shutdown_timeout", 15.0),
+        claims_cache_size=_int(g, "claims_cache_size", 10_000, 0, 10_000_000),
+    )
+    g.finish()
+
+    listeners = top.sub("listeners")
+    public = _listener(listeners.sub("public"), base, 8080)
+    admin = _listener(listeners.sub("admin"), base, 8081)
+    listeners.finish()
+
+    ut = top.sub("upstream_tls")
+    upstream_tls = UpstreamTLSConfig(
+        ca_file=_existing(ut, "ca_file", base),
+        client_cert=_existing(ut, "client_cert", base),
+        client_key=_existing(ut, "client_key", base),
+    )
+    if (upstream_tls.client_cert is None) != (upstream_tls.client_key is None):
+        raise ConfigError("upstream_tls.client_cert: client_cert and client_key must be set together")
+    ut.finish()
+
+    net = top.sub("network")
+    proxies = []
+    for i, cidr in enumerate(_strs(net, "trusted_proxies", [])):
+        try:
+            proxies.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ConfigError(f"network.trusted_proxies[{i}]: {cidr!r} is not a CIDR") from None
+    net.finish()
+
+    issuers = []
+    for it in _items(top, "issuers"):
+        jwks_file = _path(it, "jwks_file", base, None)
+        jwks_url = it.get("jwks_url", str, None)
+        if (jwks_file is None) == (jwks_url is None):
+            raise ConfigError(f"{it.key('jwks_file')}: set exactly one of jwks_file or jwks_url")
+        if jwks_url is not None and not jwks_url.startswith(("https://", "http://127.", "http://localhost")):
+            raise ConfigError(f"{it.key('jwks_url')}: must be an https:// URL")
+        algorithms = _strs(it, "algorithms")
+        bad = [a for a in algorithms if a.lower() == "none" or a.startswith("HS")]
+        if bad:
+            raise ConfigError(
+                f"{it.key('algorithms')}: {bad[0]!r} is not allowed; use asymmetric algorithms"
+                " (RS256, PS256, ES256, ES384, EdDSA)"
+            )
+        issuers.append(IssuerConfig(
+            iss=it.get("iss", str),
+            audience=_strs(it, "audience"),
+            algorithms=algorithms,
+            jwks_file=jwks_file,
+            jwks_url=jwks_url,
+            leeway=_number(it, "leeway", 30.0),
+            jwks_min_refetch_interval=_number(it, "jwks_min_refetch_interval", 30.0),
+        ))
+        it.finish()
+    if len({i.iss for i in issuers}) != len(issuers):
+        raise ConfigError("issuers: two issuers share the same iss")
+
+    ups_t = top.sub("upstreams")
+    upstreams: dict[str, UpstreamConfig] = {}
+    for name in list(ups_t.data):
+        u = ups_t.sub(name)
+        url = u.get("url", str)
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{u.key('url')}: must start with http:// or https:// (got {url!r})")
+        upstreams[name] = UpstreamConfig(
+            name=name,
+            url=url.rstrip("/"),
+            connect_timeout=_number(u, "connect_timeout", 2.0),
+            read_timeout=_number(u, "read_timeout", 10.0),
+            pool_size=_int(u, "pool_size", 256, 1, 100_000),
+            health_path=u.get("health_path", str, "/healthz"),
+        )
+        u.finish()
+    ups_t.finish()
+
+    routes = tuple(_route(rt, upstreams) for rt in _items(top, "routes"))
+    if settings.security and routes and not issuers:
+        raise ConfigError("issuers: at least one issuer is required when gateway.security is on")
+
+    idt = top.sub("identity", required=settings.security)
+    signing_key = _path(idt, "signing_key", base, None if not settings.security else _MISSING)
+    identity = IdentityConfig(
+        signing_key=signing_key or Path("/nonexistent"),
+        issuer=idt.get("issuer", str, "portcullis-gateway"),
+        audience=idt.get("audience", str, "portcullis-upstream"),
+        ttl=_int(idt, "ttl", 60, 1, 3600),
+        header=idt.get("header", str, "X-Portcullis-Identity"),
+        terminal_header=idt.get("terminal_header", str, "X-Portcullis-Terminal"),
+    )
+    idt.finish()
+
+    st = top.sub("state")
+    state = StateConfig(
+        backend=_choice(st, "backend", ("memory", "redis"), "memory"),  # type: ignore[arg-type]
+        url=os.path.expandvars(st.get("url", str, "redis://127.0.0.1:6379/0")),
+        prefix=os.path.expandvars(st.get("prefix", str, "portcullis:")),
+        timeout=_number(st, "timeout", 0.5),
+    )
+    st.finish()
+
+    at = top.sub("audit")
+    audit = AuditConfig(
+        sink=_choice(at, "sink", ("file",), "file"),  # type: ignore[arg-type]
+        path=_path(at, "path", base, "var/audit") or base / "var/audit",
+        fsync_interval_ms=_number(at, "fsync_interval_ms", 5.0),
+        write_timeout=_number(at, "write_timeout", 2.0),
+    )
+    at.finish()
+
+    nt = top.sub("notifier")
+    notifier = NotifierConfig(
+        sink=_choice(nt, "sink", ("console", "file"), "console"),  # type: ignore[arg-type]
+        path=_path(nt, "path", base, None),
+    )
+    if notifier.sink == "file" and notifier.path is None:
+        raise ConfigError("notifier.path: required when notifier.sink = \"file\"")
+    nt.finish()
+
+    top.finish()
+    return Config(
+        gateway=settings,
+        public=public,
+        admin=admin,
+        upstream_tls=upstream_tls,
+        trusted_proxies=tuple(proxies),
+        issuers=tuple(issuers),
+        upstreams=upstreams,
+        routes=routes,
+        identity=identity,
+        state=state,
+        audit=audit,
+        notifier=notifier,
+        source=source,
+    )
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file; raises ConfigError naming the key."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {str(p)!r}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse(data, p.resolve().parent, p.resolve())

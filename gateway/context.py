@@ -1,0 +1,57 @@
+"""The one object that travels through the decision pipeline.
+
+Steps read what earlier steps wrote and add their own part; nothing else is
+shared between them. The aiohttp request is carried opaquely for the two
+edge steps that do I/O on it (body reading and forwarding): pure steps never
+touch it, so they can be tested with a context built by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gateway.config import RouteConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from gateway.authn.tokens import Subject
+    from gateway.policy.engine import Decision
+    from gateway.risk.scorer import RiskResult
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    request_id: str
+    method: str
+    path: str
+    query: str
+    route: RouteConfig
+    params: dict[str, str]
+    headers: Mapping[str, str]
+    client_ip: str
+    client_port: int | None
+    scheme: str
+    started: float
+    """perf_counter() at arrival, for the gateway's own latency."""
+    now: float
+    """Wall-clock time at arrival (seconds since the epoch)."""
+    peer_trusted: bool = False
+    body: bytes | None = None
+    json_body: Any = None
+    subject: Subject | None = None
+    device_id: str | None = None
+    risk: RiskResult | None = None
+    decision: Decision | None = None
+    degraded: list[str] = field(default_factory=list)
+    """Dependencies that failed open on this request (read routes only)."""
+    request: Any = None
+    response: Any = None
+    upstream_seconds: float | None = None
+
+    @property
+    def account(self) -> str | None:
+        if self.route.account_param:
+            return self.params.get(self.route.account_param)
+        return None

@@ -1,0 +1,129 @@
+"""Every failure the gateway reports, with its stable code and HTTP status.
+
+Responses and audit records carry the same code, so a compliance officer
+reading the audit trail and a client reading the error see one vocabulary.
+Codes never change once shipped; add new ones instead.
+
+Tree (status: codes)::
+
+    GatewayError
+    ├── 400 bad request ......... bad_path, bad_request, invalid_json, bad_header
+    ├── 401 unauthenticated ..... token_missing, token_malformed, token_invalid,
+    │                             token_expired, token_not_yet_valid,
+    │                             token_issuer_unknown, token_audience,
+    │                             token_alg_not_allowed, token_key_unknown,
+    │                             token_revoked, insufficient_user_authentication
+    ├── 403 forbidden ........... account_forbidden, policy_denied, role_forbidden
+    ├── 404 not found ........... route_not_found
+    ├── 405 method not allowed .. method_not_allowed
+    ├── 413 too large ........... body_too_large
+    ├── 415 media type .......... unsupported_media_type
+    ├── 502 bad gateway ......... upstream_unreachable, upstream_bad_response
+    ├── 503 unavailable ......... state_unavailable, audit_unavailable,
+    │                             policy_unavailable, risk_unavailable,
+    │                             shutting_down
+    └── 504 gateway timeout ..... upstream_timeout
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    """A stable error code, its HTTP status and a default message."""
+
+    code: str
+    status: int
+    message: str
+
+
+_CATALOGUE: dict[str, ErrorKind] = {}
+
+
+def _kind(code: str, status: int, message: str) -> ErrorKind:
+    if code in _CATALOGUE:
+        raise ValueError(f"duplicate error code {code!r}")
+    kind = ErrorKind(code, status, message)
+    _CATALOGUE[code] = kind
+    return kind
+
+
+BAD_PATH = _kind("bad_path", 400, "the request path is malformed or ambiguous")
+BAD_REQUEST = _kind("bad_request", 400, "the request is malformed")
+INVALID_JSON = _kind("invalid_json", 400, "the request body is not valid JSON")
+BAD_HEADER = _kind("bad_header", 400, "a request header is malformed")
+
+TOKEN_MISSING = _kind("token_missing", 401, "a bearer token is required")
+TOKEN_MALFORMED = _kind("token_malformed", 401, "the bearer token is malformed")
+TOKEN_INVALID = _kind("token_invalid", 401, "the bearer token is not valid")
+TOKEN_EXPIRED = _kind("token_expired", 401, "the bearer token has expired")
+TOKEN_NOT_YET_VALID = _kind("token_not_yet_valid", 401, "the bearer token is not valid yet")
+TOKEN_ISSUER_UNKNOWN = _kind("token_issuer_unknown", 401, "the token issuer is not trusted")
+TOKEN_AUDIENCE = _kind("token_audience", 401, "the token is not meant for this gateway")
+TOKEN_ALG_NOT_ALLOWED = _kind(
+    "token_alg_not_allowed", 401, "the token's signing algorithm is not allowed"
+)
+TOKEN_KEY_UNKNOWN = _kind("token_key_unknown", 401, "the token's signing key is not known")
+TOKEN_REVOKED = _kind("token_revoked", 401, "the bearer token has been revoked")
+
+STEP_UP_REQUIRED = _kind(
+    "insufficient_user_authentication", 401, "a stronger authentication is required"
+)
+
+ACCOUNT_FORBIDDEN = _kind("account_forbidden", 403, "the account is not one of the caller's")
+POLICY_DENIED = _kind("policy_denied", 403, "the request is not allowed by policy")
+ROLE_FORBIDDEN = _kind("role_forbidden", 403, "the caller's role may not use this route")
+
+ROUTE_NOT_FOUND = _kind("route_not_found", 404, "no route matches this request")
+METHOD_NOT_ALLOWED = _kind("method_not_allowed", 405, "the method is not allowed on this path")
+BODY_TOO_LARGE = _kind("body_too_large", 413, "the request body is too large for this route")
+UNSUPPORTED_MEDIA_TYPE = _kind(
+    "unsupported_media_type", 415, "the request body's content type is not accepted"
+)
+
+UPSTREAM_UNREACHABLE = _kind("upstream_unreachable", 502, "the upstream could not be reached")
+UPSTREAM_BAD_RESPONSE = _kind(
+    "upstream_bad_response", 502, "the upstream sent an invalid response"
+)
+STATE_UNAVAILABLE = _kind("state_unavailable", 503, "the state store is unavailable")
+AUDIT_UNAVAILABLE = _kind("audit_unavailable", 503, "the audit trail is unavailable")
+POLICY_UNAVAILABLE = _kind("policy_unavailable", 503, "the policy engine is unavailable")
+RISK_UNAVAILABLE = _kind("risk_unavailable", 503, "the risk engine is unavailable")
+SHUTTING_DOWN = _kind("shutting_down", 503, "the gateway is shutting down")
+UPSTREAM_TIMEOUT = _kind("upstream_timeout", 504, "the upstream did not answer in time")
+
+
+def catalogue() -> dict[str, ErrorKind]:
+    """All known error kinds by code (a copy)."""
+    return dict(_CATALOGUE)
+
+
+class GatewayError(Exception):
+    """A failure with a stable code; the server turns it into a JSON error."""
+
+    def __init__(self, kind: ErrorKind, message: str | None = None, *,
+                 extra: Mapping[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message or kind.message)
+        self.kind = kind
+        self.message = message or kind.message
+        self.extra = extra
+        """More JSON members for the error body (e.g. deny reasons)."""
+        self.headers = headers
+        """Response headers (e.g. WWW-Authenticate, Allow)."""
+
+    @property
+    def code(self) -> str:
+        return self.kind.code
+
+    @property
+    def status(self) -> int:
+        return self.kind.status
+
+
+class ConfigError(Exception):
+    """The configuration file is invalid; the message names the key and the fix."""

@@ -1,0 +1,1 @@
+"""Policy decisions: the engine interface and the decision document."""

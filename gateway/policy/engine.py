@@ -1,0 +1,65 @@
+"""The policy-engine interface and the decision document every engine returns.
+
+The embedded Rego engine (policy issue) and an OPA-server backend plug in
+behind `PolicyEngine`. Until the broker's Rego bundle lands, `BaselinePolicy`
+enforces the route's role list in Python, so the decide step is real today.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepUp:
+    acr: str
+    methods: tuple[str, ...]
+    max_age: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allow: bool
+    deny: tuple[Reason, ...] = ()
+    step_up: StepUp | None = None
+    obligations: Mapping[str, Any] = field(default_factory=dict)
+    policy_version: str = ""
+
+
+class PolicyEngine(Protocol):
+    version: str
+
+    async def evaluate(self, policy_input: Mapping[str, Any]) -> Decision:
+        """Judge one request. Raises GatewayError(POLICY_UNAVAILABLE) if it cannot."""
+        ...
+
+
+class BaselinePolicy:
+    """Role-based allow/deny from the route configuration.
+
+    A route with `roles` admits only callers holding one of them; admin-tier
+    routes with no roles listed admit only `admin`. Everything else that got
+    past authentication and account binding is allowed.
+    """
+
+    version = "baseline-1"
+
+    async def evaluate(self, policy_input: Mapping[str, Any]) -> Decision:
+        request = policy_input["request"]
+        subject = policy_input.get("subject") or {}
+        roles = set(subject.get("roles", ()))
+        needed = set(request.get("roles") or ())
+        if not needed and request["tier"] == "admin":
+            needed = {"admin"}
+        if needed and not roles & needed:
+            reason = Reason("role_forbidden", f"requires one of the roles: {', '.join(sorted(needed))}")
+            return Decision(allow=False, deny=(reason,), policy_version=self.version)
+        return Decision(allow=True, policy_version=self.version)

@@ -1,0 +1,300 @@
+"""Forwarding to upstreams: pooled keep-alive clients, body handling, WebSockets.
+
+Everything here is the I/O edge of the pipeline. Small upstream responses
+(the common case for a trading API) are read whole and returned in one write,
+which costs far less than a streamed response; large or unsized ones stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config import GUARDED_TIERS, Config, RouteConfig, UpstreamConfig, UpstreamTLSConfig
+from gateway.context import RequestContext
+from gateway.errors import (
+    BODY_TOO_LARGE,
+    INVALID_JSON,
+    UNSUPPORTED_MEDIA_TYPE,
+    UPSTREAM_BAD_RESPONSE,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNREACHABLE,
+    GatewayError,
+)
+from gateway.headers import response_headers, upstream_headers
+
+#: Responses up to this size are buffered and sent in one write.
+BUFFER_RESPONSE_LIMIT = 256 * 1024
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def upstream_ssl_context(cfg: UpstreamTLSConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.client_cert and cfg.client_key:
+        ctx.load_cert_chain(str(cfg.client_cert), str(cfg.client_key))
+    return ctx
+
+
+@dataclass(slots=True)
+class Upstream:
+    config: UpstreamConfig
+    session: aiohttp.ClientSession
+
+
+class Upstreams:
+    """One pooled keep-alive client session per upstream."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._by_name: dict[str, Upstream] = {}
+        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+
+    async def start(self) -> None:
+        tls: ssl.SSLContext | None = None
+        for name, uc in self._config.upstreams.items():
+            if uc.url.startswith("https://") and tls is None:
+                tls = upstream_ssl_context(self._config.upstream_tls)
+            connector = aiohttp.TCPConnector(
+                limit=uc.pool_size, limit_per_host=uc.pool_size, keepalive_timeout=30,
+                ssl=tls if uc.url.startswith("https://") else False,
+                enable_cleanup_closed=True,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            self._by_name[name] = Upstream(uc, session)
+        for r in self._config.routes:
+            uc = self._config.upstreams[r.upstream]
+            self._timeouts[r.name] = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=r.connect_timeout if r.connect_timeout is not None else uc.connect_timeout,
+                sock_read=r.read_timeout if r.read_timeout is not None else uc.read_timeout,
+            )
+
+    def get(self, name: str) -> Upstream:
+        return self._by_name[name]
+
+    def timeout(self, route: RouteConfig) -> aiohttp.ClientTimeout:
+        return self._timeouts[route.name]
+
+    async def check(self, timeout: float = 1.0) -> dict[str, bool]:
+        """Readiness: can each upstream's health path be fetched?"""
+        async def one(up: Upstream) -> bool:
+            try:
+                async with up.session.get(
+                    up.config.url + up.config.health_path,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                ) as resp:
+                    return resp.status < 500
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                return False
+
+        names = list(self._by_name)
+        results = await asyncio.gather(*(one(self._by_name[n]) for n in names))
+        return dict(zip(names, results))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(u.session.close() for u in self._by_name.values()))
+
+
+# ---------------------------------------------------------------------------
+# Request bodies
+
+
+async def read_bounded(request: web.BaseRequest, limit: int) -> bytes:
+    """Buffer a request body, refusing more than `limit` bytes (413)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError(BODY_TOO_LARGE, f"the request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(BODY_TOO_LARGE, f"the request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _stream_bounded(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(BODY_TOO_LARGE, f"the request body exceeds {limit} bytes")
+        yield chunk
+
+
+ENVELOPE_TYPE = "application/sm4-gcm+json"
+
+
+class ReadBody:
+    """Buffers (guarded tiers) or bounds (streamed tiers) the request body."""
+
+    name = "read_body"
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        request: web.BaseRequest = ctx.request
+        route = ctx.route
+        if not request.body_exists:
+            return
+        if route.tier not in GUARDED_TIERS:
+            if request.content_length is not None and request.content_length > route.body_limit:
+                raise GatewayError(BODY_TOO_LARGE, f"the request body exceeds {route.body_limit} bytes")
+            return  # streamed by the forward step, still bounded there
+        ctx.body = await read_bounded(request, route.body_limit)
+        if route.json_body and ctx.method in _BODY_METHODS and ctx.body:
+            ctype = request.content_type
+            if ctype == ENVELOPE_TYPE:
+                return  # the decrypt step owns it
+            if ctype != "application/json":
+                raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "expected application/json")
+            try:
+                ctx.json_body = json.loads(ctx.body)
+            except (ValueError, UnicodeDecodeError):
+                raise GatewayError(INVALID_JSON) from None
+
+
+# ---------------------------------------------------------------------------
+# Forwarding
+
+
+HeaderHook = Callable[[RequestContext, dict[str, str]], None]
+
+
+class Forward:
+    """The last step: sends the request upstream and sets ctx.response."""
+
+    name = "forward"
+
+    def __init__(self, upstreams: Upstreams, *, strip_prefixes: tuple[str, ...],
+                 strip_credentials: bool, request_id_header: str,
+                 header_hooks: tuple[HeaderHook, ...] = ()) -> None:
+        self._upstreams = upstreams
+        self._strip = strip_prefixes
+        self._strip_credentials = strip_credentials
+        self._rid_header = request_id_header.lower()
+        self._hooks = header_hooks
+
+    def build_headers(self, ctx: RequestContext, request: web.BaseRequest) -> dict[str, str]:
+        inbound = request.headers
+        headers = upstream_headers(inbound.items(), inbound.getall("Connection", ()),
+                                   self._strip, self._strip_credentials)
+        # Keep the inbound chain only from a trusted proxy; a client's own is discarded.
+        prior = inbound.get("X-Forwarded-For") if ctx.peer_trusted else None
+        peer = _peer(request)
+        headers["x-forwarded-for"] = f"{prior}, {peer}" if prior else peer
+        headers["x-forwarded-proto"] = ctx.scheme
+        headers[self._rid_header] = ctx.request_id
+        if request.content_length is not None and not request.headers.get("Transfer-Encoding"):
+            headers["content-length"] = str(request.content_length)
+        for hook in self._hooks:
+            hook(ctx, headers)
+        return headers
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        request: web.BaseRequest = ctx.request
+        up = self._upstreams.get(ctx.route.upstream)
+        url = up.config.url + ctx.path + ("?" + ctx.query if ctx.query else "")
+        headers = self.build_headers(ctx, request)
+        if ctx.route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
+            ctx.response = await proxy_websocket(request, up, url, headers)
+            return
+        data: Any
+        if ctx.body is not None:
+            data = ctx.body
+            headers["content-length"] = str(len(ctx.body))
+        elif request.body_exists:
+            data = _stream_bounded(request, ctx.route.body_limit)
+        else:
+            data = None
+        started = time.perf_counter()
+        try:
+            async with up.session.request(
+                ctx.method, url, headers=headers, data=data, allow_redirects=False,
+                timeout=self._upstreams.timeout(ctx.route), compress=None,
+            ) as resp:
+                ctx.response = await _relay(request, resp)
+        except GatewayError:
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, (TimeoutError, asyncio.TimeoutError)):
+                raise GatewayError(UPSTREAM_TIMEOUT) from None
+            raise GatewayError(UPSTREAM_UNREACHABLE) from None
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise GatewayError(UPSTREAM_TIMEOUT) from None
+        except aiohttp.ClientError:
+            raise GatewayError(UPSTREAM_BAD_RESPONSE) from None
+        finally:
+            ctx.upstream_seconds = time.perf_counter() - started
+
+
+def _peer(request: web.BaseRequest) -> str:
+    return request.remote or ""
+
+
+async def _relay(request: web.BaseRequest, resp: aiohttp.ClientResponse) -> web.StreamResponse:
+    headers = response_headers(resp.headers.items(), resp.headers.getall("Connection", ()))
+    length = resp.content_length
+    if length is not None and length <= BUFFER_RESPONSE_LIMIT:
+        body = await resp.read()
+        return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=body)
+    out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+    if length is not None:
+        out.content_length = length
+    await out.prepare(request)
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        await out.write(chunk)
+    await out.write_eof()
+    return out
+
+
+async def proxy_websocket(request: web.BaseRequest, up: Upstream, url: str,
+                          headers: Mapping[str, str]) -> web.StreamResponse:
+    """Relays a WebSocket both ways until either side closes."""
+    forward = {k: v for k, v in headers.items()
+               if not k.startswith("sec-websocket-") and k != "content-length"}
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    ws_url = "ws" + url[4:] if url.startswith("http") else url
+    try:
+        upstream_ws = await up.session.ws_connect(
+            ws_url, headers=forward, protocols=protocols, autoclose=False, autoping=True,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise GatewayError(UPSTREAM_BAD_RESPONSE, f"upstream refused the WebSocket ({exc.status})") from None
+    except aiohttp.ClientConnectorError:
+        raise GatewayError(UPSTREAM_UNREACHABLE) from None
+    client_ws = web.WebSocketResponse(protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
+                                      autoping=True, max_msg_size=1024 * 1024)
+    await client_ws.prepare(request)
+
+    async def pump(src: Any, dst: Any) -> None:
+        async for msg in src:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            else:
+                break
+
+    tasks = [asyncio.create_task(pump(client_ws, upstream_ws)),
+             asyncio.create_task(pump(upstream_ws, client_ws))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream_ws.close()
+        await client_ws.close()
+    return client_ws

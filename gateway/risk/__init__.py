@@ -1,0 +1,1 @@
+"""Per-request trust scoring."""

@@ -1,0 +1,94 @@
+"""Risk scoring: pure signal functions summed into a 0-100 score and a level.
+
+A signal takes the request context and a clock and returns a `Factor` (points
+and a reason code) or None. The risk issue adds stateful signals (known
+devices, IP history, behaviour baselines) through the same shape; weights and
+level thresholds come from configuration.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.context import RequestContext
+
+
+@dataclass(frozen=True, slots=True)
+class Factor:
+    code: str
+    points: int
+
+
+@dataclass(frozen=True, slots=True)
+class RiskResult:
+    score: int
+    level: str
+    factors: tuple[Factor, ...]
+
+
+Signal = Callable[[RequestContext, Callable[[], float]], "Factor | None"]
+
+DEFAULT_LEVELS: tuple[tuple[int, str], ...] = ((80, "critical"), (60, "high"), (30, "medium"), (0, "low"))
+
+
+class RiskScorer(Protocol):
+    async def score(self, ctx: RequestContext) -> RiskResult: ...
+
+
+_AUTOMATION = re.compile(r"headless|phantomjs|selenium|puppeteer|playwright|python-requests|curl/|wget/", re.I)
+
+
+def automation_client(ctx: RequestContext, clock: Callable[[], float]) -> Factor | None:
+    """Headless browsers and scripting clients are how credential-stuffing and bots arrive."""
+    ua = ctx.headers.get("User-Agent") or ""
+    return Factor("automation_client", 20) if _AUTOMATION.search(ua) else None
+
+
+def missing_user_agent(ctx: RequestContext, clock: Callable[[], float]) -> Factor | None:
+    """Every real app and browser sends a User-Agent; its absence marks a raw script."""
+    return None if ctx.headers.get("User-Agent") else Factor("missing_user_agent", 10)
+
+
+def missing_device_proof(ctx: RequestContext, clock: Callable[[], float]) -> Factor | None:
+    """Without a DPoP proof the device is unknown: the token could be replayed anywhere."""
+    return None if ctx.headers.get("DPoP") else Factor("missing_device_proof", 15)
+
+
+BASE_SIGNALS: tuple[Signal, ...] = (automation_client, missing_user_agent, missing_device_proof)
+
+
+def level_for(score: int, levels: Sequence[tuple[int, str]] = DEFAULT_LEVELS) -> str:
+    for threshold, name in levels:
+        if score >= threshold:
+            return name
+    return levels[-1][1]
+
+
+class SignalScorer:
+    """Sums weighted signal factors, caps at 100, keeps the top factors."""
+
+    def __init__(self, signals: Sequence[Signal] = BASE_SIGNALS, *,
+                 weights: Mapping[str, float] | None = None,
+                 levels: Sequence[tuple[int, str]] = DEFAULT_LEVELS,
+                 clock: Callable[[], float] | None = None, top: int = 5) -> None:
+        self._signals = tuple(signals)
+        self._weights = dict(weights or {})
+        self._levels = tuple(sorted(levels, reverse=True))
+        self._clock = clock or time.time
+        self._top = top
+
+    async def score(self, ctx: RequestContext) -> RiskResult:
+        factors: list[Factor] = []
+        for signal in self._signals:
+            f = signal(ctx, self._clock)
+            if f is not None:
+                w = self._weights.get(f.code, 1.0)
+                if w:
+                    factors.append(Factor(f.code, round(f.points * w)))
+        factors.sort(key=lambda f: -f.points)
+        score = min(100, max(0, sum(f.points for f in factors)))
+        return RiskResult(score, level_for(score, self._levels), tuple(factors[: self._top]))

@@ -1,0 +1,288 @@
+"""The gateway process: public and admin listeners around the decision pipeline.
+
+The public listener uses aiohttp's low-level server (no router, no
+middleware chain): path normalisation and routing are ours, and every
+microsecond saved on the forwarding path is one the security steps can
+spend. The admin listener is an ordinary aiohttp application (metrics,
+admin API) bound to 127.0.0.1 by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import ssl
+import time
+from typing import Any
+
+from aiohttp import web
+
+from audit.sink import AuditSink, FileAuditSink
+from gateway import logs
+from gateway.authn.revocation import RevocationList
+from gateway.authn.tokens import TokenVerifier
+from gateway.config import Config, ListenerConfig
+from gateway.context import RequestContext
+from gateway.errors import ROUTE_NOT_FOUND, SHUTTING_DOWN, GatewayError
+from gateway.identity import IdentitySigner, terminal_info
+from gateway.metrics import Metrics
+from gateway.netutil import client_ip, is_trusted
+from gateway.notify import Notifier, build_notifier
+from gateway.paths import normalise_target
+from gateway.pipeline import Pipeline, Step
+from gateway.policy.engine import BaselinePolicy, PolicyEngine
+from gateway.proxy import Forward, ReadBody, Upstreams
+from gateway.risk.scorer import RiskScorer, SignalScorer
+from gateway.routing import MethodNotAllowed, Router
+from gateway.state import build_store
+from gateway.state.base import StateStore
+from gateway.steps.audit import AuditDecision, base_record
+from gateway.steps.authenticate import Authenticate
+from gateway.steps.bind_account import BindAccount
+from gateway.steps.decrypt import Decrypt
+from gateway.steps.judge import Decide, Score, StepUpChallenge
+
+log = logging.getLogger("portcullis")
+access_log = logging.getLogger("portcullis.access")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_JSON = "application/json"
+
+
+def error_response(exc: GatewayError, request_id: str, rid_header: str) -> web.Response:
+    body: dict[str, Any] = {"error": exc.code, "message": exc.message, "request_id": request_id}
+    if exc.extra:
+        body.update(exc.extra)
+    headers = {rid_header: request_id, "Cache-Control": "no-store"}
+    if exc.headers:
+        headers.update(exc.headers)
+    return web.Response(status=exc.status, body=json.dumps(body).encode(), content_type=_JSON,
+                        headers=headers)
+
+
+def _ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    if listener.tls_cert is None or listener.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(listener.tls_cert), str(listener.tls_key))
+    return ctx
+
+
+class Gateway:
+    """Owns the listeners, the shared components and the per-tier pipelines."""
+
+    def __init__(self, config: Config, *, state: StateStore | None = None,
+                 audit_sink: AuditSink | None = None, notifier: Notifier | None = None,
+                 policy: PolicyEngine | None = None, scorer: RiskScorer | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.router = Router(config.routes)
+        self.upstreams = Upstreams(config)
+        self.state = state or build_store(config.state)
+        self.audit: AuditSink = audit_sink or FileAuditSink(
+            config.audit.path, fsync_interval=config.audit.fsync_interval_ms / 1000)
+        self.notifier = notifier or build_notifier(config.notifier)
+        self.policy = policy or BaselinePolicy()
+        self.scorer = scorer or SignalScorer()
+        self.revocations = RevocationList(self.state)
+        self.verifier = TokenVerifier(config.issuers, cache_size=config.gateway.claims_cache_size,
+                                      revocations=self.revocations)
+        self.metrics.watch_audit_backlog(lambda: self.audit.backlog)
+        g = config.gateway
+        self._rid_header = g.request_id_header
+        self._trusted = config.trusted_proxies
+        self._max_path = g.max_path_length
+        self._access_log = g.access_log
+        self._draining = False
+        self._runners: list[web.BaseRunner] = []
+        self.public_port: int | None = None
+        self.admin_port: int | None = None
+        self.signer: IdentitySigner | None = None
+        if g.security:
+            self.signer = IdentitySigner.from_file(
+                config.identity.signing_key, issuer=config.identity.issuer,
+                audience=config.identity.audience, ttl=config.identity.ttl)
+        self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout,
+                                      on_queued_failure=self.metrics.audit_failures.inc)
+        self.pipelines = self._build_pipelines()
+
+    # -- assembly ---------------------------------------------------------
+
+    def _build_pipelines(self) -> dict[str, Pipeline]:
+        g = self.config.gateway
+        if not g.security:
+            bare = Pipeline([Forward(self.upstreams, strip_prefixes=(), strip_credentials=False,
+                                     request_id_header=self._rid_header)])
+            return {tier: bare for tier in ("public", "read", "trade", "transfer", "admin")}
+        forward = Forward(self.upstreams, strip_prefixes=g.identity_header_prefixes,
+                          strip_credentials=True, request_id_header=self._rid_header,
+                          header_hooks=(self._identity_headers,))
+        guarded: list[Step] = [
+            Authenticate(self.verifier), BindAccount(), ReadBody(), Decrypt(),
+            Score(self.scorer), Decide(self.policy), StepUpChallenge(), self._auditor, forward,
+        ]
+        full = Pipeline(guarded)
+        return {"public": Pipeline([ReadBody(), forward]), "read": full, "trade": full,
+                "transfer": full, "admin": full}
+
+    def _identity_headers(self, ctx: RequestContext, headers: dict[str, str]) -> None:
+        assert self.signer is not None
+        ident = self.config.identity
+        s = ctx.subject
+        headers[ident.header.lower()] = self.signer.sign(
+            sub=s.sub if s else "anonymous", accounts=s.accounts if s else (),
+            roles=s.roles if s else (), acr=s.acr if s else None,
+            risk=ctx.risk.level if ctx.risk else "unknown", request_id=ctx.request_id,
+            now=int(ctx.now))
+        headers[ident.terminal_header.lower()] = terminal_info(
+            client_ip=ctx.client_ip, client_port=ctx.client_port, device_id=ctx.device_id,
+            user_agent=ctx.headers.get("User-Agent"))
+
+    # -- the public handler ----------------------------------------------
+
+    def _request_id(self, request: web.BaseRequest, peer_trusted: bool) -> str:
+        inbound = request.headers.get(self._rid_header)
+        if inbound and peer_trusted and _REQUEST_ID.fullmatch(inbound):
+            return inbound
+        return secrets.token_hex(12)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        peer = request.remote or ""
+        peer_trusted = is_trusted(peer, self._trusted)
+        rid = self._request_id(request, peer_trusted)
+        ctx: RequestContext | None = None
+        self.metrics.in_flight.inc()
+        try:
+            if self._draining:
+                raise GatewayError(SHUTTING_DOWN, headers={"Connection": "close"})
+            path, query = normalise_target(request.raw_path, self._max_path)
+            if path in ("/healthz", "/readyz") and request.method in ("GET", "HEAD"):
+                return await self._health(path, rid)
+            route, params = self.router.match(request.method, path)
+            xff = request.headers.getall("X-Forwarded-For", ()) if peer_trusted else ()
+            peername = request.transport.get_extra_info("peername") if request.transport else None
+            ctx = RequestContext(
+                request_id=rid, method=request.method, path=path, query=query, route=route,
+                params=params, headers=request.headers,
+                client_ip=client_ip(peer, xff, self._trusted),
+                client_port=peername[1] if isinstance(peername, tuple) else None,
+                scheme=request.scheme, started=started, now=time.time(),
+                peer_trusted=peer_trusted, request=request,
+            )
+            await self.pipelines[route.tier].run(ctx)
+            response: web.StreamResponse = ctx.response
+            if not response.prepared:
+                response.headers[self._rid_header] = rid
+            self._finish(ctx, response.status, "ok", started)
+            return response
+        except MethodNotAllowed as exc:
+            exc.headers = {"Allow": ", ".join(exc.allowed)}
+            return self._error(exc, rid, ctx, started)
+        except GatewayError as exc:
+            return self._error(exc, rid, ctx, started)
+        finally:
+            self.metrics.in_flight.dec()
+
+    def _error(self, exc: GatewayError, rid: str, ctx: RequestContext | None,
+               started: float) -> web.Response:
+        if ctx is not None:
+            if ctx.subject is not None or ctx.route.tier != "public":
+                record = base_record(ctx, "denial")
+                record.update({"decision": "deny", "code": exc.code, "status": exc.status})
+                self._auditor.queue(record)
+            self._finish(ctx, exc.status, exc.code, started)
+        else:
+            self.metrics.requests.labels("-", "-", exc.code, str(exc.status)).inc()
+        return error_response(exc, rid, self._rid_header)
+
+    def _finish(self, ctx: RequestContext, status: int, outcome: str, started: float) -> None:
+        route, tier = ctx.route.name, ctx.route.tier
+        total = time.perf_counter() - started
+        up = ctx.upstream_seconds
+        m = self.metrics
+        m.requests.labels(route, tier, outcome, str(status)).inc()
+        m.gateway_seconds.labels(tier).observe(total - (up or 0.0))
+        if up is not None:
+            m.upstream_seconds.labels(route).observe(up)
+        if ctx.decision is not None:
+            d = ctx.decision
+            m.decisions.labels(route, tier, "allow" if d.allow else "deny").inc()
+        if outcome == "ok" and self.config.gateway.security and tier != "public":
+            self._auditor.queue({
+                "type": "outcome", "time": time.time(), "request_id": ctx.request_id,
+                "route": route, "status": status,
+                "upstream_ms": round(up * 1000, 3) if up is not None else None,
+                "gateway_ms": round((total - (up or 0.0)) * 1000, 3),
+            })
+        if self._access_log:
+            logs.event(access_log, "request", request_id=ctx.request_id, method=ctx.method,
+                       route=route, status=status, outcome=outcome, client_ip=ctx.client_ip,
+                       ms=round(total * 1000, 3))
+
+    async def _health(self, path: str, rid: str) -> web.Response:
+        if path == "/healthz":
+            return web.json_response({"status": "ok"}, headers={self._rid_header: rid})
+        checks = await self.readiness()
+        ok = all(checks.values())
+        return web.json_response({"status": "ready" if ok else "not_ready", "checks": checks},
+                                 status=200 if ok else 503, headers={self._rid_header: rid})
+
+    async def readiness(self) -> dict[str, bool]:
+        upstreams, state_ok = await asyncio.gather(self.upstreams.check(), self._state_ok())
+        checks = {f"upstream:{k}": v for k, v in upstreams.items()}
+        checks["state"] = state_ok
+        return checks
+
+    async def _state_ok(self) -> bool:
+        try:
+            return await self.state.ping()
+        except Exception:
+            return False
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        from gateway.admin import build_admin_app
+
+        await self.upstreams.start()
+        public = web.Server(self.handle, access_log=None, handler_cancellation=True,
+                            client_max_size=1024**2)
+        shutdown = self.config.gateway.shutdown_timeout
+        runner: web.BaseRunner = web.ServerRunner(public, shutdown_timeout=shutdown)
+        await runner.setup()
+        pub = self.config.public
+        site = web.TCPSite(runner, pub.host, pub.port, ssl_context=_ssl_context(pub),
+                           backlog=1024, reuse_port=True)
+        await site.start()
+        self._runners.append(runner)
+        self.public_port = _bound_port(runner)
+
+        admin_runner = web.AppRunner(build_admin_app(self), access_log=None,
+                                     shutdown_timeout=shutdown)
+        await admin_runner.setup()
+        adm = self.config.admin
+        await web.TCPSite(admin_runner, adm.host, adm.port, ssl_context=_ssl_context(adm)).start()
+        self._runners.append(admin_runner)
+        self.admin_port = _bound_port(admin_runner)
+        logs.event(log, "listening", public=f"{pub.host}:{self.public_port}",
+                   admin=f"{adm.host}:{self.admin_port}", security=self.config.gateway.security)
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight requests (up to shutdown_timeout), then close."""
+        self._draining = True
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        await self.upstreams.close()
+        await self.audit.close()
+        await self.state.close()
+
+
+def _bound_port(runner: web.BaseRunner) -> int:
+    addr = runner.addresses[0]
+    return int(addr[1])

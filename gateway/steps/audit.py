@@ -1,0 +1,80 @@
+"""Audit the decision: write-ahead for money, queued for reads.
+
+For trade, transfer and admin routes the request is forwarded only once its
+decision record is durable; a slow or broken sink fails them closed with
+503 audit_unavailable. Other routes queue the record and go on (the sink
+group-commits within milliseconds); a failed queued write is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from audit.sink import AuditSink, AuditWriteError
+from gateway.config import GUARDED_TIERS
+from gateway.context import RequestContext
+from gateway.errors import AUDIT_UNAVAILABLE, GatewayError
+
+
+def base_record(ctx: RequestContext, kind: str) -> dict[str, Any]:
+    subject = ctx.subject
+    return {
+        "type": kind,
+        "time": ctx.now,
+        "request_id": ctx.request_id,
+        "sub": subject.sub if subject else None,
+        "account": ctx.account,
+        "route": ctx.route.name,
+        "tier": ctx.route.tier,
+        "method": ctx.method,
+        "path": ctx.path,
+        "client_ip": ctx.client_ip,
+        "device_id": ctx.device_id,
+    }
+
+
+def decision_record(ctx: RequestContext) -> dict[str, Any]:
+    rec = base_record(ctx, "decision")
+    d = ctx.decision
+    risk = ctx.risk
+    rec.update({
+        "decision": "allow" if d is None or d.allow else ("step_up" if d.step_up else "deny"),
+        "reasons": [r.code for r in d.deny] if d else [],
+        "policy_version": d.policy_version if d else None,
+        "risk_score": risk.score if risk else None,
+        "risk_level": risk.level if risk else None,
+        "risk_factors": [f.code for f in risk.factors] if risk else [],
+        "degraded": list(ctx.degraded),
+    })
+    return rec
+
+
+class AuditDecision:
+    name = "audit"
+
+    def __init__(self, sink: AuditSink, *, timeout: float,
+                 on_queued_failure: Callable[[], None] = lambda: None) -> None:
+        self._sink = sink
+        self._timeout = timeout
+        self._on_failure = on_queued_failure
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        record = decision_record(ctx)
+        if ctx.route.tier in GUARDED_TIERS or ctx.route.fail_mode == "closed":
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sink.submit(record)), self._timeout)
+            except (AuditWriteError, asyncio.TimeoutError):
+                raise GatewayError(AUDIT_UNAVAILABLE) from None
+            return
+        self.queue(record)
+
+    def queue(self, record: dict[str, Any]) -> None:
+        """Submit without waiting; failures are counted, never raised into the request."""
+        fut = self._sink.submit(record)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self._on_failure()

@@ -1,0 +1,46 @@
+"""Authenticate: a bearer JWT from an allow-listed issuer (see gateway.authn)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.authn.tokens import Subject
+from gateway.context import RequestContext
+from gateway.errors import TOKEN_MALFORMED, TOKEN_MISSING, GatewayError
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="portcullis"'}
+
+
+class Verifier(Protocol):
+    async def verify(self, token: str) -> Subject: ...
+
+
+def bearer_token(values: list[str]) -> str:
+    """The token from the Authorization header values; exactly one Bearer credential."""
+    if not values:
+        raise GatewayError(TOKEN_MISSING, headers=_CHALLENGE)
+    if len(values) > 1:
+        raise GatewayError(TOKEN_MALFORMED, "more than one Authorization header", headers=_CHALLENGE)
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme.lower() not in ("bearer", "dpop") or not token.strip():
+        raise GatewayError(TOKEN_MISSING, "expected an Authorization: Bearer token", headers=_CHALLENGE)
+    return token.strip()
+
+
+class Authenticate:
+    name = "authenticate"
+
+    def __init__(self, verifier: Verifier) -> None:
+        self._verifier = verifier
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        getall = getattr(ctx.headers, "getall", None)
+        values = list(getall("Authorization", ())) if getall else (
+            [ctx.headers["Authorization"]] if "Authorization" in ctx.headers else [])
+        token = bearer_token(values)
+        try:
+            ctx.subject = await self._verifier.verify(token)
+        except GatewayError as exc:
+            if exc.status == 401 and not exc.headers:
+                exc.headers = _CHALLENGE
+            raise

@@ -1,0 +1,21 @@
+"""Decrypt SM4-GCM request envelopes so later steps see the plaintext order.
+
+The envelope format and session keys arrive with the national-cryptography
+issue; until then an envelope is refused with 415 rather than forwarded
+undecrypted (a policy must never judge a body it cannot read).
+"""
+
+from __future__ import annotations
+
+from gateway.context import RequestContext
+from gateway.errors import UNSUPPORTED_MEDIA_TYPE, GatewayError
+from gateway.proxy import ENVELOPE_TYPE
+
+
+class Decrypt:
+    name = "decrypt"
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        ctype = ctx.headers.get("Content-Type", "")
+        if ctype.split(";", 1)[0].strip().lower() == ENVELOPE_TYPE:
+            raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "encrypted payloads are not enabled on this gateway")

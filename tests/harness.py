@@ -1,0 +1,132 @@
+"""A real stack on loopback for integration tests: demo backend + gateway.
+
+Both run in the test's event loop on ephemeral ports (port 0), with demo keys
+made fresh in the test's tmp folder. Tests talk to them over real sockets.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from demo_backend.app import create_app
+from gateway.config import parse
+from gateway.demo_keys import DEMO_AUDIENCE, DEMO_ISSUER, DemoKeys, ensure_demo_keys, mint_token
+from gateway.server import Gateway
+
+ROUTES: list[dict[str, Any]] = [
+    {"name": "quotes", "methods": ["GET"], "path": "/api/quotes/{symbol}", "upstream": "trading",
+     "tier": "read", "fail_mode": "open"},
+    {"name": "quotes_stream", "methods": ["GET"], "path": "/api/quotes/stream",
+     "upstream": "trading", "tier": "read", "websocket": True},
+    {"name": "account", "methods": ["GET"], "path": "/api/accounts/{account}",
+     "upstream": "trading", "tier": "read", "account_param": "account"},
+    {"name": "positions", "methods": ["GET"], "path": "/api/accounts/{account}/positions",
+     "upstream": "trading", "tier": "read", "account_param": "account",
+     "account_query": "account"},
+    {"name": "orders_list", "methods": ["GET"], "path": "/api/accounts/{account}/orders",
+     "upstream": "trading", "tier": "read", "account_param": "account"},
+    {"name": "order_place", "methods": ["POST"], "path": "/api/accounts/{account}/orders",
+     "upstream": "trading", "tier": "trade", "account_param": "account", "body_limit": "16KiB"},
+    {"name": "order_cancel", "methods": ["DELETE"],
+     "path": "/api/accounts/{account}/orders/{order_id}", "upstream": "trading", "tier": "trade",
+     "account_param": "account"},
+    {"name": "transfer", "methods": ["POST"], "path": "/api/accounts/{account}/transfers",
+     "upstream": "trading", "tier": "transfer", "account_param": "account", "body_limit": "8KiB"},
+    {"name": "echo", "methods": ["GET", "POST", "PUT"], "path": "/__debug/echo",
+     "upstream": "trading", "tier": "read", "fail_mode": "open", "account_query": "account",
+     "body_limit": "4KiB"},
+    {"name": "echo_public", "methods": ["GET"], "path": "/__debug/echo/public",
+     "upstream": "trading", "tier": "public"},
+    {"name": "slow", "methods": ["GET"], "path": "/__debug/slow", "upstream": "trading",
+     "tier": "read", "read_timeout": 1},
+]
+
+
+def gateway_config(keys: DemoKeys, tmp: Path, backend_url: str, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "gateway": {"name": "test", "access_log": False, "shutdown_timeout": 5},
+        "listeners": {"public": {"host": "127.0.0.1", "port": 0},
+                      "admin": {"host": "127.0.0.1", "port": 0}},
+        "network": {"trusted_proxies": ["10.9.9.0/24"]},
+        "issuers": [{"iss": DEMO_ISSUER, "audience": [DEMO_AUDIENCE],
+                     "jwks_file": str(keys.issuer_jwks), "algorithms": ["ES256"]}],
+        "identity": {"signing_key": str(keys.identity_key)},
+        "upstreams": {"trading": {"url": backend_url, "connect_timeout": 1, "read_timeout": 5}},
+        "routes": copy.deepcopy(ROUTES),
+        "state": {"backend": "memory"},
+        "audit": {"path": str(tmp / "audit"), "fsync_interval_ms": 1},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+@dataclass
+class Stack:
+    gateway: Gateway
+    keys: DemoKeys
+    backend_url: str
+    tmp: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.public_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.admin_port}"
+
+    def token(self, sub: str = "alice", accounts: Sequence[str] = ("A1",),
+              roles: Sequence[str] = ("client",), **kw: Any) -> str:
+        return mint_token(self.keys, sub=sub, accounts=accounts, roles=roles, **kw)
+
+    def auth(self, **kw: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(**kw)}"}
+
+
+@asynccontextmanager
+async def run_backend(keys: DemoKeys) -> AsyncIterator[str]:
+    runner = web.AppRunner(create_app(keys.identity_jwks, debug_routes=True, stream_interval=0.05))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def run_stack(tmp: Path, *, backend_url: str | None = None, gateway_kwargs: dict[str, Any] | None = None,
+                    **overrides: Any) -> AsyncIterator[Stack]:
+    keys = ensure_demo_keys(tmp / "keys")
+    if backend_url is None:
+        async with run_backend(keys) as url:
+            async with _gateway(keys, tmp, url, gateway_kwargs or {}, overrides) as stack:
+                yield stack
+    else:
+        async with _gateway(keys, tmp, backend_url, gateway_kwargs or {}, overrides) as stack:
+            yield stack
+
+
+@asynccontextmanager
+async def _gateway(keys: DemoKeys, tmp: Path, backend_url: str, gateway_kwargs: dict[str, Any],
+                   overrides: dict[str, Any]) -> AsyncIterator[Stack]:
+    cfg = parse(gateway_config(keys, tmp, backend_url, **overrides), tmp)
+    gw = Gateway(cfg, **gateway_kwargs)
+    await gw.start()
+    try:
+        yield Stack(gw, keys, backend_url, tmp)
+    finally:
+        await gw.stop()
