@@ -250,8 +250,7 @@ class Gateway:
         from gateway.admin import build_admin_app
 
         await self.upstreams.start()
-        public = web.Server(self.handle, access_log=None, handler_cancellation=True,
-                            client_max_size=1024**2)
+        public = web.Server(self.handle, handler_cancellation=True)
         shutdown = self.config.gateway.shutdown_timeout
         runner: web.BaseRunner = web.ServerRunner(public, shutdown_timeout=shutdown)
         await runner.setup()
