@@ -1,0 +1,287 @@
+"""The shared-state contract: one small async interface over Redis or memory.
+
+Risk counters, MFA challenges, replay caches, account freezes and token
+revocation all keep state that every gateway replica must see. They talk to
+this interface only, so a single process runs on :class:`MemoryStore` and a
+fleet on :class:`RedisStore` without a line of difference in the callers, and
+tests hand in a memory store with a fake clock.
+
+The operations are the few the gateway needs, each atomic on its own
+(``set_if_absent`` for replay caches, ``getdel`` for single-use tokens,
+``incr`` with a TTL set only on creation, ``zadd_window`` for sliding-window
+rate counters). The design budget is one Redis round trip per request on read
+routes, two on trade routes: :meth:`StateStore.batch` queues several
+operations and sends them in one round trip, returning typed handles::
+
+    async with store.batch() as b:
+        frozen = b.get(f"freeze:{account}")
+        rate = b.zadd_window(f"rate:{account}", request_id, now, 1.0)
+    if frozen.value is not None or rate.value > limit: ...
+
+A batch is not a transaction: on Redis each operation is atomic but another
+client's commands may interleave between them.
+
+Failure model: any connection failure or timeout raises
+:class:`StateUnavailable` (503 ``state_unavailable``); the route's fail mode
+decides what happens next. Using a key with the wrong kind of operation
+(``incr`` on a set, ``sadd`` on a string) is a programming error and raises
+:class:`StateTypeError` on every backend.
+
+Keys are plain strings; every store prepends its configured prefix, so several
+deployments (and test runs) can share one Redis. TTLs and windows are seconds
+as floats, applied with millisecond precision (``PEXPIRE`` semantics).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+from gateway.errors import STATE_UNAVAILABLE, GatewayError
+
+__all__ = [
+    "Batch",
+    "Pending",
+    "StateStore",
+    "StateTypeError",
+    "StateUnavailable",
+    "check_score",
+    "ttl_ms",
+]
+
+T = TypeVar("T")
+
+
+class StateUnavailable(GatewayError):
+    """The state store could not be reached in time (503 ``state_unavailable``).
+
+    ``message`` stays the generic one because it is sent to clients; the cause
+    (kept in ``detail`` and ``__cause__``) is for operators' logs only.
+    """
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(STATE_UNAVAILABLE)
+        self.detail = detail
+
+
+class StateTypeError(TypeError):
+    """A key holds a value the operation cannot use (wrong kind, not an integer)."""
+
+
+# --------------------------------------------------------------------------
+# Argument checks shared by the backends, so both reject the same inputs.
+
+
+def ttl_ms(ttl: float | None) -> int | None:
+    """Seconds to whole milliseconds (rounded up, at least 1); None stays None."""
+    if ttl is None:
+        return None
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise ValueError(f"ttl must be a positive number of seconds (got {ttl!r})")
+    return max(1, math.ceil(ttl * 1000))
+
+
+def check_score(score: float, window: float) -> None:
+    """Scores and windows of ``zadd_window`` must be finite; the window positive."""
+    if not math.isfinite(score):
+        raise ValueError(f"score must be finite (got {score!r})")
+    if not math.isfinite(window) or window <= 0:
+        raise ValueError(f"window must be a positive number of seconds (got {window!r})")
+
+
+# --------------------------------------------------------------------------
+# Batches
+
+
+class Pending(Generic[T]):
+    """The result of one queued operation, readable once its batch has run."""
+
+    __slots__ = ("_done", "_value")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+
+    def _resolve(self, value: Any) -> None:
+        self._value = value
+        self._done = True
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def value(self) -> T:
+        if not self._done:
+            raise RuntimeError("the batch has not been executed yet")
+        result: T = self._value
+        return result
+
+
+#: One queued operation: its name (a :class:`StateStore` method), arguments, handle.
+Op = tuple[str, tuple[Any, ...], Pending[Any]]
+
+
+class Batch(ABC):
+    """Operations queued to run in one round trip, in order.
+
+    Use as ``async with store.batch() as b:`` (runs on a clean exit) or call
+    :meth:`execute` yourself. Each queuing method returns a :class:`Pending`
+    handle; :meth:`execute` also returns all results as a list. Arguments are
+    checked when queued, so a bad one never leaves a batch half applied.
+    A batch runs once.
+    """
+
+    def __init__(self) -> None:
+        self._ops: list[Op] = []
+        self._executed = False
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def _queue(self, name: str, *args: Any) -> Pending[Any]:
+        if self._executed:
+            raise RuntimeError("this batch has already been executed")
+        pending: Pending[Any] = Pending()
+        self._ops.append((name, args, pending))
+        return pending
+
+    def get(self, key: str) -> Pending[bytes | None]:
+        return self._queue("get", key)
+
+    def mget(self, keys: Sequence[str]) -> Pending[list[bytes | None]]:
+        return self._queue("mget", tuple(keys))
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> Pending[None]:
+        ttl_ms(ttl)
+        return self._queue("set", key, value, ttl)
+
+    def set_if_absent(self, key: str, value: bytes, ttl: float | None) -> Pending[bool]:
+        ttl_ms(ttl)
+        return self._queue("set_if_absent", key, value, ttl)
+
+    def getdel(self, key: str) -> Pending[bytes | None]:
+        return self._queue("getdel", key)
+
+    def delete(self, *keys: str) -> Pending[int]:
+        return self._queue("delete", *keys)
+
+    def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> Pending[int]:
+        ttl_ms(ttl)
+        return self._queue("incr", key, amount, ttl)
+
+    def sadd(self, key: str, member: str, ttl: float | None = None) -> Pending[int]:
+        ttl_ms(ttl)
+        return self._queue("sadd", key, member, ttl)
+
+    def scard(self, key: str) -> Pending[int]:
+        return self._queue("scard", key)
+
+    def sismember(self, key: str, member: str) -> Pending[bool]:
+        return self._queue("sismember", key, member)
+
+    def zadd_window(self, key: str, member: str, score: float, window: float) -> Pending[int]:
+        check_score(score, window)
+        return self._queue("zadd_window", key, member, score, window)
+
+    async def execute(self) -> list[Any]:
+        """Run every queued operation in one round trip; return their results."""
+        if self._executed:
+            raise RuntimeError("this batch has already been executed")
+        self._executed = True
+        if not self._ops:
+            return []
+        results = await self._run(self._ops)
+        for (_, _, pending), result in zip(self._ops, results, strict=True):
+            pending._resolve(result)
+        return results
+
+    @abstractmethod
+    async def _run(self, ops: Sequence[Op]) -> list[Any]:
+        """Backend hook: run ``ops`` in order in one round trip."""
+
+    async def __aenter__(self) -> Batch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.execute()
+
+
+# --------------------------------------------------------------------------
+# The interface
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Async key-value state shared by gateway replicas; see the module docstring."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The value of a string key, or None when absent or expired."""
+        ...
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of several keys in one round trip; None for absent or non-string keys."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store a value, replacing any value and TTL; no TTL means it never expires."""
+        ...
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
+        """Atomically store a value only if the key is absent; True if it was stored."""
+        ...
+
+    async def getdel(self, key: str) -> bytes | None:
+        """Atomically read and delete a string key (consume a single-use token)."""
+        ...
+
+    async def delete(self, *keys: str) -> int:
+        """Delete keys of any kind; return how many existed."""
+        ...
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add to a counter (created at 0); the TTL is set only when this creates it."""
+        ...
+
+    async def sadd(self, key: str, member: str, ttl: float | None = None) -> int:
+        """Add a member to a set; return 1 if new, 0 if present. A TTL is refreshed."""
+        ...
+
+    async def scard(self, key: str) -> int:
+        """Number of members of a set (0 when absent)."""
+        ...
+
+    async def sismember(self, key: str, member: str) -> bool:
+        """Whether ``member`` is in the set."""
+        ...
+
+    async def zadd_window(self, key: str, member: str, score: float, window: float) -> int:
+        """Record an event and count those in the sliding window, atomically.
+
+        Adds ``member`` with ``score`` (seconds, e.g. a wall-clock timestamp),
+        drops members scoring below ``score - window``, returns how many are
+        left, and lets the key expire after ``window`` seconds of quiet.
+        Members must be unique per event (a request id): re-adding one moves it.
+        """
+        ...
+
+    async def ping(self) -> bool:
+        """True when the store answers; False (never an exception) when it does not."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+        ...
+
+    def batch(self) -> Batch:
+        """A new :class:`Batch` that runs its operations in one round trip."""
+        ...

@@ -1,0 +1,317 @@
+"""Redis state store: the backend gateway replicas share.
+
+Design choices, each for the per-request budget of one or two round trips:
+
+* Every operation is one Redis command. Those needing several steps to be
+  atomic (an ``INCRBY`` whose TTL is set only on creation, ``SADD`` with a
+  refreshed TTL, the sliding window's add/trim/count/expire) are small Lua
+  scripts. They are sent with ``EVAL``, not ``EVALSHA``: redis-py checks
+  pipeline scripts with an extra ``SCRIPT EXISTS`` round trip, and retrying
+  after ``NOSCRIPT`` would reorder a batch. The bodies are a few hundred bytes
+  and Redis caches their compiled form.
+* Batches are pipelines with ``transaction=False``: one write, one read.
+* No client-side retries: retrying ``INCR`` after a lost reply would count
+  twice, and a gateway waiting for Redis is worse than one failing fast to the
+  route's fail mode. A stale pooled connection is still replaced by redis-py
+  before use. Socket, connect and pool-wait timeouts all come from
+  ``timeout``, and each call also runs under an overall ``timeout`` deadline
+  (cancellation makes redis-py drop the connection, so no reply is ever read
+  by the wrong caller).
+* Every redis/socket failure becomes :class:`StateUnavailable`; ``WRONGTYPE``
+  and "not an integer" become :class:`StateTypeError`, like the memory store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+
+from gateway.config import StateConfig
+from gateway.state.base import (
+    Batch,
+    Op,
+    StateTypeError,
+    StateUnavailable,
+    check_score,
+    ttl_ms,
+)
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T")
+
+# KEYS[1] counter; ARGV[1] amount, ARGV[2] ttl in ms.
+_INCR_TTL = """
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if created then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return n
+"""
+
+# KEYS[1] set; ARGV[1] member, ARGV[2] ttl in ms.
+_SADD_TTL = """
+local n = redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return n
+"""
+
+# KEYS[1] sorted set; ARGV[1] score, ARGV[2] member, ARGV[3] lowest score kept,
+# ARGV[4] window in ms (an idle window expires on its own).
+_ZADD_WINDOW = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+def _as_int(raw: Any) -> int:
+    return int(raw)
+
+
+def _as_bool(raw: Any) -> bool:
+    return bool(raw)
+
+
+def _as_none(raw: Any) -> None:
+    return None
+
+
+def _as_is(raw: Any) -> Any:
+    return raw
+
+
+def _as_list(raw: Any) -> list[bytes | None]:
+    return list(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cmd:
+    """One operation as a Redis command and how to read its reply.
+
+    ``args`` None means the answer is known without asking Redis (``delete()``
+    of no keys, ``mget([])``), and is ``constant``.
+    """
+
+    args: tuple[Any, ...] | None
+    convert: Callable[[Any], Any] = _as_is
+    constant: Any = None
+
+
+class _Commands:
+    """Builds the command for each operation, with the key prefix applied."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def get(self, key: str) -> _Cmd:
+        return _Cmd(("GET", self.prefix + key))
+
+    def mget(self, keys: Sequence[str]) -> _Cmd:
+        if not keys:
+            return _Cmd(None, constant=[])
+        return _Cmd(("MGET", *(self.prefix + k for k in keys)), _as_list)
+
+    def set(self, key: str, value: bytes, ttl: float | None) -> _Cmd:
+        ms = ttl_ms(ttl)
+        expiry = ("PX", ms) if ms is not None else ()
+        return _Cmd(("SET", self.prefix + key, value, *expiry), _as_none)
+
+    def set_if_absent(self, key: str, value: bytes, ttl: float | None) -> _Cmd:
+        ms = ttl_ms(ttl)
+        expiry = ("PX", ms) if ms is not None else ()
+        return _Cmd(("SET", self.prefix + key, value, "NX", *expiry), _as_bool)
+
+    def getdel(self, key: str) -> _Cmd:
+        return _Cmd(("GETDEL", self.prefix + key))
+
+    def delete(self, *keys: str) -> _Cmd:
+        if not keys:
+            return _Cmd(None, constant=0)
+        return _Cmd(("DEL", *(self.prefix + k for k in keys)), _as_int)
+
+    def incr(self, key: str, amount: int, ttl: float | None) -> _Cmd:
+        ms = ttl_ms(ttl)
+        if ms is None:
+            return _Cmd(("INCRBY", self.prefix + key, amount), _as_int)
+        return _Cmd(("EVAL", _INCR_TTL, 1, self.prefix + key, amount, ms), _as_int)
+
+    def sadd(self, key: str, member: str, ttl: float | None) -> _Cmd:
+        ms = ttl_ms(ttl)
+        if ms is None:
+            return _Cmd(("SADD", self.prefix + key, member), _as_int)
+        return _Cmd(("EVAL", _SADD_TTL, 1, self.prefix + key, member, ms), _as_int)
+
+    def scard(self, key: str) -> _Cmd:
+        return _Cmd(("SCARD", self.prefix + key), _as_int)
+
+    def sismember(self, key: str, member: str) -> _Cmd:
+        return _Cmd(("SISMEMBER", self.prefix + key, member), _as_bool)
+
+    def zadd_window(self, key: str, member: str, score: float, window: float) -> _Cmd:
+        check_score(score, window)
+        ms = ttl_ms(window)
+        args = (repr(float(score)), member, repr(float(score - window)), ms)
+        return _Cmd(("EVAL", _ZADD_WINDOW, 1, self.prefix + key, *args), _as_int)
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisStore:
+    """A :class:`~gateway.state.base.StateStore` on a Redis server.
+
+    ``connection_class`` lets tests wrap the socket layer (to count round trips);
+    production leaves it to the URL scheme (``redis://``, ``rediss://``, ``unix://``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "",
+        timeout: float = 0.5,
+        *,
+        max_connections: int = 64,
+        connection_class: type[AbstractConnection] | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive (got {timeout!r})")
+        self.prefix = prefix
+        self.timeout = timeout
+        self._where = _redacted(url)
+        self._cmds = _Commands(prefix)
+        options: dict[str, Any] = {
+            "max_connections": max_connections,
+            "timeout": timeout,  # waiting for a free pooled connection
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if connection_class is not None:
+            options["connection_class"] = connection_class
+        self._pool = BlockingConnectionPool.from_url(url, **options)
+        self._client = Redis(connection_pool=self._pool)
+        # redis-py leaves execute_command unannotated; it is a coroutine here.
+        self._send = cast(Callable[..., Awaitable[Any]], self._client.execute_command)
+
+    @classmethod
+    def from_config(cls, cfg: StateConfig) -> RedisStore:
+        return cls(cfg.url, cfg.prefix, cfg.timeout)
+
+    # -- plumbing ---------------------------------------------------------------
+
+    async def _guard(self, call: Awaitable[T]) -> T:
+        """Await a redis-py call under the deadline, translating its failures."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await call
+        except ReadOnlyError as exc:  # a replica after failover: unusable for writes
+            raise StateUnavailable(f"Redis at {self._where} is read-only") from exc
+        except ResponseError as exc:
+            text = str(exc)
+            if "WRONGTYPE" in text or "not an integer" in text or "overflow" in text:
+                raise StateTypeError(text) from exc
+            raise StateUnavailable(f"Redis at {self._where} refused: {text}") from exc
+        except (RedisError, OSError, TimeoutError) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise StateUnavailable(f"Redis at {self._where}: {detail}") from exc
+
+    async def _one(self, cmd: _Cmd) -> Any:
+        if cmd.args is None:
+            return cmd.constant
+        raw = await self._guard(self._send(*cmd.args))
+        return cmd.convert(raw)
+
+    # -- the StateStore interface -------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        result: bytes | None = await self._one(self._cmds.get(key))
+        return result
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        result: list[bytes | None] = await self._one(self._cmds.mget(keys))
+        return result
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        await self._one(self._cmds.set(key, value, ttl))
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
+        result: bool = await self._one(self._cmds.set_if_absent(key, value, ttl))
+        return result
+
+    async def getdel(self, key: str) -> bytes | None:
+        result: bytes | None = await self._one(self._cmds.getdel(key))
+        return result
+
+    async def delete(self, *keys: str) -> int:
+        result: int = await self._one(self._cmds.delete(*keys))
+        return result
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        result: int = await self._one(self._cmds.incr(key, amount, ttl))
+        return result
+
+    async def sadd(self, key: str, member: str, ttl: float | None = None) -> int:
+        result: int = await self._one(self._cmds.sadd(key, member, ttl))
+        return result
+
+    async def scard(self, key: str) -> int:
+        result: int = await self._one(self._cmds.scard(key))
+        return result
+
+    async def sismember(self, key: str, member: str) -> bool:
+        result: bool = await self._one(self._cmds.sismember(key, member))
+        return result
+
+    async def zadd_window(self, key: str, member: str, score: float, window: float) -> int:
+        result: int = await self._one(self._cmds.zadd_window(key, member, score, window))
+        return result
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._guard(self._send("PING")))
+        except StateUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        await self._pool.disconnect()
+
+    def batch(self) -> Batch:
+        return _RedisBatch(self)
+
+
+class _RedisBatch(Batch):
+    def __init__(self, store: RedisStore) -> None:
+        super().__init__()
+        self._store = store
+
+    async def _run(self, ops: Sequence[Op]) -> list[Any]:
+        store = self._store
+        cmds = [getattr(store._cmds, name)(*args) for name, args, _ in ops]
+        sent = [c for c in cmds if c.args is not None]
+        raw: list[Any] = []
+        if sent:
+            async with store._client.pipeline(transaction=False) as pipe:
+                queue = cast(Callable[..., object], pipe.execute_command)
+                for c in sent:
+                    queue(*c.args)
+                raw = await store._guard(pipe.execute())
+        replies = iter(raw)
+        return [c.constant if c.args is None else c.convert(next(replies)) for c in cmds]

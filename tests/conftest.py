@@ -1,0 +1,194 @@
+"""Shared fixtures: real Redis and PostgreSQL, and the shared test vectors.
+
+Integration tests run against the real services the product uses (STYLE.md 7).
+When a service is not reachable, its tests are skipped with a message that
+says how to start it, so a newcomer's ``pytest`` still passes; CI sets
+``REQUIRE_REDIS=1`` / ``REQUIRE_POSTGRES=1`` to turn those skips into failures,
+so a broken service never passes silently.
+
+Environment:
+
+* ``PORTCULLIS_TEST_REDIS_URL``     default ``redis://127.0.0.1:6379/0``
+* ``PORTCULLIS_TEST_POSTGRES_DSN``  default ``postgresql://postgres@127.0.0.1:5432/test``
+* ``PORTCULLIS_VECTORS``            default ``../shared/vectors`` next to the repository
+* ``REQUIRE_REDIS=1``, ``REQUIRE_POSTGRES=1``  fail instead of skip
+
+Every test gets its own key prefix or schema and removes it afterwards, so
+tests, parallel runs and CI jobs can share one server. Add new fixtures in the
+section of the service they use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis.asyncio
+
+from gateway.state.redis import RedisStore
+
+# --------------------------------------------------------------------------
+# Service availability
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
+
+
+def service_unavailable(require_env: str, message: str) -> NoReturn:
+    """Skip the test, or fail it when ``require_env`` is set to 1 (as in CI)."""
+    if os.environ.get(require_env) == "1":
+        pytest.fail(f"{message} [{require_env}=1, so this is a failure]", pytrace=False)
+    pytest.skip(message)
+
+
+def _run(step: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    """Run async code from a sync fixture: on its own thread and event loop,
+    because the fixture may be set up while a test's loop is already running."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, step()).result()
+
+
+def _probe(check: Callable[[], Coroutine[Any, Any, object]]) -> str | None:
+    """None when ``check`` succeeds, else why it failed."""
+    try:
+        _run(check)
+    except Exception as exc:  # any failure means "not usable"
+        return str(exc) or type(exc).__name__
+    return None
+
+
+# --------------------------------------------------------------------------
+# Redis
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of a reachable Redis; checked once per session."""
+    url = os.environ.get("PORTCULLIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+    async def check() -> None:
+        client = redis.asyncio.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    error = _probe(check)
+    if error is not None:
+        service_unavailable(
+            "REQUIRE_REDIS",
+            f"Redis not reachable at {_redacted(url)} ({error}): start it with "
+            "`redis-server --daemonize yes` or set PORTCULLIS_TEST_REDIS_URL; "
+            "CI sets REQUIRE_REDIS=1",
+        )
+    return url
+
+
+async def delete_redis_prefix(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix`` (which must not contain glob characters)."""
+    if not prefix or any(c in prefix for c in "*?[]\\"):
+        raise ValueError(f"refusing to delete keys under prefix {prefix!r}")
+    client = redis.asyncio.Redis.from_url(url, socket_timeout=5.0)
+    try:
+        keys = [k async for k in client.scan_iter(match=prefix + "*", count=500)]
+        return int(await client.delete(*keys)) if keys else 0
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to this test, ``ptest:<uuid>:``; its keys go afterwards.
+
+    Use it for any Redis client a test builds itself, so nothing is left behind.
+    (A sync fixture, so other fixtures may request it with ``getfixturevalue``.)
+    """
+    prefix = f"ptest:{uuid.uuid4().hex}:"
+    yield prefix
+    _run(lambda: delete_redis_prefix(redis_url, prefix))
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStore]:
+    """A RedisStore on the test Redis under ``redis_prefix``."""
+    store = RedisStore(redis_url, redis_prefix, timeout=2.0)
+    yield store
+    await store.close()
+
+
+# --------------------------------------------------------------------------
+# PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """DSN of a reachable PostgreSQL database; checked once per session."""
+    import asyncpg
+
+    dsn = os.environ.get(
+        "PORTCULLIS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+    )
+
+    async def check() -> None:
+        conn = await asyncpg.connect(dsn, timeout=3.0)
+        await conn.close()
+
+    error = _probe(check)
+    if error is not None:
+        service_unavailable(
+            "REQUIRE_POSTGRES",
+            f"PostgreSQL not reachable at {_redacted(dsn)} ({error}): start it "
+            "(e.g. `pg_ctlcluster <version> main start`) and create the database "
+            "(`createdb -U postgres test`), or set PORTCULLIS_TEST_POSTGRES_DSN; "
+            "CI sets REQUIRE_POSTGRES=1",
+        )
+    return dsn
+
+
+@pytest.fixture
+async def pg_schema(postgres_dsn: str) -> AsyncIterator[str]:
+    """A fresh schema ``ptest_<uuid>``, dropped with everything in it afterwards.
+
+    Connect with ``asyncpg.connect(postgres_dsn, server_settings={"search_path": pg_schema})``
+    so unqualified table names land in it.
+    """
+    import asyncpg
+
+    name = f"ptest_{uuid.uuid4().hex}"
+    conn = await asyncpg.connect(postgres_dsn, timeout=5.0)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{name}"')
+        yield name
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await conn.close()
+
+
+# --------------------------------------------------------------------------
+# Test vectors
+
+
+@pytest.fixture(scope="session")
+def vectors_dir() -> Path:
+    """The shared test vectors folder (``../shared/vectors`` or ``$PORTCULLIS_VECTORS``)."""
+    default = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+    path = Path(os.environ.get("PORTCULLIS_VECTORS", default))
+    if not path.is_dir():
+        pytest.skip(
+            f"test vectors not found at {path}: check out the shared vectors next to "
+            "the repository or set PORTCULLIS_VECTORS"
+        )
+    return path

@@ -1,0 +1,728 @@
+"""One behaviour suite for every StateStore backend.
+
+Each behaviour test runs on MemoryStore (with a fake clock) and on RedisStore
+(against the real test Redis, short real TTLs), so the two stay
+interchangeable. Backend-specific tests follow: Redis round trips counted on
+the wire, failure translation, the memory store's sweep. The last section
+checks the shared service fixtures of conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+from redis.asyncio.connection import Connection
+
+from gateway.config import StateConfig
+from gateway.errors import STATE_UNAVAILABLE, GatewayError
+from gateway.state import (
+    Keyspace,
+    MemoryStore,
+    StateStore,
+    StateTypeError,
+    StateUnavailable,
+    build_store,
+)
+from gateway.state.redis import RedisStore
+
+LONG = 60.0  # a TTL no test outlives
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Backend:
+    """A store under test plus what backend-neutral tests need to drive it."""
+
+    kind: str
+    store: StateStore
+    #: Another store on the same data with ``prefix`` appended to the test's own.
+    make: Callable[[str], StateStore]
+    #: A TTL short enough to wait out: fake seconds (memory) or real ones (Redis).
+    short: float
+    #: Let more than ``short`` seconds pass.
+    pass_short: Callable[[], Awaitable[None]]
+    extra: list[StateStore] = field(default_factory=list)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        clock = FakeClock()
+        keyspace = Keyspace(clock)
+
+        async def pass_fake() -> None:
+            clock.now += 2.0
+
+        yield Backend(
+            "memory",
+            MemoryStore("t:", keyspace=keyspace),
+            lambda prefix: MemoryStore("t:" + prefix, keyspace=keyspace),
+            short=1.0,
+            pass_short=pass_fake,
+        )
+        return
+
+    url: str = request.getfixturevalue("redis_url")
+    base: str = request.getfixturevalue("redis_prefix")
+    made: list[RedisStore] = []
+
+    def make(prefix: str) -> StateStore:
+        made.append(RedisStore(url, base + prefix, timeout=2.0))
+        return made[-1]
+
+    async def pass_real() -> None:
+        await asyncio.sleep(0.12)
+
+    store = RedisStore(url, base, timeout=2.0)
+    try:
+        yield Backend("redis", store, make, short=0.05, pass_short=pass_real)
+    finally:
+        for s in [store, *made]:
+            await s.close()  # redis_prefix deletes the keys
+
+
+@pytest.fixture
+def store(backend: Backend) -> StateStore:
+    return backend.store
+
+
+# --------------------------------------------------------------------------
+# Strings: get, mget, set, set_if_absent, getdel, delete
+
+
+async def test_get_of_missing_key_is_none(store: StateStore) -> None:
+    assert await store.get("nothing") is None
+
+
+async def test_set_then_get_returns_the_bytes(store: StateStore) -> None:
+    await store.set("k", b"\x00value\xff")
+    assert await store.get("k") == b"\x00value\xff"
+
+
+async def test_set_with_ttl_expires(backend: Backend) -> None:
+    store = backend.store
+    await store.set("short", b"1", ttl=backend.short)
+    await store.set("long", b"2", ttl=LONG)
+    await store.set("forever", b"3")
+    await backend.pass_short()
+    assert await store.get("short") is None
+    assert await store.get("long") == b"2"
+    assert await store.get("forever") == b"3"
+
+
+async def test_set_without_ttl_clears_an_existing_ttl(backend: Backend) -> None:
+    await backend.store.set("k", b"1", ttl=backend.short)
+    await backend.store.set("k", b"2")
+    await backend.pass_short()
+    assert await backend.store.get("k") == b"2"
+
+
+async def test_mget_returns_values_in_order_and_none_for_missing(store: StateStore) -> None:
+    await store.set("a", b"1")
+    await store.set("c", b"3")
+    await store.sadd("s", "member")
+    assert await store.mget(["a", "b", "c", "s", "a"]) == [b"1", None, b"3", None, b"1"]
+
+
+async def test_mget_of_no_keys_is_empty(store: StateStore) -> None:
+    assert await store.mget([]) == []
+
+
+async def test_set_if_absent_stores_only_the_first_value(store: StateStore) -> None:
+    assert await store.set_if_absent("nonce", b"first", ttl=LONG) is True
+    assert await store.set_if_absent("nonce", b"second", ttl=LONG) is False
+    assert await store.get("nonce") == b"first"
+
+
+async def test_set_if_absent_succeeds_again_after_expiry(backend: Backend) -> None:
+    assert await backend.store.set_if_absent("nonce", b"1", ttl=backend.short) is True
+    await backend.pass_short()
+    assert await backend.store.set_if_absent("nonce", b"2", ttl=None) is True
+    assert await backend.store.get("nonce") == b"2"
+
+
+async def test_set_if_absent_has_exactly_one_winner_under_concurrency(
+    store: StateStore,
+) -> None:
+    results = await asyncio.gather(
+        *(store.set_if_absent("jti", str(i).encode(), ttl=LONG) for i in range(20))
+    )
+    assert results.count(True) == 1
+    winner = results.index(True)
+    assert await store.get("jti") == str(winner).encode()
+
+
+async def test_getdel_returns_the_value_and_removes_the_key(store: StateStore) -> None:
+    await store.set("otp", b"123456")
+    assert await store.getdel("otp") == b"123456"
+    assert await store.get("otp") is None
+    assert await store.getdel("otp") is None
+
+
+async def test_getdel_hands_a_token_to_exactly_one_consumer(store: StateStore) -> None:
+    await store.set("challenge", b"c1", ttl=LONG)
+    results = await asyncio.gather(*(store.getdel("challenge") for _ in range(20)))
+    assert results.count(b"c1") == 1
+    assert results.count(None) == 19
+
+
+async def test_delete_counts_existing_keys_of_every_kind(store: StateStore) -> None:
+    await store.set("string", b"1")
+    await store.incr("counter")
+    await store.sadd("set", "m")
+    await store.zadd_window("window", "e1", 10.0, 5.0)
+    assert await store.delete("string", "counter", "set", "window", "missing") == 4
+    assert await store.mget(["string", "counter"]) == [None, None]
+    assert await store.scard("set") == 0
+
+
+async def test_delete_of_no_keys_is_zero(store: StateStore) -> None:
+    assert await store.delete() == 0
+
+
+async def test_delete_does_not_count_expired_keys(backend: Backend) -> None:
+    await backend.store.set("k", b"1", ttl=backend.short)
+    await backend.pass_short()
+    assert await backend.store.delete("k") == 0
+
+
+# --------------------------------------------------------------------------
+# Counters
+
+
+async def test_incr_creates_a_counter_readable_as_decimal_bytes(store: StateStore) -> None:
+    assert await store.incr("n") == 1
+    assert await store.incr("n", 41) == 42
+    assert await store.incr("n", -50) == -8
+    assert await store.get("n") == b"-8"
+
+
+async def test_incr_continues_from_a_set_decimal_value(store: StateStore) -> None:
+    await store.set("n", b"10")
+    assert await store.incr("n", 5) == 15
+
+
+async def test_incr_ttl_applies_only_when_the_counter_is_created(backend: Backend) -> None:
+    store = backend.store
+    await store.incr("created-short", ttl=backend.short)
+    await store.incr("created-short", ttl=LONG)  # must not extend the first TTL
+    await store.incr("created-plain")
+    await store.incr("created-plain", ttl=backend.short)  # must not add a TTL
+    await backend.pass_short()
+    assert await store.get("created-short") is None
+    assert await store.get("created-plain") == b"2"
+
+
+async def test_incr_counts_every_concurrent_increment(store: StateStore) -> None:
+    results = await asyncio.gather(*(store.incr("hits", ttl=LONG) for _ in range(20)))
+    assert sorted(results) == list(range(1, 21))
+
+
+async def test_incr_of_a_non_integer_raises_state_type_error(store: StateStore) -> None:
+    await store.set("text", b"abc")
+    with pytest.raises(StateTypeError):
+        await store.incr("text")
+    assert await store.get("text") == b"abc"
+
+
+async def test_incr_past_64_bits_raises_state_type_error(store: StateStore) -> None:
+    await store.set("big", str(2**63 - 1).encode())
+    with pytest.raises(StateTypeError):
+        await store.incr("big")
+
+
+# --------------------------------------------------------------------------
+# Sets
+
+
+async def test_sadd_returns_how_many_members_were_new(store: StateStore) -> None:
+    assert await store.sadd("devices", "d1") == 1
+    assert await store.sadd("devices", "d2") == 1
+    assert await store.sadd("devices", "d1") == 0
+    assert await store.scard("devices") == 2
+
+
+async def test_sismember_tells_members_from_others(store: StateStore) -> None:
+    await store.sadd("ips", "10.0.0.1")
+    assert await store.sismember("ips", "10.0.0.1") is True
+    assert await store.sismember("ips", "10.0.0.2") is False
+
+
+async def test_scard_and_sismember_of_missing_set(store: StateStore) -> None:
+    assert await store.scard("none") == 0
+    assert await store.sismember("none", "x") is False
+
+
+async def test_sadd_ttl_expires_the_set(backend: Backend) -> None:
+    await backend.store.sadd("s", "a", ttl=backend.short)
+    await backend.pass_short()
+    assert await backend.store.scard("s") == 0
+
+
+async def test_sadd_refreshes_the_ttl_even_for_a_known_member(backend: Backend) -> None:
+    await backend.store.sadd("s", "a", ttl=backend.short)
+    assert await backend.store.sadd("s", "a", ttl=LONG) == 0
+    await backend.pass_short()
+    assert await backend.store.sismember("s", "a") is True
+
+
+async def test_sadd_without_ttl_keeps_the_existing_ttl(backend: Backend) -> None:
+    await backend.store.sadd("s", "a", ttl=backend.short)
+    await backend.store.sadd("s", "b")
+    await backend.pass_short()
+    assert await backend.store.scard("s") == 0
+
+
+# --------------------------------------------------------------------------
+# Sliding windows
+
+
+async def test_zadd_window_counts_events_inside_the_window(store: StateStore) -> None:
+    assert await store.zadd_window("rate", "e1", 100.0, 1.0) == 1
+    assert await store.zadd_window("rate", "e2", 100.5, 1.0) == 2
+    # The window is [score - window, score]: e1 at exactly 100.0 still counts.
+    assert await store.zadd_window("rate", "e3", 101.0, 1.0) == 3
+    assert await store.zadd_window("rate", "e4", 101.2, 1.0) == 3
+    assert await store.zadd_window("rate", "e5", 105.0, 1.0) == 1
+
+
+async def test_zadd_window_counts_a_repeated_member_once(store: StateStore) -> None:
+    await store.zadd_window("rate", "req-1", 10.0, 5.0)
+    assert await store.zadd_window("rate", "req-1", 11.0, 5.0) == 1
+
+
+async def test_zadd_window_expires_after_a_window_of_quiet(backend: Backend) -> None:
+    await backend.store.zadd_window("rate", "e1", 10.0, backend.short)
+    await backend.pass_short()
+    assert await backend.store.delete("rate") == 0
+
+
+async def test_zadd_window_gives_each_concurrent_event_its_own_count(
+    store: StateStore,
+) -> None:
+    counts = await asyncio.gather(
+        *(store.zadd_window("rate", f"e{i}", 50.0, 10.0) for i in range(20))
+    )
+    assert sorted(counts) == list(range(1, 21))
+
+
+# --------------------------------------------------------------------------
+# Misuse
+
+
+@pytest.mark.parametrize(
+    "misuse",
+    [
+        pytest.param(lambda s: s.get("set"), id="get-on-set"),
+        pytest.param(lambda s: s.getdel("set"), id="getdel-on-set"),
+        pytest.param(lambda s: s.incr("set"), id="incr-on-set"),
+        pytest.param(lambda s: s.incr("set", ttl=LONG), id="incr-ttl-on-set"),
+        pytest.param(lambda s: s.sadd("string", "m"), id="sadd-on-string"),
+        pytest.param(lambda s: s.sadd("string", "m", ttl=LONG), id="sadd-ttl-on-string"),
+        pytest.param(lambda s: s.scard("string"), id="scard-on-string"),
+        pytest.param(lambda s: s.sismember("string", "m"), id="sismember-on-string"),
+        pytest.param(lambda s: s.zadd_window("string", "m", 1.0, 1.0), id="window-on-string"),
+    ],
+)
+async def test_wrong_kind_of_key_raises_state_type_error(
+    store: StateStore, misuse: Callable[[StateStore], Awaitable[Any]]
+) -> None:
+    await store.set("string", b"x")
+    await store.sadd("set", "m")
+    with pytest.raises(StateTypeError):
+        await misuse(store)
+
+
+@pytest.mark.parametrize("ttl", [0, -1.0, float("nan"), float("inf")])
+async def test_non_positive_or_non_finite_ttl_is_rejected(store: StateStore, ttl: float) -> None:
+    for call in (
+        lambda: store.set("k", b"1", ttl=ttl),
+        lambda: store.set_if_absent("k", b"1", ttl=ttl),
+        lambda: store.incr("k", ttl=ttl),
+        lambda: store.sadd("k", "m", ttl=ttl),
+        lambda: store.zadd_window("k", "m", 1.0, ttl),
+    ):
+        with pytest.raises(ValueError):
+            await call()
+    assert await store.delete("k") == 0
+
+
+async def test_ping_answers_true(store: StateStore) -> None:
+    assert await store.ping() is True
+
+
+def test_store_satisfies_the_protocol(store: StateStore) -> None:
+    assert isinstance(store, StateStore)
+
+
+# --------------------------------------------------------------------------
+# Batches
+
+
+async def test_batch_runs_operations_in_order_and_returns_their_results(
+    store: StateStore,
+) -> None:
+    await store.set("frozen", b"yes")
+    batch = store.batch()
+    batch.get("frozen")
+    batch.set("seen", b"1", ttl=LONG)
+    batch.mget(["frozen", "seen", "missing"])
+    batch.set_if_absent("seen", b"2", ttl=LONG)
+    batch.incr("hits", 3, ttl=LONG)
+    batch.sadd("devices", "d1", ttl=LONG)
+    batch.scard("devices")
+    batch.sismember("devices", "d2")
+    batch.zadd_window("rate", "r1", 10.0, 1.0)
+    batch.getdel("seen")
+    batch.delete("frozen", "hits")
+    batch.delete()
+    batch.mget([])
+    assert await batch.execute() == [
+        b"yes", None, [b"yes", b"1", None], False, 3, 1, 1, False, 1, b"1", 2, 0, [],
+    ]
+
+
+async def test_batch_as_context_manager_resolves_its_pending_results(
+    store: StateStore,
+) -> None:
+    await store.set("freeze:A1", b"1")
+    async with store.batch() as b:
+        frozen = b.get("freeze:A1")
+        rate = b.zadd_window("rate:A1", "req-1", 100.0, 1.0)
+        count = b.incr("count:A1")
+    assert frozen.value == b"1"
+    assert rate.value == 1
+    assert count.value == 1
+
+
+async def test_pending_result_is_unreadable_before_the_batch_runs(store: StateStore) -> None:
+    batch = store.batch()
+    pending = batch.get("k")
+    assert not pending.done
+    with pytest.raises(RuntimeError):
+        _ = pending.value
+
+
+async def test_batch_runs_only_once(store: StateStore) -> None:
+    batch = store.batch()
+    batch.incr("n")
+    assert await batch.execute() == [1]
+    with pytest.raises(RuntimeError):
+        await batch.execute()
+    with pytest.raises(RuntimeError):
+        batch.incr("n")
+    assert await store.get("n") == b"1"
+
+
+async def test_empty_batch_returns_no_results(store: StateStore) -> None:
+    assert await store.batch().execute() == []
+
+
+async def test_batch_is_not_run_when_its_block_raises(store: StateStore) -> None:
+    with pytest.raises(KeyError):
+        async with store.batch() as b:
+            b.set("k", b"1")
+            raise KeyError("caller failed")
+    assert await store.get("k") is None
+
+
+async def test_batch_rejects_a_bad_argument_when_queued(store: StateStore) -> None:
+    batch = store.batch()
+    batch.set("k", b"1")
+    with pytest.raises(ValueError):
+        batch.incr("n", ttl=0)
+    assert await batch.execute() == [None]
+    assert await store.get("n") is None
+
+
+async def test_batch_reports_misuse_as_state_type_error(store: StateStore) -> None:
+    await store.set("string", b"x")
+    batch = store.batch()
+    batch.sadd("string", "m")
+    with pytest.raises(StateTypeError):
+        await batch.execute()
+
+
+# --------------------------------------------------------------------------
+# Prefixes
+
+
+async def test_keys_are_stored_under_the_prefix(backend: Backend) -> None:
+    tenant = backend.make("tenant:")
+    root = backend.make("")
+    await tenant.set("k", b"v")
+    await tenant.sadd("s", "m")
+    assert await root.get("tenant:k") == b"v"
+    assert await root.sismember("tenant:s", "m") is True
+    assert await root.get("k") is None
+
+
+async def test_stores_with_different_prefixes_do_not_see_each_other(backend: Backend) -> None:
+    a, b = backend.make("a:"), backend.make("b:")
+    await a.set("k", b"a")
+    await a.incr("n")
+    assert await b.get("k") is None
+    assert await b.set_if_absent("k", b"b", ttl=LONG) is True
+    assert await b.incr("n") == 1
+    assert await b.delete("k", "n") == 2
+    assert await a.mget(["k", "n"]) == [b"a", b"1"]
+
+
+# --------------------------------------------------------------------------
+# Redis only: round trips, timeouts, failure translation
+
+
+def counting_connection() -> tuple[type[Connection], list[bytes]]:
+    """A redis-py Connection class recording every write it sends (one per round trip)."""
+    writes: list[bytes] = []
+
+    class Counting(Connection):
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            packed = command if isinstance(command, bytes | str) else b"".join(command)
+            writes.append(packed if isinstance(packed, bytes) else packed.encode())
+            await super().send_packed_command(command, check_health)
+
+    return Counting, writes
+
+
+@pytest.fixture
+async def counted(
+    redis_url: str, redis_prefix: str
+) -> AsyncIterator[tuple[RedisStore, list[bytes]]]:
+    cls, writes = counting_connection()
+    store = RedisStore(redis_url, redis_prefix, timeout=2.0, connection_class=cls)
+    assert await store.ping()  # connect (handshake writes) before counting
+    writes.clear()
+    yield store, writes
+    await store.close()
+
+
+async def test_redis_batch_is_one_round_trip(counted: tuple[RedisStore, list[bytes]]) -> None:
+    store, writes = counted
+    async with store.batch() as b:
+        b.get("freeze:A1")
+        b.mget(["a", "b"])
+        b.set_if_absent("jti:1", b"1", ttl=LONG)
+        b.incr("orders:A1", ttl=LONG)
+        b.sadd("devices:alice", "d1", ttl=LONG)
+        b.zadd_window("rate:A1", "req-1", time.time(), 1.0)
+        b.getdel("otp:1")
+        b.sismember("devices:alice", "d1")
+    assert len(writes) == 1
+    assert len(re.findall(rb"\*\d+\r\n\$", writes[0])) == 8  # all eight commands in it
+
+
+async def test_redis_each_operation_is_one_round_trip(
+    counted: tuple[RedisStore, list[bytes]],
+) -> None:
+    store, writes = counted
+    await store.incr("n", ttl=LONG)
+    await store.sadd("s", "m", ttl=LONG)
+    await store.zadd_window("w", "e", 1.0, 1.0)
+    await store.set_if_absent("k", b"1", ttl=LONG)
+    assert len(writes) == 4
+
+
+async def test_redis_operations_answered_locally_send_nothing(
+    counted: tuple[RedisStore, list[bytes]],
+) -> None:
+    store, writes = counted
+    assert await store.delete() == 0
+    assert await store.mget([]) == []
+    async with store.batch() as b:
+        b.delete()
+    assert writes == []
+
+
+async def test_redis_ttl_has_millisecond_precision(
+    redis_url: str, redis_store: RedisStore
+) -> None:
+    await redis_store.set("k", b"1", ttl=1.5)
+    await redis_store.incr("n", ttl=2.25)
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        ttl_k = await raw.pttl(redis_store.prefix + "k")
+        ttl_n = await raw.pttl(redis_store.prefix + "n")
+    finally:
+        await raw.aclose()
+    assert 1400 < ttl_k <= 1500
+    assert 2150 < ttl_n <= 2250
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+async def unreachable_store() -> AsyncIterator[RedisStore]:
+    store = RedisStore(f"redis://:s3cret@127.0.0.1:{closed_port()}/0", "p:", timeout=0.3)
+    yield store
+    await store.close()
+
+
+async def test_redis_closed_port_raises_state_unavailable(
+    unreachable_store: RedisStore,
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(StateUnavailable) as caught:
+        await unreachable_store.get("k")
+    assert time.monotonic() - started < 0.3 + 0.2
+    assert isinstance(caught.value, GatewayError)
+    assert caught.value.kind is STATE_UNAVAILABLE
+    assert caught.value.status == 503
+    assert caught.value.message == STATE_UNAVAILABLE.message  # nothing internal for clients
+    assert "s3cret" not in caught.value.detail
+
+
+async def test_redis_unreachable_batch_raises_state_unavailable(
+    unreachable_store: RedisStore,
+) -> None:
+    batch = unreachable_store.batch()
+    batch.incr("n")
+    with pytest.raises(StateUnavailable):
+        await batch.execute()
+
+
+async def test_redis_unreachable_ping_is_false(unreachable_store: RedisStore) -> None:
+    assert await unreachable_store.ping() is False
+
+
+async def test_redis_silent_server_raises_state_unavailable_within_timeout() -> None:
+    """A server that accepts connections but never answers (a hung Redis)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(4096):
+            pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", "p:", timeout=0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable):
+            await store.incr("n")
+        assert time.monotonic() - started < 0.2 + 0.2
+    finally:
+        await store.close()
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_redis_store_rejects_a_non_positive_timeout() -> None:
+    with pytest.raises(ValueError):
+        RedisStore("redis://127.0.0.1:6379/0", timeout=0)
+
+
+async def test_build_store_picks_the_configured_backend(redis_url: str) -> None:
+    memory = build_store(StateConfig(backend="memory", prefix="m:"))
+    assert isinstance(memory, MemoryStore) and memory.prefix == "m:"
+    redis = build_store(StateConfig(backend="redis", url=redis_url, prefix="r:", timeout=0.7))
+    assert isinstance(redis, RedisStore)
+    assert (redis.prefix, redis.timeout) == ("r:", 0.7)
+    assert await redis.ping()
+    await redis.close()
+
+
+# --------------------------------------------------------------------------
+# Memory only: bounded memory without readers
+
+
+async def test_memory_sweep_removes_expired_keys_nobody_reads() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    for i in range(1000):
+        await store.set(f"k{i}", b"1", ttl=1.0)
+    await store.set("keep", b"1")
+    clock.now += 2.0
+    for _ in range(20):  # 20 calls x 64 swept per call > 1000
+        await store.get("keep")
+    assert len(store.keyspace) == 1
+
+
+async def test_memory_refreshed_ttls_do_not_grow_the_deadline_heap() -> None:
+    store = MemoryStore(clock=FakeClock())
+    for _ in range(10_000):
+        await store.sadd("s", "m", ttl=LONG)
+    assert len(store.keyspace._heap) <= 2 * 1 + 1024 + 1
+
+
+# --------------------------------------------------------------------------
+# The shared service fixtures (conftest.py)
+
+
+def _pytest_with_redis_down(require: bool) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PORTCULLIS_TEST_REDIS_URL"] = f"redis://127.0.0.1:{closed_port()}/0"
+    env.pop("REQUIRE_REDIS", None)
+    if require:
+        env["REQUIRE_REDIS"] = "1"
+    here = Path(__file__).resolve()
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         f"tests/{here.name}::test_redis_store_fixture_uses_its_prefix"],
+        cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_redis_fixture_skips_with_instructions_when_redis_is_down() -> None:
+    result = _pytest_with_redis_down(require=False)
+    assert result.returncode == 0, result.stdout
+    assert "1 skipped" in result.stdout
+    assert "redis-server --daemonize yes" in result.stdout
+
+
+def test_redis_fixture_fails_when_redis_is_required_and_down() -> None:
+    result = _pytest_with_redis_down(require=True)
+    assert result.returncode != 0
+    assert "REQUIRE_REDIS=1" in result.stdout
+    assert "skipped" not in result.stdout
+
+
+async def test_redis_store_fixture_uses_its_prefix(
+    redis_store: RedisStore, redis_prefix: str
+) -> None:
+    assert redis_store.prefix == redis_prefix
+    assert redis_prefix.startswith("ptest:")
+
+
+async def test_pg_schema_is_a_fresh_schema(postgres_dsn: str, pg_schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres_dsn, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("CREATE TABLE t (x int)")
+        where = await conn.fetchval("SELECT table_schema FROM information_schema.tables"
+                                    " WHERE table_name = 't' AND table_schema = $1", pg_schema)
+    finally:
+        await conn.close()
+    assert where == pg_schema
+
+
+def test_vectors_dir_is_a_folder(vectors_dir: Path) -> None:
+    assert vectors_dir.is_dir()
