@@ -92,7 +92,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "  TOKEN=$(.venv/bin/portcullis token --sub alice --accounts A1 | tail -n1)\n"
             "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/quotes/600519.SH\n"
             "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/accounts/A1/positions\n"
-            "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/accounts/B9   # 403: not alice's\n"
+            "  # 403 account_forbidden: B9 is not alice's\n"
+            "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/accounts/B9\n"
             "Press Ctrl-C to stop.\n"
         )
         return asyncio.run(_serve_until_signal(Path(args.config), banner, [backend]))
@@ -136,7 +137,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from gateway.bench import main as bench_main
 
-    return bench_main(args)
+    return int(bench_main(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,11 +61,13 @@ class Upstreams:
     async def start(self) -> None:
         tls: ssl.SSLContext | None = None
         for name, uc in self._config.upstreams.items():
-            if uc.url.startswith("https://") and tls is None:
-                tls = upstream_ssl_context(self._config.upstream_tls)
+            use_tls: ssl.SSLContext | bool = False
+            if uc.url.startswith("https://"):
+                tls = tls or upstream_ssl_context(self._config.upstream_tls)
+                use_tls = tls
             connector = aiohttp.TCPConnector(
                 limit=uc.pool_size, limit_per_host=uc.pool_size, keepalive_timeout=30,
-                ssl=tls if uc.url.startswith("https://") else False,
+                ssl=use_tls,
                 enable_cleanup_closed=True,
             )
             session = aiohttp.ClientSession(
@@ -96,12 +98,12 @@ class Upstreams:
                     timeout=aiohttp.ClientTimeout(total=timeout),
                 ) as resp:
                     return resp.status < 500
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 return False
 
         names = list(self._by_name)
         results = await asyncio.gather(*(one(self._by_name[n]) for n in names))
-        return dict(zip(names, results))
+        return dict(zip(names, results, strict=True))
 
     async def close(self) -> None:
         await asyncio.gather(*(u.session.close() for u in self._by_name.values()))
@@ -230,7 +232,7 @@ class Forward:
             if isinstance(exc.os_error, (TimeoutError, asyncio.TimeoutError)):
                 raise GatewayError(UPSTREAM_TIMEOUT) from None
             raise GatewayError(UPSTREAM_UNREACHABLE) from None
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise GatewayError(UPSTREAM_TIMEOUT) from None
         except aiohttp.ClientError:
             raise GatewayError(UPSTREAM_BAD_RESPONSE) from None

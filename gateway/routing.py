@@ -48,7 +48,7 @@ class Router:
         allowed: list[str] = []
         for c in self._by_len.get(len(segs), ()):
             params: dict[str, str] = {}
-            for seg, lit, name in zip(segs, c.literals, c.names):
+            for seg, lit, name in zip(segs, c.literals, c.names, strict=True):
                 if lit is None:
                     if not seg:
                         break

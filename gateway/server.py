@@ -26,7 +26,7 @@ from gateway.authn.revocation import RevocationList
 from gateway.authn.tokens import TokenVerifier
 from gateway.config import Config, ListenerConfig
 from gateway.context import RequestContext
-from gateway.errors import ROUTE_NOT_FOUND, SHUTTING_DOWN, GatewayError
+from gateway.errors import SHUTTING_DOWN, GatewayError
 from gateway.identity import IdentitySigner, terminal_info
 from gateway.metrics import Metrics
 from gateway.netutil import client_ip, is_trusted

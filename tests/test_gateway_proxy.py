@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from harness import Stack, run_stack
 
 from audit.sink import FileAuditSink
 from gateway.demo_keys import DEMO_AUDIENCE
 from gateway.policy.engine import Decision, Reason, StepUp
-from harness import Stack, run_stack
 
 
 async def _get(st: Stack, path: str, **kw: Any) -> tuple[int, Any, Mapping[str, str]]:

@@ -65,7 +65,7 @@ class AuditDecision:
         if ctx.route.tier in GUARDED_TIERS or ctx.route.fail_mode == "closed":
             try:
                 await asyncio.wait_for(asyncio.shield(self._sink.submit(record)), self._timeout)
-            except (AuditWriteError, asyncio.TimeoutError):
+            except (TimeoutError, AuditWriteError):
                 raise GatewayError(AUDIT_UNAVAILABLE) from None
             return
         self.queue(record)
