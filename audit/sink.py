@@ -60,6 +60,7 @@ class FileAuditSink:
         self._fd: int | None = None
         self._size = 0
         self._closed = False
+        self._segment_seq = 0
         self.written = 0
 
     @property
@@ -68,7 +69,9 @@ class FileAuditSink:
 
     def _open_segment(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = time.strftime("audit-%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}.jsonl"
+        self._segment_seq += 1
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        name = f"audit-{stamp}-{os.getpid()}-{self._segment_seq:06d}.jsonl"
         path = self.directory / name
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = os.fstat(self._fd).st_size

@@ -1,0 +1,94 @@
+"""``python -m demo_backend``: run the demo trading backend until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import create_app
+
+_ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'  # no headers: they carry the identity assertion
+_TOKEN_ENV = "PORTCULLIS_BACKEND_INTERNAL_TOKEN"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m demo_backend", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=9000, help="port to listen on (9000; 0: any)")
+    p.add_argument(
+        "--identity-jwks",
+        type=Path,
+        required=True,
+        help="JWKS file with the gateway's identity-assertion public key",
+    )
+    p.add_argument(
+        "--internal-token",
+        default=os.environ.get(_TOKEN_ENV),
+        help=f"also require this value in X-Portcullis-Internal-Token (env {_TOKEN_ENV})",
+    )
+    p.add_argument(
+        "--debug-routes",
+        action="store_true",
+        help="serve /__debug/echo and /__debug/slow (integration tests only)",
+    )
+    p.add_argument("--access-log", action="store_true", help="log one line per request")
+    p.add_argument("--seed", type=int, default=7, help="seed of the simulated prices")
+    p.add_argument("--shutdown-timeout", type=float, default=5.0, help="seconds to drain")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    app = create_app(
+        args.identity_jwks,
+        debug_routes=args.debug_routes,
+        internal_token=args.internal_token,
+        seed=args.seed,
+    )
+    runner = web.AppRunner(
+        app,
+        access_log=logging.getLogger("demo_backend.access") if args.access_log else None,
+        access_log_format=_ACCESS_LOG_FORMAT,
+        handle_signals=False,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, args.host, args.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"demo backend listening on http://{shown}:{port}", flush=True)
+        await stop.wait()
+        print("demo backend stopping", flush=True)
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(_serve(args))
+    except ValueError as exc:  # a bad JWKS file: say which and why, without a traceback
+        print(f"demo backend: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"demo backend: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The file audit sink: durable on return, group-committed, failures reported."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from audit.sink import AuditWriteError, FileAuditSink, encode
+
+
+def _lines(folder: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for f in sorted(folder.glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
+
+
+async def test_write_returns_once_record_is_on_disk(tmp_path: Path) -> None:
+    sink = FileAuditSink(tmp_path, fsync_interval=0.001)
+    await sink.write({"type": "decision", "request_id": "r1"})
+    assert _lines(tmp_path) == [{"type": "decision", "request_id": "r1"}]
+    await sink.close()
+
+
+async def test_concurrent_writes_share_a_batch_and_keep_every_record(tmp_path: Path) -> None:
+    sink = FileAuditSink(tmp_path, fsync_interval=0.01)
+    await asyncio.gather(*(sink.write({"n": i}) for i in range(200)))
+    assert sorted(r["n"] for r in _lines(tmp_path)) == list(range(200))  # type: ignore[type-var]
+    assert sink.backlog == 0
+    await sink.close()
+
+
+async def test_submitted_records_are_flushed_on_close(tmp_path: Path) -> None:
+    sink = FileAuditSink(tmp_path, fsync_interval=0.05)
+    futures = [sink.submit({"n": i}) for i in range(5)]
+    await sink.close()
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert len(_lines(tmp_path)) == 5
+
+
+async def test_unwritable_folder_fails_the_write(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    sink = FileAuditSink(blocked, fsync_interval=0.001)
+    with pytest.raises(AuditWriteError):
+        await sink.write({"type": "decision"})
+    await sink.close()
+
+
+async def test_write_after_close_fails(tmp_path: Path) -> None:
+    sink = FileAuditSink(tmp_path)
+    await sink.close()
+    with pytest.raises(AuditWriteError):
+        await sink.write({"type": "decision"})
+
+
+async def test_segments_rotate_by_size(tmp_path: Path) -> None:
+    sink = FileAuditSink(tmp_path, fsync_interval=0.0, segment_max_bytes=100)
+    for i in range(5):
+        await sink.write({"n": i, "pad": "x" * 60})
+    await sink.close()
+    # A segment is closed once it has reached the limit: ~80-byte records, two per segment.
+    sizes = [len(f.read_text().splitlines()) for f in sorted(tmp_path.glob("*.jsonl"))]
+    assert sizes == [2, 2, 1]
+    assert sorted(r["n"] for r in _lines(tmp_path)) == [0, 1, 2, 3, 4]  # type: ignore[type-var]
+
+
+async def test_segment_files_are_private(tmp_path: Path) -> None:
+    sink = FileAuditSink(tmp_path)
+    await sink.write({"n": 1})
+    await sink.close()
+    (segment,) = tmp_path.glob("*.jsonl")
+    assert segment.stat().st_mode & 0o777 == 0o600
+
+
+def test_encoding_is_canonical() -> None:
+    assert encode({"b": 1, "a": "\u00e9"}) == '{"a":"\u00e9","b":1}\n'.encode()
