@@ -339,4 +339,5 @@ def create_app(
     if debug_routes:
         r.add_get("/__debug/slow", debug_slow)
         r.add_route("*", "/__debug/echo", debug_echo)
+        r.add_route("*", "/__debug/echo/{tail:.*}", debug_echo)
     return app
