@@ -181,5 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"portcullis: configuration error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a listener port already in use
+        print(f"portcullis: cannot start: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -22,9 +22,7 @@ aiohttp server.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -37,6 +35,9 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.jose import ec_public_jwk
+from gateway.jose import jwk_thumbprint as _thumbprint
 
 __all__ = [
     "DEMO_AUDIENCE",
@@ -76,31 +77,14 @@ class DemoKeys:
 # JWK helpers (RFC 7517, RFC 7518 section 6.2, RFC 7638)
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _ec_members(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
-    if not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError(f"ES256 needs a P-256 key, not {key.curve.name}")
-    numbers = key.public_numbers()
-    return {
-        "crv": "P-256",
-        "kty": "EC",
-        "x": _b64url(numbers.x.to_bytes(32, "big")),
-        "y": _b64url(numbers.y.to_bytes(32, "big")),
-    }
-
-
 def jwk_thumbprint(key: ec.EllipticCurvePublicKey) -> str:
-    """RFC 7638 thumbprint: SHA-256 over the required members, sorted, no spaces."""
-    canonical = json.dumps(_ec_members(key), sort_keys=True, separators=(",", ":"))
-    return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+    """RFC 7638 thumbprint of a P-256 public key."""
+    return _thumbprint(ec_public_jwk(key))
 
 
 def public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
     """The public JWK of a P-256 key, with kid, use and alg."""
-    jwk = _ec_members(key)
+    jwk = ec_public_jwk(key)
     jwk.update({"kid": jwk_thumbprint(key), "use": "sig", "alg": _ALG})
     return jwk
 

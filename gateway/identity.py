@@ -9,8 +9,6 @@ format is a plain RFC 7515 compact JWS that any JWT library verifies.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,23 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from gateway.headers import sanitise_value
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def ec_public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
-    nums = key.public_numbers()
-    return {"kty": "EC", "crv": "P-256", "x": b64url(nums.x.to_bytes(32, "big")),
-            "y": b64url(nums.y.to_bytes(32, "big"))}
-
-
-def jwk_thumbprint(jwk: dict[str, str]) -> str:
-    """RFC 7638 thumbprint (SHA-256) of an EC or RSA public JWK."""
-    members = ("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("e", "kty", "n")
-    canonical = json.dumps({k: jwk[k] for k in members}, separators=(",", ":"), sort_keys=True)
-    return b64url(hashlib.sha256(canonical.encode()).digest())
+from gateway.jose import b64url, ec_public_jwk, jwk_thumbprint
 
 
 class IdentitySigner:

@@ -22,11 +22,12 @@ from aiohttp import web
 
 from audit.sink import AuditSink, FileAuditSink
 from gateway import logs
+from gateway.authn.jwks import JwksError
 from gateway.authn.revocation import RevocationList
 from gateway.authn.tokens import TokenVerifier
 from gateway.config import Config, ListenerConfig
 from gateway.context import RequestContext
-from gateway.errors import SHUTTING_DOWN, GatewayError
+from gateway.errors import SHUTTING_DOWN, ConfigError, GatewayError
 from gateway.identity import IdentitySigner, terminal_info
 from gateway.metrics import Metrics
 from gateway.netutil import client_ip, is_trusted
@@ -103,9 +104,12 @@ class Gateway:
         self.admin_port: int | None = None
         self.signer: IdentitySigner | None = None
         if g.security:
-            self.signer = IdentitySigner.from_file(
-                config.identity.signing_key, issuer=config.identity.issuer,
-                audience=config.identity.audience, ttl=config.identity.ttl)
+            ident = config.identity
+            try:
+                self.signer = IdentitySigner.from_file(
+                    ident.signing_key, issuer=ident.issuer, audience=ident.audience, ttl=ident.ttl)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"identity.signing_key: cannot use {str(ident.signing_key)!r}: {exc}") from None
         self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout,
                                       on_queued_failure=self.metrics.audit_failures.inc)
         self.pipelines = self._build_pipelines()
@@ -249,6 +253,11 @@ class Gateway:
     async def start(self) -> None:
         from gateway.admin import build_admin_app
 
+        if self.config.gateway.security:
+            try:
+                await self.verifier.start()
+            except (JwksError, OSError) as exc:
+                raise ConfigError(f"issuers: cannot load a JWKS: {exc}") from None
         await self.upstreams.start()
         public = web.Server(self.handle, handler_cancellation=True)
         shutdown = self.config.gateway.shutdown_timeout

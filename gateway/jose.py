@@ -1,0 +1,33 @@
+"""Small JOSE helpers shared by the identity signer and the demo keys (RFC 7515/7517/7638)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url (RFC 7515 section 2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def ec_public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    """The required members of a P-256 public JWK."""
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError(f"ES256 needs a P-256 key, not {key.curve.name}")
+    nums = key.public_numbers()
+    return {"crv": "P-256", "kty": "EC", "x": b64url(nums.x.to_bytes(32, "big")),
+            "y": b64url(nums.y.to_bytes(32, "big"))}
+
+
+def jwk_thumbprint(jwk: Mapping[str, str]) -> str:
+    """RFC 7638 thumbprint (SHA-256) over the required members, sorted, no spaces."""
+    members = _THUMBPRINT_MEMBERS[jwk["kty"]]
+    canonical = json.dumps({k: jwk[k] for k in members}, separators=(",", ":"), sort_keys=True)
+    return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
