@@ -6,10 +6,11 @@ only route names, codes, ids and timings.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any
+
+import orjson
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,7 +26,7 @@ class JsonFormatter(logging.Formatter):
             out.update(fields)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, separators=(",", ":"), default=str)
+        return orjson.dumps(out, default=str).decode()
 
 
 def setup(level: str = "INFO") -> None:

@@ -10,7 +10,6 @@ admin API) bound to 127.0.0.1 by default.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import secrets
@@ -18,6 +17,7 @@ import ssl
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from audit.sink import AuditSink, FileAuditSink
@@ -60,7 +60,7 @@ def error_response(exc: GatewayError, request_id: str, rid_header: str) -> web.R
     headers = {rid_header: request_id, "Cache-Control": "no-store"}
     if exc.headers:
         headers.update(exc.headers)
-    return web.Response(status=exc.status, body=json.dumps(body).encode(), content_type=_JSON,
+    return web.Response(status=exc.status, body=orjson.dumps(body), content_type=_JSON,
                         headers=headers)
 
 
