@@ -125,6 +125,7 @@ class GatewaySettings:
     identity_header_prefixes: tuple[str, ...] = DEFAULT_IDENTITY_PREFIXES
     access_log: bool = True
     shutdown_timeout: float = 15.0
+    body_timeout: float = 10.0
     claims_cache_size: int = 10_000
 
 
@@ -358,6 +359,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         ),
         access_log=g.get("access_log", bool, True),
         shutdown_timeout=_number(g, "shutdown_timeout", 15.0),
+        body_timeout=_number(g, "body_timeout", 10.0, minimum=0.001),
         claims_cache_size=_int(g, "claims_cache_size", 10_000, 0, 10_000_000),
     )
     g.finish()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from gateway.authn.tokens import Subject
     from gateway.policy.engine import Decision
+    from gateway.proxy import BoundedBody
     from gateway.risk.scorer import RiskResult
 
 
@@ -39,6 +40,9 @@ class RequestContext:
     """Wall-clock time at arrival (seconds since the epoch)."""
     peer_trusted: bool = False
     body: bytes | None = None
+    """The buffered body (trade, transfer and admin tiers)."""
+    stream: BoundedBody | None = None
+    """The bounded body stream (public and read tiers)."""
     json_body: Any = None
     subject: Subject | None = None
     device_id: str | None = None

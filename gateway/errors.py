@@ -16,6 +16,7 @@ Tree (status: codes)::
     ├── 403 forbidden ........... account_forbidden, policy_denied, role_forbidden
     ├── 404 not found ........... route_not_found
     ├── 405 method not allowed .. method_not_allowed
+    ├── 408 request timeout ..... body_timeout
     ├── 413 too large ........... body_too_large
     ├── 415 media type .......... unsupported_media_type
     ├── 502 bad gateway ......... upstream_unreachable, upstream_bad_response
@@ -80,6 +81,7 @@ ROLE_FORBIDDEN = _kind("role_forbidden", 403, "the caller's role may not use thi
 
 ROUTE_NOT_FOUND = _kind("route_not_found", 404, "no route matches this request")
 METHOD_NOT_ALLOWED = _kind("method_not_allowed", 405, "the method is not allowed on this path")
+BODY_TIMEOUT = _kind("body_timeout", 408, "the request body did not arrive in time")
 BODY_TOO_LARGE = _kind("body_too_large", 413, "the request body is too large for this route")
 UNSUPPORTED_MEDIA_TYPE = _kind(
     "unsupported_media_type", 415, "the request body's content type is not accepted"

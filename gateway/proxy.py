@@ -8,7 +8,6 @@ which costs far less than a streamed response; large or unsized ones stream.
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -16,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from gateway.config import GUARDED_TIERS, Config, RouteConfig, UpstreamConfig, UpstreamTLSConfig
 from gateway.context import RequestContext
 from gateway.errors import (
+    BODY_TIMEOUT,
     BODY_TOO_LARGE,
     INVALID_JSON,
     UNSUPPORTED_MEDIA_TYPE,
@@ -113,27 +114,51 @@ class Upstreams:
 # Request bodies
 
 
-async def read_bounded(request: web.BaseRequest, limit: int) -> bytes:
-    """Buffer a request body, refusing more than `limit` bytes (413)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise GatewayError(BODY_TOO_LARGE, f"the request body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise GatewayError(BODY_TOO_LARGE, f"the request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(BODY_TOO_LARGE, f"the request body exceeds {limit} bytes")
 
 
-async def _stream_bounded(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]:
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise GatewayError(BODY_TOO_LARGE, f"the request body exceeds {limit} bytes")
-        yield chunk
+class BoundedBody:
+    """A request body read with a size limit and a deadline.
+
+    The deadline matters beyond slow clients: aiohttp's C parser drops a
+    chunked-encoding error that arrives after the handler started, so
+    without it a body read on such a request would wait forever.
+    Iterated by the upstream client when streaming; `error` keeps what went
+    wrong, because the client library re-wraps exceptions from a body.
+    """
+
+    def __init__(self, request: web.BaseRequest, limit: int, timeout: float) -> None:
+        if request.content_length is not None and request.content_length > limit:
+            raise _too_large(limit)
+        self._content = request.content
+        self._limit = limit
+        self._deadline = asyncio.get_running_loop().time() + timeout
+        self._size = 0
+        self.error: GatewayError | None = None
+
+    async def _next(self) -> bytes:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                chunk = await self._content.readany()
+        except TimeoutError:
+            self.error = GatewayError(BODY_TIMEOUT, headers={"Connection": "close"})
+            raise self.error from None
+        self._size += len(chunk)
+        if self._size > self._limit:
+            self.error = _too_large(self._limit)
+            raise self.error
+        return chunk
+
+    async def read(self) -> bytes:
+        chunks = []
+        while chunk := await self._next():
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while chunk := await self._next():
+            yield chunk
 
 
 ENVELOPE_TYPE = "application/sm4-gcm+json"
@@ -144,16 +169,19 @@ class ReadBody:
 
     name = "read_body"
 
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+
     async def __call__(self, ctx: RequestContext) -> None:
         request: web.BaseRequest = ctx.request
         route = ctx.route
         if not request.body_exists:
             return
+        body = BoundedBody(request, route.body_limit, self._timeout)
         if route.tier not in GUARDED_TIERS:
-            if request.content_length is not None and request.content_length > route.body_limit:
-                raise GatewayError(BODY_TOO_LARGE, f"the request body exceeds {route.body_limit} bytes")
-            return  # streamed by the forward step, still bounded there
-        ctx.body = await read_bounded(request, route.body_limit)
+            ctx.stream = body  # streamed by the forward step, still bounded
+            return
+        ctx.body = await body.read()
         if route.json_body and ctx.method in _BODY_METHODS and ctx.body:
             ctype = request.content_type
             if ctype == ENVELOPE_TYPE:
@@ -161,7 +189,7 @@ class ReadBody:
             if ctype != "application/json":
                 raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "expected application/json")
             try:
-                ctx.json_body = json.loads(ctx.body)
+                ctx.json_body = orjson.loads(ctx.body)
             except (ValueError, UnicodeDecodeError):
                 raise GatewayError(INVALID_JSON) from None
 
@@ -179,8 +207,9 @@ class Forward:
     name = "forward"
 
     def __init__(self, upstreams: Upstreams, *, strip_prefixes: tuple[str, ...],
-                 strip_credentials: bool, request_id_header: str,
+                 strip_credentials: bool, request_id_header: str, body_timeout: float,
                  header_hooks: tuple[HeaderHook, ...] = ()) -> None:
+        self._body_timeout = body_timeout
         self._upstreams = upstreams
         self._strip = strip_prefixes
         self._strip_credentials = strip_credentials
@@ -216,7 +245,9 @@ class Forward:
             data = ctx.body
             headers["content-length"] = str(len(ctx.body))
         elif request.body_exists:
-            data = _stream_bounded(request, ctx.route.body_limit)
+            if ctx.stream is None:  # bare proxy: no read_body step ran
+                ctx.stream = BoundedBody(request, ctx.route.body_limit, self._body_timeout)
+            data = ctx.stream
         else:
             data = None
         started = time.perf_counter()
@@ -235,6 +266,8 @@ class Forward:
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise GatewayError(UPSTREAM_TIMEOUT) from None
         except aiohttp.ClientError:
+            if ctx.stream is not None and ctx.stream.error is not None:
+                raise ctx.stream.error from None  # the client's body, not the upstream, failed
             raise GatewayError(UPSTREAM_BAD_RESPONSE) from None
         finally:
             ctx.upstream_seconds = time.perf_counter() - started

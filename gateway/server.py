@@ -27,7 +27,7 @@ from gateway.authn.revocation import RevocationList
 from gateway.authn.tokens import TokenVerifier
 from gateway.config import Config, ListenerConfig
 from gateway.context import RequestContext
-from gateway.errors import SHUTTING_DOWN, ConfigError, GatewayError
+from gateway.errors import BAD_HEADER, BAD_REQUEST, SHUTTING_DOWN, ConfigError, GatewayError
 from gateway.identity import IdentitySigner, terminal_info
 from gateway.metrics import Metrics
 from gateway.netutil import client_ip, is_trusted
@@ -50,6 +50,8 @@ log = logging.getLogger("portcullis")
 access_log = logging.getLogger("portcullis.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# RFC 9112 3.2 / RFC 3986 host [":" port]: a reg-name or IPv4, or a bracketed IPv6 literal.
+_HOST = re.compile(r"(?:[A-Za-z0-9._~-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 _JSON = "application/json"
 
 
@@ -62,6 +64,15 @@ def error_response(exc: GatewayError, request_id: str, rid_header: str) -> web.R
         headers.update(exc.headers)
     return web.Response(status=exc.status, body=orjson.dumps(body), content_type=_JSON,
                         headers=headers)
+
+
+def _check_request_line(request: web.BaseRequest) -> None:
+    """Refuse what aiohttp's parser lets through but RFC 9112 does not."""
+    if request.version < (1, 0):  # an HTTP/0.9-style request line: no version at all
+        raise GatewayError(BAD_REQUEST, "HTTP/1.0 or later is required", headers={"Connection": "close"})
+    host = request.headers.get("Host")
+    if host is not None and _HOST.fullmatch(host) is None:
+        raise GatewayError(BAD_HEADER, "the Host header is not a valid host")
 
 
 def _ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
@@ -120,17 +131,19 @@ class Gateway:
         g = self.config.gateway
         if not g.security:
             bare = Pipeline([Forward(self.upstreams, strip_prefixes=(), strip_credentials=False,
-                                     request_id_header=self._rid_header)])
+                                     request_id_header=self._rid_header,
+                                     body_timeout=g.body_timeout)])
             return {tier: bare for tier in ("public", "read", "trade", "transfer", "admin")}
         forward = Forward(self.upstreams, strip_prefixes=g.identity_header_prefixes,
                           strip_credentials=True, request_id_header=self._rid_header,
-                          header_hooks=(self._identity_headers,))
+                          body_timeout=g.body_timeout, header_hooks=(self._identity_headers,))
+        read_body = ReadBody(g.body_timeout)
         guarded: list[Step] = [
-            Authenticate(self.verifier), BindAccount(), ReadBody(), Decrypt(),
+            Authenticate(self.verifier), BindAccount(), read_body, Decrypt(),
             Score(self.scorer), Decide(self.policy), StepUpChallenge(), self._auditor, forward,
         ]
         full = Pipeline(guarded)
-        return {"public": Pipeline([ReadBody(), forward]), "read": full, "trade": full,
+        return {"public": Pipeline([read_body, forward]), "read": full, "trade": full,
                 "transfer": full, "admin": full}
 
     def _identity_headers(self, ctx: RequestContext, headers: dict[str, str]) -> None:
@@ -164,6 +177,7 @@ class Gateway:
         try:
             if self._draining:
                 raise GatewayError(SHUTTING_DOWN, headers={"Connection": "close"})
+            _check_request_line(request)
             path, query = normalise_target(request.raw_path, self._max_path)
             if path in ("/healthz", "/readyz") and request.method in ("GET", "HEAD"):
                 return await self._health(path, rid)

@@ -468,3 +468,27 @@ async def test_bare_mode_forwards_without_pipeline(tmp_path: Path) -> None:
                                      headers={"Authorization": "Bearer passthrough"})
     assert status == 200
     assert _headers(echo)["authorization"] == "Bearer passthrough"
+
+
+async def test_oversized_streamed_read_body_is_413_not_502(tmp_path: Path) -> None:
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b"x" * 1024  # the echo route allows 4 KiB
+
+    async with run_stack(tmp_path) as st:
+        status, body, headers = await _send(st, "POST", "/__debug/echo", headers=st.auth(),
+                                            data=chunks())
+    _assert_error(status, body, headers, 413, "body_too_large")
+
+
+async def test_stalled_body_is_408(tmp_path: Path) -> None:
+    async def stalled() -> Any:
+        yield b'{"symbol": '
+        await asyncio.sleep(2)
+        yield b'"600519.SH"}'
+
+    async with run_stack(tmp_path, gateway={"body_timeout": 0.3}) as st:
+        status, body, headers = await _send(
+            st, "POST", "/api/accounts/A1/orders",
+            headers={**st.auth(), "Content-Type": "application/json"}, data=stalled())
+    _assert_error(status, body, headers, 408, "body_timeout")
