@@ -1,0 +1,107 @@
+"""Pure steps on hand-built contexts: account binding, risk scoring, baseline policy, input."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.authn.tokens import Subject
+from gateway.config import RouteConfig, parse
+from gateway.context import RequestContext
+from gateway.errors import GatewayError
+from gateway.policy.engine import BaselinePolicy
+from gateway.policy.input import build_input
+from gateway.risk.scorer import SignalScorer, level_for
+from gateway.steps.bind_account import BindAccount, requested_accounts
+
+
+def _route(**kw: Any) -> RouteConfig:
+    base = {"name": "r", "path": "/api/accounts/{account}/orders", "upstream": "t", "tier": "read",
+            "account_param": "account", "account_query": "account"}
+    base.update(kw)
+    cfg = parse({"gateway": {"security": False}, "upstreams": {"t": {"url": "http://x"}},
+                 "routes": [base]}, Path("."))
+    return cfg.routes[0]
+
+
+def _subject(accounts: tuple[str, ...] = ("A1",), roles: tuple[str, ...] = ("client",)) -> Subject:
+    return Subject(sub="alice", iss="i", accounts=accounts, roles=roles, acr=None, amr=(),
+                   auth_time=None, jti="j", exp=2**31, iat=None, kid=None, cnf_jkt=None,
+                   token_digest=b"d", claims={})
+
+
+def _ctx(route: RouteConfig, params: dict[str, str], query: str = "",
+         headers: dict[str, str] | None = None, subject: Subject | None = None) -> RequestContext:
+    return RequestContext(
+        request_id="rid", method="GET", path="/p", query=query, route=route, params=params,
+        headers=CIMultiDictProxy(CIMultiDict(headers or {})), client_ip="198.51.100.7",
+        client_port=1, scheme="https", started=0.0, now=time.time(),
+        subject=subject or _subject())
+
+
+def test_requested_accounts_from_path_and_every_query_value() -> None:
+    ctx = _ctx(_route(), {"account": "A1"}, query="account=A2&x=1&account=A3")
+    assert requested_accounts(ctx) == ["A1", "A2", "A3"]
+
+
+async def test_bind_account_allows_own_accounts() -> None:
+    await BindAccount()(_ctx(_route(), {"account": "A1"}, query="account=A1"))
+
+
+@pytest.mark.parametrize(("params", "query"), [
+    ({"account": "B9"}, ""), ({"account": "A1"}, "account=B9"), ({"account": "A1"}, "account="),
+    ({"account": "a1"}, ""),
+])
+async def test_bind_account_refuses_foreign_accounts(params: dict[str, str], query: str) -> None:
+    with pytest.raises(GatewayError) as err:
+        await BindAccount()(_ctx(_route(), params, query=query))
+    assert (err.value.status, err.value.code) == (403, "account_forbidden")
+
+
+async def test_bind_account_without_subject_refuses() -> None:
+    ctx = _ctx(_route(), {"account": "A1"})
+    ctx.subject = None
+    with pytest.raises(GatewayError):
+        await BindAccount()(ctx)
+
+
+async def test_scorer_sums_weights_and_levels() -> None:
+    ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "HeadlessChrome/120"})
+    result = await SignalScorer(weights={"automation_client": 2.0}).score(ctx)
+    assert [f.code for f in result.factors] == ["automation_client", "missing_device_proof"]
+    assert result.score == 40 + 15 and result.level == "medium"
+
+
+async def test_scorer_zero_weight_drops_signal() -> None:
+    ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1", "DPoP": "x"})
+    result = await SignalScorer(weights={"automation_client": 0}).score(ctx)
+    assert (result.score, result.level, result.factors) == (0, "low", ())
+
+
+def test_levels() -> None:
+    assert [level_for(s) for s in (0, 29, 30, 60, 80, 100)] == [
+        "low", "low", "medium", "high", "critical", "critical"]
+
+
+async def test_baseline_policy_enforces_route_roles_and_admin_tier() -> None:
+    policy = BaselinePolicy()
+    advisor_route = _route(roles=["advisor"])
+    denied = await policy.evaluate(build_input(_ctx(advisor_route, {"account": "A1"})))
+    allowed = await policy.evaluate(build_input(
+        _ctx(advisor_route, {"account": "A1"}, subject=_subject(roles=("advisor",)))))
+    admin = await policy.evaluate(build_input(_ctx(_route(tier="admin"), {"account": "A1"})))
+    assert (denied.allow, denied.deny[0].code) == (False, "role_forbidden")
+    assert allowed.allow
+    assert not admin.allow
+
+
+def test_policy_input_document() -> None:
+    doc = build_input(_ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1"}))
+    assert doc["request"]["account"] == "A1" and doc["request"]["tier"] == "read"
+    assert doc["subject"]["accounts"] == ["A1"] and doc["network"] == {"ip": "198.51.100.7"}
+    assert doc["device"] == {"id": None, "user_agent": "app/1"}
+    assert doc["risk"] is None and doc["body"] is None
