@@ -9,8 +9,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from gateway.config import Config
+from gateway.config import load as load_config
+from gateway.demo_keys import DEMO_ISSUER, DemoKeys
 from gateway.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +34,16 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve_until_signal(config_path: Path, on_ready: str | None = None,
+async def _exited(child: subprocess.Popen[bytes]) -> None:
+    # Polled, not waited on in a thread: a blocked thread would hold up shutdown.
+    while child.poll() is None:
+        await asyncio.sleep(0.25)
+
+
+async def _serve_until_signal(cfg: Config, on_ready: str | None = None,
                               children: Sequence[subprocess.Popen[bytes]] = ()) -> int:
-    from gateway import config as config_mod
     from gateway.server import Gateway
 
-    cfg = config_mod.load(config_path)
     gw = Gateway(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,7 +53,7 @@ async def _serve_until_signal(config_path: Path, on_ready: str | None = None,
     if on_ready:
         print(on_ready.format(public=gw.public_port, admin=gw.admin_port), flush=True)
     waiter = asyncio.create_task(stop.wait())
-    watchers = [asyncio.create_task(asyncio.to_thread(c.wait)) for c in children]
+    watchers = [asyncio.create_task(_exited(c)) for c in children]
     done, _ = await asyncio.wait([waiter, *watchers], return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if waiter not in done:
@@ -63,7 +71,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     _install_uvloop()
     ready = None if args.quiet else "portcullis listening: public :{public}, admin :{admin}"
-    return asyncio.run(_serve_until_signal(Path(args.config), ready))
+    return asyncio.run(_serve_until_signal(load_config(args.config), ready))
+
+
+def with_demo_keys(cfg: Config, keys: DemoKeys) -> Config:
+    """The demo always uses the keys in demo_dir(), whatever paths the file names."""
+    issuers = tuple(replace(i, jwks_file=keys.issuer_jwks, jwks_url=None) if i.iss == DEMO_ISSUER else i
+                    for i in cfg.issuers)
+    return replace(cfg, issuers=issuers, identity=replace(cfg.identity, signing_key=keys.identity_key))
 
 
 def start_backend(keys_jwks: Path, port: int, *, debug_routes: bool = False) -> subprocess.Popen[bytes]:
@@ -81,6 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     _install_uvloop()
     keys = ensure_demo_keys(demo_dir())
+    cfg = with_demo_keys(load_config(args.config), keys)
     backend = start_backend(keys.identity_jwks, 9000)
     try:
         _wait_port(9000, backend)
@@ -96,7 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/accounts/B9\n"
             "Press Ctrl-C to stop.\n"
         )
-        return asyncio.run(_serve_until_signal(Path(args.config), banner, [backend]))
+        return asyncio.run(_serve_until_signal(cfg, banner, [backend]))
     finally:
         backend.terminate()
         try:
