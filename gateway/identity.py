@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -52,7 +53,7 @@ class IdentitySigner:
             "accounts": list(accounts), "roles": list(roles), "acr": acr, "risk": risk,
             "rid": request_id, "iat": now, "exp": now + self._ttl,
         }
-        payload = b64url(json.dumps(claims, separators=(",", ":")).encode())
+        payload = b64url(orjson.dumps(claims))
         signing_input = f"{self._header}.{payload}"
         der = self._key.sign(signing_input.encode("ascii"), self._algo)
         r, s = decode_dss_signature(der)

@@ -30,6 +30,24 @@ def is_trusted(peer: str, trusted: Sequence[Network]) -> bool:
         return False
 
 
+class TrustedPeers:
+    """`is_trusted` with a bounded memo: parsing an address costs ~15 us, a dict lookup 0.1 us."""
+
+    def __init__(self, trusted: Sequence[Network], size: int = 4096) -> None:
+        self.networks = tuple(trusted)
+        self._memo: dict[str, bool] = {}
+        self._size = size
+
+    def __call__(self, peer: str) -> bool:
+        hit = self._memo.get(peer)
+        if hit is None:
+            hit = is_trusted(peer, self.networks)
+            if len(self._memo) >= self._size:
+                self._memo.clear()  # peers are few (proxies, load balancers); never grows unbounded
+            self._memo[peer] = hit
+        return hit
+
+
 def client_ip(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> str:
     """Return the client IP as text. Raises bad_header for garbage from a trusted proxy."""
     if not trusted or not forwarded_for:

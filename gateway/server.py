@@ -30,7 +30,7 @@ from gateway.context import RequestContext
 from gateway.errors import BAD_HEADER, BAD_REQUEST, SHUTTING_DOWN, ConfigError, GatewayError
 from gateway.identity import IdentitySigner, terminal_info
 from gateway.metrics import Metrics
-from gateway.netutil import client_ip, is_trusted
+from gateway.netutil import TrustedPeers, client_ip
 from gateway.notify import Notifier, build_notifier
 from gateway.paths import normalise_target
 from gateway.pipeline import Pipeline, Step
@@ -47,7 +47,6 @@ from gateway.steps.decrypt import Decrypt
 from gateway.steps.judge import Decide, Score, StepUpChallenge
 
 log = logging.getLogger("portcullis")
-access_log = logging.getLogger("portcullis.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # RFC 9112 3.2 / RFC 3986 host [":" port]: a reg-name or IPv4, or a bracketed IPv6 literal.
@@ -108,7 +107,9 @@ class Gateway:
         self._rid_header = g.request_id_header
         self._trusted = config.trusted_proxies
         self._max_path = g.max_path_length
-        self._access_log = g.access_log
+        self._security = g.security
+        self._trusted_peer = TrustedPeers(config.trusted_proxies)
+        self.access_log = logs.AccessLog() if g.access_log else None
         self._draining = False
         self._runners: list[web.BaseRunner] = []
         self.public_port: int | None = None
@@ -170,7 +171,7 @@ class Gateway:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         peer = request.remote or ""
-        peer_trusted = is_trusted(peer, self._trusted)
+        peer_trusted = self._trusted_peer(peer)
         rid = self._request_id(request, peer_trusted)
         ctx: RequestContext | None = None
         self.metrics.in_flight.inc()
@@ -222,25 +223,20 @@ class Gateway:
         route, tier = ctx.route.name, ctx.route.tier
         total = time.perf_counter() - started
         up = ctx.upstream_seconds
-        m = self.metrics
-        m.requests.labels(route, tier, outcome, str(status)).inc()
-        m.gateway_seconds.labels(tier).observe(total - (up or 0.0))
-        if up is not None:
-            m.upstream_seconds.labels(route).observe(up)
-        if ctx.decision is not None:
-            d = ctx.decision
-            m.decisions.labels(route, tier, "allow" if d.allow else "deny").inc()
-        if outcome == "ok" and self.config.gateway.security and tier != "public":
+        d = ctx.decision
+        self.metrics.observe_request(route, tier, outcome, status, total - (up or 0.0), up,
+                                     None if d is None else ("allow" if d.allow else "deny"))
+        if outcome == "ok" and self._security and tier != "public":
             self._auditor.queue({
                 "type": "outcome", "time": time.time(), "request_id": ctx.request_id,
                 "route": route, "status": status,
                 "upstream_ms": round(up * 1000, 3) if up is not None else None,
                 "gateway_ms": round((total - (up or 0.0)) * 1000, 3),
             })
-        if self._access_log:
-            logs.event(access_log, "request", request_id=ctx.request_id, method=ctx.method,
-                       route=route, status=status, outcome=outcome, client_ip=ctx.client_ip,
-                       ms=round(total * 1000, 3))
+        if self.access_log is not None:
+            self.access_log.write(request_id=ctx.request_id, method=ctx.method, route=route,
+                                  status=status, outcome=outcome, client_ip=ctx.client_ip,
+                                  ms=round(total * 1000, 3))
 
     async def _health(self, path: str, rid: str) -> web.Response:
         if path == "/healthz":
@@ -301,6 +297,8 @@ class Gateway:
             await runner.cleanup()
         self._runners.clear()
         await self.upstreams.close()
+        if self.access_log is not None:
+            self.access_log.flush()
         await self.audit.close()
         await self.state.close()
 
