@@ -25,8 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--identity-jwks",
         type=Path,
-        required=True,
-        help="JWKS file with the gateway's identity-assertion public key",
+        help="JWKS file with the gateway's identity-assertion public key (ES256)",
+    )
+    p.add_argument(
+        "--identity-hmac-key",
+        type=Path,
+        help="this backend's own identity-assertion key (HS256, base64url text)",
     )
     p.add_argument(
         "--internal-token",
@@ -47,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace) -> None:
     app = create_app(
         args.identity_jwks,
+        identity_hmac_key=args.identity_hmac_key,
         debug_routes=args.debug_routes,
         internal_token=args.internal_token,
         seed=args.seed,
@@ -76,7 +81,10 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.identity_jwks is None and args.identity_hmac_key is None:
+        parser.error("give --identity-jwks, --identity-hmac-key or both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         asyncio.run(_serve(args))

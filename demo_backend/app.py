@@ -301,15 +301,17 @@ _UNAUTHENTICATED = frozenset({healthz, debug_slow, debug_echo})
 
 
 def create_app(
-    identity_jwks: Path,
+    identity_jwks: Path | None,
     *,
+    identity_hmac_key: Path | None = None,
     debug_routes: bool = False,
     internal_token: str | None = None,
     clock: Callable[[], float] = time.time,
     seed: int = 7,
     stream_interval: float = TICK_SECONDS,
 ) -> web.Application:
-    """The backend application; ``identity_jwks`` holds the gateway's public key(s).
+    """The backend application; ``identity_jwks`` holds the gateway's public key(s)
+    (ES256 assertions), ``identity_hmac_key`` this backend's own HS256 key.
 
     ``internal_token``, when set, must also arrive in ``X-Portcullis-Internal-Token``
     on every route but ``/healthz``. ``clock`` and ``seed`` drive the simulated
@@ -317,7 +319,7 @@ def create_app(
     """
     app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
     market = Market(clock, seed)
-    app[VERIFIER] = AssertionVerifier.from_jwks_file(identity_jwks)
+    app[VERIFIER] = AssertionVerifier.from_files(identity_jwks, identity_hmac_key)
     app[MARKET] = market
     app[BROKERAGE] = Brokerage(market, clock)
     app[STREAM_INTERVAL] = stream_interval

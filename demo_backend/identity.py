@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import re
 import time
@@ -33,7 +34,6 @@ ISSUER = "portcullis-gateway"
 AUDIENCE = "portcullis-upstream"
 HEADER = "X-Portcullis-Identity"
 LEEWAY_SECONDS = 5.0
-_ALGORITHMS = ["ES256"]
 _REQUIRED = ["iss", "aud", "sub", "iat", "exp"]
 
 
@@ -90,9 +90,12 @@ class AssertionVerifier:
     """
 
     def __init__(self, keys: dict[str, ec.EllipticCurvePublicKey],
-                 clock: Callable[[], float] = time.time) -> None:
-        if not keys:
+                 clock: Callable[[], float] = time.time, *, hmac_key: bytes | None = None) -> None:
+        if not keys and hmac_key is None:
             raise ValueError("at least one key is required")
+        if hmac_key is not None and len(hmac_key) < 32:
+            raise ValueError("the HMAC key must have at least 32 bytes")
+        self._hmac_key = hmac_key
         self._keys = dict(keys)
         self._only = next(iter(self._keys.values())) if len(self._keys) == 1 else None
         self._clock = clock
@@ -102,6 +105,12 @@ class AssertionVerifier:
     def from_jwks_file(cls, path: Path) -> AssertionVerifier:
         return cls(load_jwks(path))
 
+    @classmethod
+    def from_files(cls, jwks: Path | None, hmac_key: Path | None) -> AssertionVerifier:
+        """ES256 with the JWKS, HS256 with this backend's own key, or both."""
+        return cls(load_jwks(jwks) if jwks else {},
+                   hmac_key=load_hmac_key(hmac_key) if hmac_key else None)
+
     def verify(self, token: str | None) -> Identity:
         if not token:
             raise assertion_invalid(f"the {HEADER} header is missing")
@@ -109,26 +118,51 @@ class AssertionVerifier:
         if len(parts) != 3 or not all(_B64URL.fullmatch(p) for p in parts):
             raise assertion_invalid("the identity assertion is malformed")
         header = _json_segment(parts[0])
-        if header.get("alg") not in _ALGORITHMS or "crit" in header:
+        alg = header.get("alg")
+        if "crit" in header or not ((alg == "ES256" and self._keys) or (alg == "HS256" and self._hmac_key)):
             raise assertion_invalid("the identity assertion's algorithm is not allowed")
-        kid = header.get("kid")
-        key = self._keys.get(kid) if isinstance(kid, str) else self._only
-        if key is None:
-            raise assertion_invalid("the identity assertion's key is not known")
         raw = _b64decode(parts[2])
-        if len(raw) != 64:
-            raise assertion_invalid("the identity assertion's signature is not valid")
-        signature = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-        try:
-            key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"), self._ecdsa)
-        except InvalidSignature:
-            raise assertion_invalid("the identity assertion's signature is not valid") from None
+        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+        if alg == "HS256":
+            assert self._hmac_key is not None
+            if not hmac.compare_digest(hmac.digest(self._hmac_key, signing_input, "sha256"), raw):
+                raise assertion_invalid("the identity assertion's signature is not valid")
+        else:
+            self._verify_es256(header, signing_input, raw)
         claims = _json_segment(parts[1])
         _check_claims(claims, self._clock())
         return _identity(claims)
 
+    def _verify_es256(self, header: dict[str, Any], signing_input: bytes, raw: bytes) -> None:
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else self._only
+        if key is None:
+            raise assertion_invalid("the identity assertion's key is not known")
+        if len(raw) != 64:
+            raise assertion_invalid("the identity assertion's signature is not valid")
+        signature = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+        try:
+            key.verify(signature, signing_input, self._ecdsa)
+        except InvalidSignature:
+            raise assertion_invalid("the identity assertion's signature is not valid") from None
+
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def load_hmac_key(path: Path) -> bytes:
+    """This backend's own HS256 key: base64url text of at least 32 random bytes."""
+    try:
+        text = Path(path).read_text("ascii").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read identity HMAC key {str(path)!r}: {exc.strerror}") from None
+    try:
+        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, binascii.Error):
+        raise ValueError(f"identity HMAC key {str(path)!r} is not base64url text") from None
+    if len(key) < 32:
+        raise ValueError(f"identity HMAC key {str(path)!r} is shorter than 32 bytes")
+    return key
 
 
 def _b64decode(segment: str) -> bytes:

@@ -217,7 +217,8 @@ def toml_dumps(data: Mapping[str, Any]) -> str:
 
 
 def proxy_config(example: Mapping[str, Any], *, security: bool, port: int, backend_url: str,
-                 issuer_jwks: Path, identity_key: Path, audit_dir: Path) -> dict[str, Any]:
+                 issuer_jwks: Path, identity_key: Path, identity_hmac: Path,
+                 audit_dir: Path) -> dict[str, Any]:
     """The example (production-like) configuration, re-pointed at the bench's ports and keys."""
     cfg: dict[str, Any] = json.loads(json.dumps(example))  # a deep copy of plain data
     cfg.setdefault("gateway", {}).update({"security": security, "access_log": security})
@@ -230,6 +231,8 @@ def proxy_config(example: Mapping[str, Any], *, security: bool, port: int, backe
     cfg.setdefault("identity", {})["signing_key"] = str(identity_key)
     for upstream in cfg.get("upstreams", {}).values():
         upstream["url"] = backend_url
+        if "identity_hmac_key" in upstream:
+            upstream["identity_hmac_key"] = str(identity_hmac)
     cfg["state"] = {**cfg.get("state", {}), "backend": "memory"}
     cfg["audit"] = {**cfg.get("audit", {}), "sink": "file", "path": str(audit_dir)}
     cfg["notifier"] = {"sink": "file", "path": str(audit_dir.parent / "notifications.log")}
@@ -446,22 +449,27 @@ class Target:
     pids: Mapping[str, int]  # role ("proxy", "backend") -> pid, for CPU accounting
 
 
-def _start_stack(tmp: Path, children: Children, total_seconds: float) -> list[Target]:
+def _start_stack(tmp: Path, children: Children, total_seconds: float, path: str) -> list[Target]:
+    from gateway.config import parse
     from gateway.demo_keys import ensure_demo_keys, mint_token
-    from gateway.identity import IdentitySigner
+    from gateway.routing import Router
+    from gateway.server import build_signers
 
     keys = ensure_demo_keys(tmp / "keys")
     example = tomllib.loads(EXAMPLE_CONFIG.read_text("utf-8"))
     ports = {"backend": free_port(), "bare": free_port(), "gateway": free_port()}
     backend = children.start("backend", [
         sys.executable, "-m", "demo_backend", "--host", "127.0.0.1",
-        "--port", str(ports["backend"]), "--identity-jwks", str(keys.identity_jwks)], LOAD_CPU)
+        "--port", str(ports["backend"]), "--identity-jwks", str(keys.identity_jwks),
+        "--identity-hmac-key", str(keys.identity_hmac)], LOAD_CPU)
     backend_url = f"http://127.0.0.1:{ports['backend']}"
     procs = {"backend": backend}
+    configs: dict[str, dict[str, Any]] = {}
     for name, security in (("bare", False), ("gateway", True)):
         cfg = proxy_config(example, security=security, port=ports[name], backend_url=backend_url,
                            issuer_jwks=keys.issuer_jwks, identity_key=keys.identity_key,
-                           audit_dir=tmp / f"audit-{name}")
+                           identity_hmac=keys.identity_hmac, audit_dir=tmp / f"audit-{name}")
+        configs[name] = cfg
         cfg_path = tmp / f"{name}.toml"
         cfg_path.write_text(toml_dumps(cfg), "utf-8")
         # INFO: the gateway's access log lines are formatted and written (to the log file),
@@ -473,11 +481,14 @@ def _start_stack(tmp: Path, children: Children, total_seconds: float) -> list[Ta
         wait_port(ports[name], proc, name)
 
     ttl = int(total_seconds) + 600
-    identity = example.get("identity", {})
-    signer = IdentitySigner.from_file(
-        keys.identity_key, issuer=identity.get("issuer", "portcullis-gateway"),
-        audience=identity.get("audience", "portcullis-upstream"), ttl=ttl)
-    header = identity.get("header", "X-Portcullis-Identity")
+    # The direct and bare targets get an assertion signed with the very scheme and key the
+    # gateway uses for this route's upstream, so the backend does the same work for all three.
+    gw_cfg = configs["gateway"]
+    gw_cfg["identity"] = {**gw_cfg.get("identity", {}), "ttl": min(ttl, 3600)}
+    parsed = parse(gw_cfg, tmp)
+    route, _ = Router(parsed.routes).match("GET", path.split("?")[0])
+    signer = build_signers(parsed)[route.upstream]
+    header = parsed.identity.header
     assertion = signer.sign(sub=BENCH_SUB, accounts=BENCH_ACCOUNTS, roles=("client",),
                             acr="urn:portcullis:acr:pwd", risk="low",
                             request_id=secrets.token_hex(12), now=int(time.time()))
@@ -535,7 +546,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         _progress(f"load generator: {tool.name}")
         children = Children(pin, tmp / "logs")
         try:
-            targets = _start_stack(tmp, children, total)
+            targets = _start_stack(tmp, children, total, path)
             results = {t.name: _measure(tool, t, path, duration, connections, rate)
                        for t in targets}
         except BenchError:

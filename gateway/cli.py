@@ -78,12 +78,16 @@ def with_demo_keys(cfg: Config, keys: DemoKeys) -> Config:
     """The demo always uses the keys in demo_dir(), whatever paths the file names."""
     issuers = tuple(replace(i, jwks_file=keys.issuer_jwks, jwks_url=None) if i.iss == DEMO_ISSUER else i
                     for i in cfg.issuers)
-    return replace(cfg, issuers=issuers, identity=replace(cfg.identity, signing_key=keys.identity_key))
+    upstreams = {name: replace(u, identity_hmac_key=keys.identity_hmac) if u.identity_hmac_key else u
+                 for name, u in cfg.upstreams.items()}
+    return replace(cfg, issuers=issuers, upstreams=upstreams,
+                   identity=replace(cfg.identity, signing_key=keys.identity_key))
 
 
-def start_backend(keys_jwks: Path, port: int, *, debug_routes: bool = False) -> subprocess.Popen[bytes]:
+def start_backend(keys: DemoKeys, port: int, *, debug_routes: bool = False) -> subprocess.Popen[bytes]:
+    """The demo backend accepts both assertion schemes: ES256 (JWKS) and its own HS256 key."""
     cmd = [sys.executable, "-m", "demo_backend", "--host", "127.0.0.1", "--port", str(port),
-           "--identity-jwks", str(keys_jwks)]
+           "--identity-jwks", str(keys.identity_jwks), "--identity-hmac-key", str(keys.identity_hmac)]
     if debug_routes:
         cmd.append("--debug-routes")
     return subprocess.Popen(cmd, cwd=REPO_ROOT)
@@ -97,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _install_uvloop()
     keys = ensure_demo_keys(demo_dir())
     cfg = with_demo_keys(load_config(args.config), keys)
-    backend = start_backend(keys.identity_jwks, 9000)
+    backend = start_backend(keys, 9000)
     try:
         _wait_port(9000, backend)
         banner = (

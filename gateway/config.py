@@ -48,6 +48,8 @@ class UpstreamConfig:
     read_timeout: float = 10.0
     pool_size: int = 256
     health_path: str = "/healthz"
+    identity_hmac_key: Path | None = None
+    """This upstream's own HS256 key for the identity assertion (else ES256)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,8 @@ class RouteConfig:
 
 @dataclass(frozen=True, slots=True)
 class IdentityConfig:
-    signing_key: Path
+    signing_key: Path | None = None
+    """ES256 key for upstreams without their own HMAC key."""
     issuer: str = "portcullis-gateway"
     audience: str = "portcullis-upstream"
     ttl: int = 60
@@ -430,6 +433,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
             read_timeout=_number(u, "read_timeout", 10.0),
             pool_size=_int(u, "pool_size", 256, 1, 100_000),
             health_path=u.get("health_path", str, "/healthz"),
+            identity_hmac_key=_path(u, "identity_hmac_key", base, None),
         )
         u.finish()
     ups_t.finish()
@@ -439,9 +443,15 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         raise ConfigError("issuers: at least one issuer is required when gateway.security is on")
 
     idt = top.sub("identity", required=settings.security)
-    signing_key = _path(idt, "signing_key", base, None if not settings.security else _MISSING)
+    signing_key = _path(idt, "signing_key", base, None)
+    es256_upstreams = sorted(n for n, u in upstreams.items() if u.identity_hmac_key is None)
+    if settings.security and signing_key is None and es256_upstreams:
+        raise ConfigError(
+            "identity.signing_key: required for upstreams without identity_hmac_key"
+            f" ({', '.join(es256_upstreams)})"
+        )
     identity = IdentityConfig(
-        signing_key=signing_key or Path("/nonexistent"),
+        signing_key=signing_key,
         issuer=idt.get("issuer", str, "portcullis-gateway"),
         audience=idt.get("audience", str, "portcullis-upstream"),
         ttl=_int(idt, "ttl", 60, 1, 3600),

@@ -22,6 +22,7 @@ aiohttp server.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -57,6 +58,7 @@ ISSUER_KEY_FILE = "issuer-key.pem"
 ISSUER_JWKS_FILE = "issuer-jwks.json"
 IDENTITY_KEY_FILE = "gateway-identity-key.pem"
 IDENTITY_JWKS_FILE = "gateway-identity-jwks.json"
+IDENTITY_HMAC_FILE = "trading-identity-hmac.key"
 
 _ALG = "ES256"
 
@@ -71,6 +73,8 @@ class DemoKeys:
     identity_jwks: Path
     issuer_kid: str
     identity_kid: str
+    identity_hmac: Path
+    """The demo trading upstream's own HS256 assertion key (base64url text)."""
 
 
 # --------------------------------------------------------------------------
@@ -169,6 +173,14 @@ def _ensure_jwks(path: Path, key: ec.EllipticCurvePrivateKey) -> str:
     return jwk["kid"]
 
 
+def _ensure_hmac_key(path: Path) -> None:
+    if not path.exists():
+        text = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=") + b"\n"
+        _write_new(path, text, 0o600)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+
+
 def ensure_demo_keys(directory: Path) -> DemoKeys:
     """Create the demo keys in ``directory`` unless they exist; return their paths.
 
@@ -184,6 +196,8 @@ def ensure_demo_keys(directory: Path) -> DemoKeys:
     identity_jwks = directory / IDENTITY_JWKS_FILE
     issuer_kid = _ensure_jwks(issuer_jwks, _ensure_key(issuer_key))
     identity_kid = _ensure_jwks(identity_jwks, _ensure_key(identity_key))
+    identity_hmac = directory / IDENTITY_HMAC_FILE
+    _ensure_hmac_key(identity_hmac)
     return DemoKeys(
         issuer_key=issuer_key,
         issuer_jwks=issuer_jwks,
@@ -191,6 +205,7 @@ def ensure_demo_keys(directory: Path) -> DemoKeys:
         identity_jwks=identity_jwks,
         issuer_kid=issuer_kid,
         identity_kid=identity_kid,
+        identity_hmac=identity_hmac,
     )
 
 

@@ -28,7 +28,7 @@ from gateway.authn.tokens import TokenVerifier
 from gateway.config import Config, ListenerConfig
 from gateway.context import RequestContext
 from gateway.errors import BAD_HEADER, BAD_REQUEST, SHUTTING_DOWN, ConfigError, GatewayError
-from gateway.identity import IdentitySigner, terminal_info
+from gateway.identity import AssertionSigner, HmacIdentitySigner, IdentitySigner, terminal_info
 from gateway.metrics import Metrics
 from gateway.netutil import TrustedPeers, client_ip
 from gateway.notify import Notifier, build_notifier
@@ -63,6 +63,30 @@ def error_response(exc: GatewayError, request_id: str, rid_header: str) -> web.R
         headers.update(exc.headers)
     return web.Response(status=exc.status, body=orjson.dumps(body), content_type=_JSON,
                         headers=headers)
+
+
+def build_signers(config: Config) -> dict[str, AssertionSigner]:
+    """The identity-assertion signer of each upstream: its own HS256 key, else the ES256 key."""
+    ident = config.identity
+    es256: IdentitySigner | None = None
+    signers: dict[str, AssertionSigner] = {}
+    for name, up in config.upstreams.items():
+        if up.identity_hmac_key is not None:
+            try:
+                signers[name] = HmacIdentitySigner.from_file(
+                    up.identity_hmac_key, issuer=ident.issuer, audience=ident.audience, ttl=ident.ttl)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"upstreams.{name}.identity_hmac_key: {exc}") from None
+            continue
+        if es256 is None:
+            assert ident.signing_key is not None  # the config loader requires it here
+            try:
+                es256 = IdentitySigner.from_file(
+                    ident.signing_key, issuer=ident.issuer, audience=ident.audience, ttl=ident.ttl)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"identity.signing_key: cannot use {str(ident.signing_key)!r}: {exc}") from None
+        signers[name] = es256
+    return signers
 
 
 def _check_request_line(request: web.BaseRequest) -> None:
@@ -114,14 +138,7 @@ class Gateway:
         self._runners: list[web.BaseRunner] = []
         self.public_port: int | None = None
         self.admin_port: int | None = None
-        self.signer: IdentitySigner | None = None
-        if g.security:
-            ident = config.identity
-            try:
-                self.signer = IdentitySigner.from_file(
-                    ident.signing_key, issuer=ident.issuer, audience=ident.audience, ttl=ident.ttl)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"identity.signing_key: cannot use {str(ident.signing_key)!r}: {exc}") from None
+        self.signers = build_signers(config) if g.security else {}
         self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout,
                                       on_queued_failure=self.metrics.audit_failures.inc)
         self.pipelines = self._build_pipelines()
@@ -148,10 +165,9 @@ class Gateway:
                 "transfer": full, "admin": full}
 
     def _identity_headers(self, ctx: RequestContext, headers: dict[str, str]) -> None:
-        assert self.signer is not None
         ident = self.config.identity
         s = ctx.subject
-        headers[ident.header.lower()] = self.signer.sign(
+        headers[ident.header.lower()] = self.signers[ctx.route.upstream].sign(
             sub=s.sub if s else "anonymous", accounts=s.accounts if s else (),
             roles=s.roles if s else (), acr=s.acr if s else None,
             risk=ctx.risk.level if ctx.risk else "unknown", request_id=ctx.request_id,

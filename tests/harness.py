@@ -96,7 +96,8 @@ class Stack:
 
 @asynccontextmanager
 async def run_backend(keys: DemoKeys) -> AsyncIterator[str]:
-    runner = web.AppRunner(create_app(keys.identity_jwks, debug_routes=True, stream_interval=0.05))
+    runner = web.AppRunner(create_app(keys.identity_jwks, identity_hmac_key=keys.identity_hmac,
+                                      debug_routes=True, stream_interval=0.05))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

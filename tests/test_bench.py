@@ -244,12 +244,13 @@ def test_proxy_config_from_the_example_is_valid(tmp_path: Path, security: bool) 
     cfg = bench.proxy_config(example, security=security, port=18080,
                              backend_url="http://127.0.0.1:19000",
                              issuer_jwks=tmp_path / "jwks.json", identity_key=key,
-                             audit_dir=tmp_path / "audit")
+                             identity_hmac=tmp_path / "upstream.key", audit_dir=tmp_path / "audit")
     parsed = parse(tomllib.loads(bench.toml_dumps(cfg)), tmp_path)
     assert parsed.gateway.security is security
     assert parsed.gateway.access_log is security
     assert parsed.public.port == 18080
     assert {u.url for u in parsed.upstreams.values()} == {"http://127.0.0.1:19000"}
+    assert {u.identity_hmac_key for u in parsed.upstreams.values()} == {tmp_path / "upstream.key"}
     assert parsed.audit.path == tmp_path / "audit"
 
 

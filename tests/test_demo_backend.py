@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from demo_backend import create_app
 from demo_backend.data import INSTRUMENTS
+from demo_backend.errors import DemoError
+from demo_backend.identity import AssertionVerifier, load_hmac_key
 from demo_backend.market import Market
 from gateway.demo_keys import DemoKeys, ensure_demo_keys, load_private_key
 
@@ -723,3 +725,54 @@ def test_main_reports_an_unreadable_jwks(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "cannot read identity JWKS" in proc.stderr
+
+
+# --------------------------------------------------------------------------
+# HS256 assertions (the backend's own key)
+
+
+def _hs256(key: bytes, **claims: object) -> str:
+    now = int(time.time())
+    body = {"iss": "portcullis-gateway", "aud": "portcullis-upstream", "sub": "alice",
+            "accounts": ["A1"], "roles": ["client"], "acr": None, "risk": "low", "rid": "r",
+            "iat": now, "exp": now + 60, **claims}
+    return jwt.encode(body, key, algorithm="HS256")
+
+
+def _hmac_verifier(tmp_path: Path, with_jwks: bool) -> tuple[AssertionVerifier, bytes]:
+    keys = ensure_demo_keys(tmp_path / "hs")
+    verifier = AssertionVerifier.from_files(keys.identity_jwks if with_jwks else None, keys.identity_hmac)
+    return verifier, load_hmac_key(keys.identity_hmac)
+
+
+def test_hs256_assertion_with_backend_key_accepted(tmp_path: Path) -> None:
+    verifier, key = _hmac_verifier(tmp_path, with_jwks=False)
+    assert verifier.verify(_hs256(key)).sub == "alice"
+
+
+@pytest.mark.parametrize("claims", [{"exp": 1}, {"aud": "other"}, {"iss": "someone"}])
+def test_hs256_assertion_claims_checked(tmp_path: Path, claims: dict[str, object]) -> None:
+    verifier, key = _hmac_verifier(tmp_path, with_jwks=False)
+    with pytest.raises(DemoError):
+        verifier.verify(_hs256(key, **claims))
+
+
+def test_hs256_assertion_with_other_key_refused(tmp_path: Path) -> None:
+    verifier, _ = _hmac_verifier(tmp_path, with_jwks=True)
+    with pytest.raises(DemoError, match="signature"):
+        verifier.verify(_hs256(b"k" * 32))
+
+
+def test_hs256_refused_when_backend_has_no_hmac_key(tmp_path: Path) -> None:
+    keys = ensure_demo_keys(tmp_path / "hs")
+    verifier = AssertionVerifier.from_files(keys.identity_jwks, None)
+    with pytest.raises(DemoError, match="algorithm"):
+        verifier.verify(_hs256(load_hmac_key(keys.identity_hmac)))
+
+
+def test_es256_refused_when_backend_has_only_hmac_key(tmp_path: Path) -> None:
+    keys = ensure_demo_keys(tmp_path / "hs")
+    verifier = AssertionVerifier.from_files(None, keys.identity_hmac)
+    token = jwt.encode({"iss": "portcullis-gateway"}, load_private_key(keys.identity_key), algorithm="ES256")
+    with pytest.raises(DemoError, match="algorithm"):
+        verifier.verify(token)

@@ -171,9 +171,11 @@ def test_concurrent_first_calls_agree_on_one_key(tmp_path: Path) -> None:
         results = list(pool.map(lambda _: ensure_demo_keys(directory), range(8)))
     assert len({r.issuer_kid for r in results}) == 1
     assert len({r.identity_kid for r in results}) == 1
+    assert len({r.identity_hmac.read_text() for r in results}) == 1
     assert sorted(p.name for p in directory.iterdir()) == [
         "gateway-identity-jwks.json",
         "gateway-identity-key.pem",
         "issuer-jwks.json",
         "issuer-key.pem",
+        "trading-identity-hmac.key",
     ]
