@@ -35,6 +35,15 @@ class AuditSink(Protocol):
         """Queue the record without waiting; the future resolves when durable."""
         ...
 
+    def enqueue(self, record: Mapping[str, Any]) -> None:
+        """Queue the record with nobody waiting for it; a failed write is counted in `failed`."""
+        ...
+
+    @property
+    def failed(self) -> int:
+        """Queued records (from `enqueue`) whose write failed."""
+        ...
+
     @property
     def backlog(self) -> int: ...
 
@@ -57,7 +66,8 @@ class FileAuditSink:
         self.directory = directory
         self._interval = fsync_interval
         self._segment_max = segment_max_bytes
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending: list[tuple[bytes, asyncio.Future[None] | None]] = []
+        self._failed = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._fd: int | None = None
@@ -69,6 +79,10 @@ class FileAuditSink:
     @property
     def backlog(self) -> int:
         return len(self._pending)
+
+    @property
+    def failed(self) -> int:
+        return self._failed
 
     def _open_segment(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -94,18 +108,26 @@ class FileAuditSink:
         self._size += len(data)
 
     def submit(self, record: Mapping[str, Any]) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closed:
             fut.set_exception(AuditWriteError("audit sink is closed"))
             return fut
-        self._pending.append((encode(record), fut))
+        self._append(encode(record), fut)
+        return fut
+
+    def enqueue(self, record: Mapping[str, Any]) -> None:
+        if self._closed:
+            self._failed += 1
+            return
+        self._append(encode(record), None)
+
+    def _append(self, line: bytes, fut: asyncio.Future[None] | None) -> None:
+        self._pending.append((line, fut))
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
-            self._task = loop.create_task(self._run())
+            self._task = asyncio.get_running_loop().create_task(self._run())
         assert self._wake is not None
         self._wake.set()
-        return fut
 
     async def write(self, record: Mapping[str, Any]) -> None:
         await self.submit(record)
@@ -127,12 +149,14 @@ class FileAuditSink:
                 await loop.run_in_executor(None, self._write_batch, b"".join(b for b, _ in batch))
             except OSError as exc:
                 for _, fut in batch:
-                    if not fut.done():
+                    if fut is None:
+                        self._failed += 1
+                    elif not fut.done():
                         fut.set_exception(AuditWriteError(f"audit write failed: {exc.strerror}"))
             else:
                 self.written += len(batch)
                 for _, fut in batch:
-                    if not fut.done():
+                    if fut is not None and not fut.done():
                         fut.set_result(None)
             if self._closed and not self._pending:
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -34,6 +35,18 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _tune_gc() -> None:
+    """Fewer collections for a long-running server.
+
+    Under load the default gen-0 threshold (700) ran ~80 collections a second
+    here, ~6% of the CPU; requests free almost everything by reference
+    counting. Objects alive after start-up are frozen out of collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
+
+
 async def _exited(child: subprocess.Popen[bytes]) -> None:
     # Polled, not waited on in a thread: a blocked thread would hold up shutdown.
     while child.poll() is None:
@@ -50,6 +63,7 @@ async def _serve_until_signal(cfg: Config, on_ready: str | None = None,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await gw.start()
+    _tune_gc()
     if on_ready:
         print(on_ready.format(public=gw.public_port, admin=gw.admin_port), flush=True)
     waiter = asyncio.create_task(stop.wait())

@@ -9,6 +9,7 @@ signed assertion, so a client can never speak for itself to the backend.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 HOP_BY_HOP = frozenset({
@@ -65,7 +66,9 @@ def response_headers(items: Iterable[tuple[str, str]], connection: Iterable[str]
     return [(k, v) for k, v in items if k.lower() not in drop]
 
 
+_UNSAFE = re.compile(r"[^\x20-\x3a\x3c\x3e-\x7e]")  # printable ASCII less ';' and '='
+
+
 def sanitise_value(value: str, limit: int = 256) -> str:
     """A header value safe to emit: printable ASCII, no separators that break our formats."""
-    cleaned = "".join(ch if 0x20 <= ord(ch) < 0x7F and ch not in ";=" else "_" for ch in value)
-    return cleaned[:limit]
+    return _UNSAFE.sub("_", value[:limit])

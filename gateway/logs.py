@@ -59,7 +59,7 @@ class AccessLog:
 
     def write(self, **fields: Any) -> None:
         now = time.time()
-        line = {"ts": round(now, 6), "level": "info", "logger": "portcullis.access", "event": "request"}
+        line = {"ts": now, "level": "info", "logger": "portcullis.access", "event": "request"}
         line.update(fields)
         self.stream.write(orjson.dumps(line, default=str) + b"\n")
         mono = time.monotonic()

@@ -30,8 +30,8 @@ class Metrics:
         self.upstream_seconds = Histogram(
             "portcullis_upstream_seconds", "Upstream response time", ["route"],
             buckets=_BUCKETS, registry=r)
-        self.audit_failures = Counter(
-            "portcullis_audit_write_failures", "Queued audit records that failed to write",
+        self.audit_failures = Gauge(
+            "portcullis_audit_write_failures", "Queued audit records that failed to write (count)",
             registry=r)
         self.in_flight = Gauge("portcullis_in_flight_requests", "Requests being handled", registry=r)
         self.audit_backlog = Gauge("portcullis_audit_backlog", "Audit records not yet durable",
@@ -57,8 +57,9 @@ class Metrics:
         if decision is not None:
             self._child(self.decisions, route, tier, decision).inc()
 
-    def watch_audit_backlog(self, fn: Callable[[], float]) -> None:
-        self.audit_backlog.set_function(fn)
+    def watch_audit(self, backlog: Callable[[], float], failures: Callable[[], float]) -> None:
+        self.audit_backlog.set_function(backlog)
+        self.audit_failures.set_function(failures)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

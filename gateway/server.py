@@ -126,7 +126,7 @@ class Gateway:
         self.revocations = RevocationList(self.state)
         self.verifier = TokenVerifier(config.issuers, cache_size=config.gateway.claims_cache_size,
                                       revocations=self.revocations)
-        self.metrics.watch_audit_backlog(lambda: self.audit.backlog)
+        self.metrics.watch_audit(lambda: self.audit.backlog, lambda: self.audit.failed)
         g = config.gateway
         self._rid_header = g.request_id_header
         self._trusted = config.trusted_proxies
@@ -139,8 +139,7 @@ class Gateway:
         self.public_port: int | None = None
         self.admin_port: int | None = None
         self.signers = build_signers(config) if g.security else {}
-        self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout,
-                                      on_queued_failure=self.metrics.audit_failures.inc)
+        self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout)
         self.pipelines = self._build_pipelines()
 
     # -- assembly ---------------------------------------------------------
@@ -246,13 +245,13 @@ class Gateway:
             self._auditor.queue({
                 "type": "outcome", "time": time.time(), "request_id": ctx.request_id,
                 "route": route, "status": status,
-                "upstream_ms": round(up * 1000, 3) if up is not None else None,
-                "gateway_ms": round((total - (up or 0.0)) * 1000, 3),
+                "upstream_us": int(up * 1e6) if up is not None else None,
+                "gateway_us": int((total - (up or 0.0)) * 1e6),
             })
         if self.access_log is not None:
             self.access_log.write(request_id=ctx.request_id, method=ctx.method, route=route,
                                   status=status, outcome=outcome, client_ip=ctx.client_ip,
-                                  ms=round(total * 1000, 3))
+                                  us=int(total * 1e6))
 
     async def _health(self, path: str, rid: str) -> web.Response:
         if path == "/healthz":

@@ -76,3 +76,20 @@ async def test_segment_files_are_private(tmp_path: Path) -> None:
 
 def test_encoding_is_canonical() -> None:
     assert encode({"b": 1, "a": "\u00e9"}) == '{"a":"\u00e9","b":1}\n'.encode()
+
+
+async def test_enqueued_records_are_written_and_failures_counted(tmp_path: Path) -> None:
+    good = FileAuditSink(tmp_path / "good", fsync_interval=0.001)
+    for i in range(3):
+        good.enqueue({"n": i})
+    await good.close()
+    assert len(_lines(tmp_path / "good")) == 3 and good.failed == 0
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    bad = FileAuditSink(blocked, fsync_interval=0.001)
+    bad.enqueue({"n": 1})
+    bad.enqueue({"n": 2})
+    await bad.close()
+    assert bad.failed == 2
+    bad.enqueue({"n": 3})  # after close
+    assert bad.failed == 3

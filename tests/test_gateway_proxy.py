@@ -321,7 +321,7 @@ async def test_audit_down_fails_trade_closed_but_read_goes_on(tmp_path: Path) ->
         read_status, _, _ = await _get(st, "/api/quotes/600519.SH", headers=st.auth())
         positions = await _get(st, "/api/accounts/A1/positions", headers=st.auth())
         await asyncio.sleep(0.05)
-        failures = st.gateway.metrics.audit_failures._value.get()
+        failures = st.gateway.audit.failed
     _assert_error(status, body, headers, 503, "audit_unavailable")
     assert read_status == 200 and positions[0] == 200
     assert failures >= 2

@@ -3,13 +3,13 @@
 For trade, transfer and admin routes the request is forwarded only once its
 decision record is durable; a slow or broken sink fails them closed with
 503 audit_unavailable. Other routes queue the record and go on (the sink
-group-commits within milliseconds); a failed queued write is counted.
+group-commits within milliseconds); a failed queued write is counted
+(portcullis_audit_write_failures).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from audit.sink import AuditSink, AuditWriteError
@@ -54,11 +54,9 @@ def decision_record(ctx: RequestContext) -> dict[str, Any]:
 class AuditDecision:
     name = "audit"
 
-    def __init__(self, sink: AuditSink, *, timeout: float,
-                 on_queued_failure: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, sink: AuditSink, *, timeout: float) -> None:
         self._sink = sink
         self._timeout = timeout
-        self._on_failure = on_queued_failure
 
     async def __call__(self, ctx: RequestContext) -> None:
         record = decision_record(ctx)
@@ -71,10 +69,5 @@ class AuditDecision:
         self.queue(record)
 
     def queue(self, record: dict[str, Any]) -> None:
-        """Submit without waiting; failures are counted, never raised into the request."""
-        fut = self._sink.submit(record)
-        fut.add_done_callback(self._done)
-
-    def _done(self, fut: asyncio.Future[None]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            self._on_failure()
+        """Submit without waiting; the sink counts failures, never raised into the request."""
+        self._sink.enqueue(record)
