@@ -37,6 +37,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -163,10 +164,35 @@ def target_summary(throughput: LoadResult, fixed: LoadResult, rate: int,
 
 def summary(*, tool: str, path: str, duration_s: float, connections: int,
             machine: Mapping[str, Any], targets: Mapping[str, Mapping[str, Any]],
-            pinned: bool) -> dict[str, Any]:
-    return {"tool": tool, "path": path, "duration_s": duration_s, "connections": connections,
-            "machine": dict(machine), "pinned": pinned, "targets": dict(targets),
-            "ratios": compute_ratios(targets)}
+            pinned: bool, rounds: Sequence[Mapping[str, Mapping[str, Any]]] = ()) -> dict[str, Any]:
+    """The JSON line. With several rounds, `targets` and `ratios` are medians over rounds and
+    `rounds_ratios` lists each round's ratios (a round measures the targets back to back, so
+    its ratios share the machine's conditions)."""
+    out = {"tool": tool, "path": path, "duration_s": duration_s, "connections": connections,
+           "machine": dict(machine), "pinned": pinned, "targets": dict(targets),
+           "ratios": compute_ratios(targets)}
+    if len(rounds) > 1:
+        per_round = [compute_ratios(r) for r in rounds]
+        out["rounds"] = len(rounds)
+        out["rounds_ratios"] = per_round
+        out["ratios"] = median_tree(per_round)
+    return out
+
+
+def median_tree(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Field-wise median of equally shaped nested dicts of numbers (errors are summed)."""
+    out: dict[str, Any] = {}
+    for key, first in items[0].items():
+        values = [item[key] for item in items]
+        if isinstance(first, Mapping):
+            out[key] = median_tree(values)
+        elif key == "errors":
+            out[key] = sum(values)
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            out[key] = round(statistics.median(values), 3)
+        else:
+            out[key] = first
+    return out
 
 
 def machine_info() -> dict[str, Any]:
@@ -537,8 +563,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     pin = can_pin()
     _progress("CPU pinning: proxies on CPU 0, backend and load generator on CPU 1" if pin
               else "CPU pinning unavailable (needs taskset and 2 CPUs): runs are noisier")
-    # Each target: warm-up + two phases; plus start-up. Bounds the assertion's lifetime.
-    total = len(TARGETS) * (WARMUP_SECONDS + 2 * duration + 5) + 60
+    n_rounds = max(1, int(getattr(args, "rounds", 1)))
+    # Each target: warm-up + two phases, per round; plus start-up. Bounds the assertion's lifetime.
+    total = n_rounds * len(TARGETS) * (WARMUP_SECONDS + 2 * duration + 5) + 60
     with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "logs").mkdir()
@@ -547,8 +574,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         children = Children(pin, tmp / "logs")
         try:
             targets = _start_stack(tmp, children, total, path)
-            results = {t.name: _measure(tool, t, path, duration, connections, rate)
-                       for t in targets}
+            rounds = []
+            for i in range(n_rounds):
+                _progress(f"round {i + 1} of {n_rounds}")
+                rounds.append({t.name: _measure(tool, t, path, duration, connections, rate)
+                               for t in targets})
+            results = {t.name: median_tree([r[t.name] for r in rounds]) for t in targets}
         except BenchError:
             for name, _ in children.procs:
                 tail = children.log_tail(name)
@@ -558,7 +589,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             children.stop_all()
     return summary(tool=tool.name, path=path, duration_s=duration, connections=connections,
-                   machine=machine_info(), targets=results, pinned=pin)
+                   machine=machine_info(), targets=results, pinned=pin, rounds=rounds)
 
 
 @contextlib.contextmanager

@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark direct vs bare proxy vs gateway")
     b.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    b.add_argument("--rounds", type=int, default=3,
+                   help="rounds of direct, bare, gateway back to back; results are medians")
     b.add_argument("--connections", type=int, default=32)
     b.add_argument("--rate", type=int, default=500, help="requests/s for the fixed-load latency run")
     b.add_argument("--path", default="/api/quotes/600519.SH")

@@ -262,8 +262,8 @@ def test_proxy_config_from_the_example_is_valid(tmp_path: Path, security: bool) 
 def test_bench_end_to_end_prints_one_json_line_with_three_targets() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "bench", "--duration", "1", "--connections", "4",
-         "--rate", "50"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=110, check=False)
+         "--rate", "50", "--rounds", "2"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=170, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1, done.stdout
@@ -275,3 +275,11 @@ def test_bench_end_to_end_prints_one_json_line_with_three_targets() -> None:
         assert target["fixed"]["rps"] > 0, name
     assert set(result["ratios"]) == {"gateway_over_bare_rps", "gateway_over_direct_rps",
                                      "bare_over_direct_rps", "gateway_minus_bare_p50_ms_fixed"}
+    assert result["rounds"] == 2 and len(result["rounds_ratios"]) == 2
+
+
+def test_median_tree_takes_fieldwise_medians_and_sums_errors() -> None:
+    rounds = [{"rps": 1.0, "errors": 1, "fixed": {"p50_ms": 3.0}, "tool": "wrk"},
+              {"rps": 5.0, "errors": 0, "fixed": {"p50_ms": 1.0}, "tool": "wrk"},
+              {"rps": 2.0, "errors": 2, "fixed": {"p50_ms": 2.0}, "tool": "wrk"}]
+    assert bench.median_tree(rounds) == {"rps": 2.0, "errors": 3, "fixed": {"p50_ms": 2.0}, "tool": "wrk"}
