@@ -136,6 +136,7 @@ class Gateway:
         self.access_log = logs.AccessLog() if g.access_log else None
         self._draining = False
         self._runners: list[web.BaseRunner] = []
+        self._flusher: asyncio.Task[None] | None = None
         self.public_port: int | None = None
         self.admin_port: int | None = None
         self.signers = build_signers(config) if g.security else {}
@@ -284,6 +285,8 @@ class Gateway:
             except (JwksError, OSError) as exc:
                 raise ConfigError(f"issuers: cannot load a JWKS: {exc}") from None
         await self.upstreams.start()
+        if self.access_log is not None:
+            self._flusher = asyncio.create_task(self._flush_access_log())
         public = web.Server(self.handle, handler_cancellation=True)
         shutdown = self.config.gateway.shutdown_timeout
         runner: web.BaseRunner = web.ServerRunner(public, shutdown_timeout=shutdown)
@@ -305,6 +308,13 @@ class Gateway:
         logs.event(log, "listening", public=f"{pub.host}:{self.public_port}",
                    admin=f"{adm.host}:{self.admin_port}", security=self.config.gateway.security)
 
+    async def _flush_access_log(self) -> None:
+        """Lines reach the log within a second even when traffic stops."""
+        assert self.access_log is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self.access_log.flush()
+
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests (up to shutdown_timeout), then close."""
         self._draining = True
@@ -312,6 +322,8 @@ class Gateway:
             await runner.cleanup()
         self._runners.clear()
         await self.upstreams.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
         if self.access_log is not None:
             self.access_log.flush()
         await self.audit.close()
