@@ -13,6 +13,7 @@ rotation and retention, a PostgreSQL store) behind the same interface.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -93,6 +94,13 @@ class FileAuditSink:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = os.fstat(self._fd).st_size
         self.current_path = path
+        # The new file's directory entry must be durable too, or a power cut could
+        # take the whole segment, records acknowledged as durable included.
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _write_batch(self, data: bytes) -> None:
         if self._fd is None or self._size >= self._segment_max:
@@ -101,10 +109,16 @@ class FileAuditSink:
             self._open_segment()
         assert self._fd is not None
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        os.fsync(self._fd)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            os.fsync(self._fd)
+        except OSError:
+            # Never leave a torn line for the next batch to append to.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
         self._size += len(data)
 
     def submit(self, record: Mapping[str, Any]) -> asyncio.Future[None]:

@@ -7,39 +7,57 @@ configured issuer carrying the `admin` role, and every call is audited.
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from audit.sink import AuditWriteError
 from gateway.errors import (
+    AUDIT_UNAVAILABLE,
     BAD_REQUEST,
+    BODY_TOO_LARGE,
     INVALID_JSON,
+    METHOD_NOT_ALLOWED,
     ROLE_FORBIDDEN,
     ROUTE_NOT_FOUND,
     GatewayError,
 )
+from gateway.responses import error_response
 from gateway.steps.authenticate import bearer_token
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+_MAX_EXP = 2**40  # epoch seconds far beyond any token's life; bigger values are garbage
 
 
-def _error(exc: GatewayError) -> web.Response:
-    body = {"error": exc.code, "message": exc.message, "request_id": None}
-    return web.json_response(body, status=exc.status, headers=exc.headers)
+_HTTP_KINDS = {404: ROUTE_NOT_FOUND, 405: METHOD_NOT_ALLOWED, 413: BODY_TOO_LARGE}
 
 
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every admin error is the same JSON shape as on the public listener."""
+    rid = secrets.token_hex(12)
     try:
         return await handler(request)  # type: ignore[no-any-return]
     except GatewayError as exc:
-        return _error(exc)
-    except web.HTTPNotFound:
-        return _error(GatewayError(ROUTE_NOT_FOUND))
+        return error_response(exc, rid, "X-Request-Id")
+    except web.HTTPException as exc:
+        kind = _HTTP_KINDS.get(exc.status, BAD_REQUEST)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(GatewayError(kind, headers=allow), rid, "X-Request-Id")
+
+
+async def _audit_first(gw: Gateway, record: dict[str, Any]) -> None:
+    """Write-ahead for admin actions: durable before the action, or 503 and no action."""
+    try:
+        await asyncio.wait_for(asyncio.shield(gw.audit.submit(record)), gw.config.audit.write_timeout)
+    except (AuditWriteError, TimeoutError):
+        raise GatewayError(AUDIT_UNAVAILABLE) from None
 
 
 async def _admin_subject(request: web.Request) -> Any:
@@ -60,8 +78,8 @@ async def metrics(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     subject = await _admin_subject(request)
-    gw.audit.submit({"type": "admin", "time": time.time(), "sub": subject.sub,
-                     "action": "status"})
+    gw.audit.enqueue({"type": "admin", "time": time.time(), "sub": subject.sub,
+                      "action": "status"})
     return web.json_response({
         "name": gw.config.gateway.name,
         "security": gw.config.gateway.security,
@@ -82,11 +100,12 @@ async def revoke(request: web.Request) -> web.Response:
     except ValueError:
         raise GatewayError(INVALID_JSON) from None
     jti, exp = (body.get("jti"), body.get("exp")) if isinstance(body, dict) else (None, None)
-    if not isinstance(jti, str) or not jti or not isinstance(exp, int) or isinstance(exp, bool):
-        raise GatewayError(BAD_REQUEST, "expected {\"jti\": string, \"exp\": integer}")
+    if (not isinstance(jti, str) or not 0 < len(jti) <= 256 or not isinstance(exp, int)
+            or isinstance(exp, bool) or not 0 < exp < _MAX_EXP):
+        raise GatewayError(BAD_REQUEST, "expected {\"jti\": string, \"exp\": epoch seconds}")
     # Write-ahead: the revocation is audited before it takes effect.
-    await gw.audit.write({"type": "admin", "time": time.time(), "sub": subject.sub,
-                          "action": "revoke_token", "jti": jti})
+    await _audit_first(gw, {"type": "admin", "time": time.time(), "sub": subject.sub,
+                            "action": "revoke_token", "jti": jti})
     await gw.revocations.revoke(jti, exp)
     return web.json_response({"revoked": jti}, status=201)
 

@@ -19,7 +19,12 @@ HOP_BY_HOP = frozenset({
 # Always set by the proxy or its client library, never copied from the inbound request.
 _REPLACED = frozenset({
     "host", "content-length", "forwarded", "x-forwarded-for", "x-forwarded-proto",
-    "x-forwarded-host", "x-real-ip",
+    "x-forwarded-host", "x-real-ip", "expect",
+})
+# Headers some frameworks obey to change the method or path after the gateway judged them.
+_OVERRIDES = frozenset({
+    "x-http-method-override", "x-http-method", "x-method-override", "x-original-method",
+    "x-original-url", "x-rewrite-url",
 })
 # Credentials the backend must not see: the gateway's assertion replaces them.
 _CREDENTIALS = frozenset({"authorization", "dpop", "cookie"})
@@ -34,24 +39,31 @@ def _connection_tokens(values: Iterable[str]) -> set[str]:
     return out
 
 
+def dropped_headers(strip_credentials: bool) -> frozenset[str]:
+    """The fixed set of inbound headers never forwarded (computed once per forwarder)."""
+    base = HOP_BY_HOP | _REPLACED | _OVERRIDES
+    return base | _CREDENTIALS if strip_credentials else base
+
+
 def upstream_headers(
     items: Iterable[tuple[str, str]],
     connection: Iterable[str],
     strip_prefixes: tuple[str, ...],
-    strip_credentials: bool,
+    drop: frozenset[str],
 ) -> dict[str, str]:
     """Headers to send upstream, from the inbound (name, value) pairs.
 
     Repeated headers are joined with ", " (RFC 9110 5.3), which is what a
-    backend would see from any compliant intermediary.
+    backend would see from any compliant intermediary. Names with "_" are
+    dropped: CGI-style backends read `X_User_Id` as `X-User-Id`, which would
+    slip an identity header past the prefix list.
     """
-    drop = HOP_BY_HOP | _REPLACED | _connection_tokens(connection)
-    if strip_credentials:
-        drop = drop | _CREDENTIALS
+    listed = _connection_tokens(connection)
     out: dict[str, str] = {}
     for name, value in items:
         low = name.lower()
-        if low in drop or (strip_prefixes and low.startswith(strip_prefixes)):
+        if (low in drop or "_" in low or (listed and low in listed)
+                or (strip_prefixes and low.startswith(strip_prefixes))):
             continue
         if low in out:
             out[low] = out[low] + ", " + value

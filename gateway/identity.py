@@ -72,10 +72,6 @@ class IdentitySigner(AssertionSigner):
     def from_file(cls, path: Path, *, issuer: str, audience: str, ttl: int) -> IdentitySigner:
         return cls(path.read_bytes(), issuer=issuer, audience=audience, ttl=ttl)
 
-    def public_jwks(self) -> dict[str, list[dict[str, str]]]:
-        jwk = ec_public_jwk(self._key.public_key())
-        return {"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": "ES256"}]}
-
     def _signature(self, signing_input: bytes) -> bytes:
         r, s = decode_dss_signature(self._key.sign(signing_input, self._algo))
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")

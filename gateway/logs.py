@@ -61,7 +61,10 @@ class AccessLog:
         now = time.time()
         line = {"ts": now, "level": "info", "logger": "portcullis.access", "event": "request"}
         line.update(fields)
-        self.stream.write(orjson.dumps(line, default=str) + b"\n")
+        try:
+            self.stream.write(orjson.dumps(line, default=str) + b"\n")
+        except (OSError, ValueError):
+            return  # a broken log stream never turns a served request into an error
         mono = time.monotonic()
         if mono - self._last_flush >= self._interval:
             self.flush()

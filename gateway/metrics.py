@@ -57,6 +57,10 @@ class Metrics:
         if decision is not None:
             self._child(self.decisions, route, tier, decision).inc()
 
+    def observe_rejected(self, code: str, status: int) -> None:
+        """A request refused before it matched a route (bad path, unknown route...)."""
+        self._child(self.requests, "-", "-", code, str(status)).inc()
+
     def watch_audit(self, backlog: Callable[[], float], failures: Callable[[], float]) -> None:
         self.audit_backlog.set_function(backlog)
         self.audit_failures.set_function(failures)

@@ -1,9 +1,11 @@
 """The decision pipeline: an ordered list of steps over one request context.
 
 authenticate -> bind account -> read body -> decrypt -> score -> decide ->
-step-up -> audit -> forward. A step either returns (the request goes on) or
-raises GatewayError (the request stops with that code). Adding a step is one
-new class in gateway/steps, registered in gateway.steps.build_steps.
+step-up -> audit -> forward (role and account checks sit right after
+authentication). A step either returns (the request goes on) or raises
+GatewayError (the request stops with that code). Adding a step is one new
+class in gateway/steps, placed in the per-tier pipelines that
+gateway.server.Gateway._build_pipelines assembles.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ class Step(Protocol):
 
 
 class Pipeline:
-    __slots__ = ("steps", "names")
+    __slots__ = ("steps",)
 
     def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = tuple(steps)
-        self.names = tuple(s.name for s in self.steps)
 
     async def run(self, ctx: RequestContext) -> None:
         for step in self.steps:

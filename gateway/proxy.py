@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.config import GUARDED_TIERS, Config, RouteConfig, UpstreamConfig, UpstreamTLSConfig
 from gateway.context import RequestContext
 from gateway.errors import (
+    BAD_REQUEST,
     BODY_TIMEOUT,
     BODY_TOO_LARGE,
     INVALID_JSON,
@@ -30,7 +31,7 @@ from gateway.errors import (
     UPSTREAM_UNREACHABLE,
     GatewayError,
 )
-from gateway.headers import response_headers, upstream_headers
+from gateway.headers import dropped_headers, response_headers, upstream_headers
 
 #: Responses up to this size are buffered and sent in one write.
 BUFFER_RESPONSE_LIMIT = 256 * 1024
@@ -164,6 +165,11 @@ class BoundedBody:
 ENVELOPE_TYPE = "application/sm4-gcm+json"
 
 
+def is_envelope(content_type: str) -> bool:
+    """Is this (full Content-Type header or bare media type) the SM4-GCM envelope?"""
+    return content_type.split(";", 1)[0].strip().lower() == ENVELOPE_TYPE
+
+
 class ReadBody:
     """Buffers (guarded tiers) or bounds (streamed tiers) the request body."""
 
@@ -181,10 +187,13 @@ class ReadBody:
         if route.tier not in GUARDED_TIERS:
             ctx.stream = body  # streamed by the forward step, still bounded
             return
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            # Bodies reach the policy as sent (no server-side decompression): it must read them.
+            raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "compressed request bodies are not accepted here")
         ctx.body = await body.read()
         if route.json_body and ctx.method in _BODY_METHODS and ctx.body:
             ctype = request.content_type
-            if ctype == ENVELOPE_TYPE:
+            if is_envelope(ctype):
                 return  # the decrypt step owns it
             if ctype != "application/json":
                 raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "expected application/json")
@@ -210,18 +219,20 @@ class Forward:
                  strip_credentials: bool, request_id_header: str, body_timeout: float,
                  header_hooks: tuple[HeaderHook, ...] = ()) -> None:
         self._body_timeout = body_timeout
+        self.websockets: set[web.WebSocketResponse] = set()
+        """Relayed WebSockets still open (closed with 1001 on shutdown)."""
         self._upstreams = upstreams
         self._strip = strip_prefixes
-        self._strip_credentials = strip_credentials
+        self._drop = dropped_headers(strip_credentials)
         self._rid_header = request_id_header.lower()
         self._hooks = header_hooks
 
     def build_headers(self, ctx: RequestContext, request: web.BaseRequest) -> dict[str, str]:
         inbound = request.headers
         headers = upstream_headers(inbound.items(), inbound.getall("Connection", ()),
-                                   self._strip, self._strip_credentials)
+                                   self._strip, self._drop)
         # Keep the inbound chain only from a trusted proxy; a client's own is discarded.
-        prior = inbound.get("X-Forwarded-For") if ctx.peer_trusted else None
+        prior = ", ".join(inbound.getall("X-Forwarded-For", ())) if ctx.peer_trusted else None
         peer = _peer(request)
         headers["x-forwarded-for"] = f"{prior}, {peer}" if prior else peer
         headers["x-forwarded-proto"] = ctx.scheme
@@ -238,7 +249,8 @@ class Forward:
         url = up.config.url + ctx.path + ("?" + ctx.query if ctx.query else "")
         headers = self.build_headers(ctx, request)
         if ctx.route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
-            ctx.response = await proxy_websocket(request, up, url, headers)
+            ctx.response = await proxy_websocket(request, up, url, headers,
+                                                 self._upstreams.timeout(ctx.route), self.websockets)
             return
         data: Any
         if ctx.body is not None:
@@ -277,6 +289,18 @@ def _peer(request: web.BaseRequest) -> str:
     return request.remote or ""
 
 
+class StreamAborted(GatewayError):
+    """The upstream failed after the response headers went out: nothing more can be said.
+
+    The client connection is closed instead of answered, so a second response
+    can never land inside the first one's body on a kept-alive connection.
+    """
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__(UPSTREAM_BAD_RESPONSE, "the upstream failed in the middle of the response")
+        self.response = response
+
+
 async def _relay(request: web.BaseRequest, resp: aiohttp.ClientResponse) -> web.StreamResponse:
     headers = response_headers(resp.headers.items(), resp.headers.getall("Connection", ()))
     length = resp.content_length
@@ -287,49 +311,72 @@ async def _relay(request: web.BaseRequest, resp: aiohttp.ClientResponse) -> web.
     if length is not None:
         out.content_length = length
     await out.prepare(request)
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        await out.write(chunk)
-    await out.write_eof()
+    try:
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            await out.write(chunk)
+        await out.write_eof()
+    except (aiohttp.ClientError, TimeoutError):
+        if request.transport is not None:
+            request.transport.close()
+        raise StreamAborted(out) from None
     return out
 
 
 async def proxy_websocket(request: web.BaseRequest, up: Upstream, url: str,
-                          headers: Mapping[str, str]) -> web.StreamResponse:
-    """Relays a WebSocket both ways until either side closes."""
+                          headers: Mapping[str, str], timeout: aiohttp.ClientTimeout,
+                          open_sockets: set[web.WebSocketResponse]) -> web.StreamResponse:
+    """Relays a WebSocket both ways until either side closes.
+
+    The client's handshake is checked before anything is opened upstream,
+    and the upstream socket is closed on every path, so bad handshakes can
+    never pin the upstream pool.
+    """
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    if not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok:
+        raise GatewayError(BAD_REQUEST, "not a valid WebSocket handshake")
     forward = {k: v for k, v in headers.items()
                if not k.startswith("sec-websocket-") and k != "content-length"}
-    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     ws_url = "ws" + url[4:] if url.startswith("http") else url
+    limit = (timeout.sock_connect or 0) + (timeout.sock_read or 0) or 10.0
     try:
-        upstream_ws = await up.session.ws_connect(
-            ws_url, headers=forward, protocols=protocols, autoclose=False, autoping=True,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-        )
+        async with asyncio.timeout(limit):
+            upstream_ws = await up.session.ws_connect(
+                ws_url, headers=forward, protocols=protocols, autoclose=False, autoping=True,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            )
     except aiohttp.WSServerHandshakeError as exc:
         raise GatewayError(UPSTREAM_BAD_RESPONSE, f"upstream refused the WebSocket ({exc.status})") from None
+    except TimeoutError:
+        raise GatewayError(UPSTREAM_TIMEOUT) from None
     except aiohttp.ClientConnectorError:
         raise GatewayError(UPSTREAM_UNREACHABLE) from None
+    except aiohttp.ClientError:
+        raise GatewayError(UPSTREAM_BAD_RESPONSE) from None
     client_ws = web.WebSocketResponse(protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
                                       autoping=True, max_msg_size=1024 * 1024)
-    await client_ws.prepare(request)
-
-    async def pump(src: Any, dst: Any) -> None:
-        async for msg in src:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await dst.send_str(msg.data)
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await dst.send_bytes(msg.data)
-            else:
-                break
-
-    tasks = [asyncio.create_task(pump(client_ws, upstream_ws)),
-             asyncio.create_task(pump(upstream_ws, client_ws))]
+    tasks: list[asyncio.Task[None]] = []
     try:
+        await client_ws.prepare(request)
+        open_sockets.add(client_ws)
+
+        async def pump(src: Any, dst: Any) -> None:
+            async for msg in src:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    await dst.send_str(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    await dst.send_bytes(msg.data)
+                else:
+                    break
+
+        tasks = [asyncio.create_task(pump(client_ws, upstream_ws)),
+                 asyncio.create_task(pump(upstream_ws, client_ws))]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        open_sockets.discard(client_ws)
         await upstream_ws.close()
-        await client_ws.close()
+        if client_ws.prepared:
+            await client_ws.close()
     return client_ws

@@ -15,9 +15,7 @@ import re
 import secrets
 import ssl
 import time
-from typing import Any
 
-import orjson
 from aiohttp import web
 
 from audit.sink import AuditSink, FileAuditSink
@@ -35,14 +33,15 @@ from gateway.notify import Notifier, build_notifier
 from gateway.paths import normalise_target
 from gateway.pipeline import Pipeline, Step
 from gateway.policy.engine import BaselinePolicy, PolicyEngine
-from gateway.proxy import Forward, ReadBody, Upstreams
+from gateway.proxy import Forward, ReadBody, StreamAborted, Upstreams
+from gateway.responses import error_response
 from gateway.risk.scorer import RiskScorer, SignalScorer
 from gateway.routing import MethodNotAllowed, Router
 from gateway.state import build_store
 from gateway.state.base import StateStore
 from gateway.steps.audit import AuditDecision, base_record
 from gateway.steps.authenticate import Authenticate
-from gateway.steps.bind_account import BindAccount
+from gateway.steps.bind_account import BindAccount, RequireRole
 from gateway.steps.decrypt import Decrypt
 from gateway.steps.judge import Decide, Score, StepUpChallenge
 
@@ -51,18 +50,6 @@ log = logging.getLogger("portcullis")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # RFC 9112 3.2 / RFC 3986 host [":" port]: a reg-name or IPv4, or a bracketed IPv6 literal.
 _HOST = re.compile(r"(?:[A-Za-z0-9._~-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
-_JSON = "application/json"
-
-
-def error_response(exc: GatewayError, request_id: str, rid_header: str) -> web.Response:
-    body: dict[str, Any] = {"error": exc.code, "message": exc.message, "request_id": request_id}
-    if exc.extra:
-        body.update(exc.extra)
-    headers = {rid_header: request_id, "Cache-Control": "no-store"}
-    if exc.headers:
-        headers.update(exc.headers)
-    return web.Response(status=exc.status, body=orjson.dumps(body), content_type=_JSON,
-                        headers=headers)
 
 
 def build_signers(config: Config) -> dict[str, AssertionSigner]:
@@ -148,16 +135,16 @@ class Gateway:
     def _build_pipelines(self) -> dict[str, Pipeline]:
         g = self.config.gateway
         if not g.security:
-            bare = Pipeline([Forward(self.upstreams, strip_prefixes=(), strip_credentials=False,
-                                     request_id_header=self._rid_header,
-                                     body_timeout=g.body_timeout)])
+            self._forward = Forward(self.upstreams, strip_prefixes=(), strip_credentials=False,
+                                    request_id_header=self._rid_header, body_timeout=g.body_timeout)
+            bare = Pipeline([self._forward])
             return {tier: bare for tier in ("public", "read", "trade", "transfer", "admin")}
-        forward = Forward(self.upstreams, strip_prefixes=g.identity_header_prefixes,
+        self._forward = forward = Forward(self.upstreams, strip_prefixes=g.identity_header_prefixes,
                           strip_credentials=True, request_id_header=self._rid_header,
                           body_timeout=g.body_timeout, header_hooks=(self._identity_headers,))
         read_body = ReadBody(g.body_timeout)
         guarded: list[Step] = [
-            Authenticate(self.verifier), BindAccount(), read_body, Decrypt(),
+            Authenticate(self.verifier), RequireRole(), BindAccount(), read_body, Decrypt(),
             Score(self.scorer), Decide(self.policy), StepUpChallenge(), self._auditor, forward,
         ]
         full = Pipeline(guarded)
@@ -200,11 +187,12 @@ class Gateway:
                 return await self._health(path, rid)
             route, params = self.router.match(request.method, path)
             xff = request.headers.getall("X-Forwarded-For", ()) if peer_trusted else ()
+            client = client_ip(peer, xff, self._trusted) if xff else peer
             peername = request.transport.get_extra_info("peername") if request.transport else None
             ctx = RequestContext(
                 request_id=rid, method=request.method, path=path, query=query, route=route,
                 params=params, headers=request.headers,
-                client_ip=client_ip(peer, xff, self._trusted),
+                client_ip=client,
                 client_port=peername[1] if isinstance(peername, tuple) else None,
                 scheme=request.scheme, started=started, now=time.time(),
                 peer_trusted=peer_trusted, request=request,
@@ -215,6 +203,10 @@ class Gateway:
                 response.headers[self._rid_header] = rid
             self._finish(ctx, response.status, "ok", started)
             return response
+        except StreamAborted as exc:  # headers already sent: the connection is closed instead
+            if ctx is not None:
+                self._finish(ctx, exc.status, exc.code, started)
+            return exc.response
         except MethodNotAllowed as exc:
             exc.headers = {"Allow": ", ".join(exc.allowed)}
             return self._error(exc, rid, ctx, started)
@@ -232,7 +224,7 @@ class Gateway:
                 self._auditor.queue(record)
             self._finish(ctx, exc.status, exc.code, started)
         else:
-            self.metrics.requests.labels("-", "-", exc.code, str(exc.status)).inc()
+            self.metrics.observe_rejected(exc.code, exc.status)
         return error_response(exc, rid, self._rid_header)
 
     def _finish(self, ctx: RequestContext, status: int, outcome: str, started: float) -> None:
@@ -287,7 +279,10 @@ class Gateway:
         await self.upstreams.start()
         if self.access_log is not None:
             self._flusher = asyncio.create_task(self._flush_access_log())
-        public = web.Server(self.handle, handler_cancellation=True)
+        # No handler cancellation: a client hanging up must not cut a trade off mid-forward
+        # (the order may execute upstream); the request finishes and is audited.
+        # No request-body decompression: bodies are judged and forwarded as sent.
+        public = web.Server(self.handle, handler_cancellation=False, auto_decompress=False)
         shutdown = self.config.gateway.shutdown_timeout
         runner: web.BaseRunner = web.ServerRunner(public, shutdown_timeout=shutdown)
         await runner.setup()
@@ -305,6 +300,8 @@ class Gateway:
         await web.TCPSite(admin_runner, adm.host, adm.port, ssl_context=_ssl_context(adm)).start()
         self._runners.append(admin_runner)
         self.admin_port = _bound_port(admin_runner)
+        if self.access_log is not None:
+            self._flusher = asyncio.create_task(self._flush_access_log())
         logs.event(log, "listening", public=f"{pub.host}:{self.public_port}",
                    admin=f"{adm.host}:{self.admin_port}", security=self.config.gateway.security)
 
@@ -318,6 +315,8 @@ class Gateway:
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests (up to shutdown_timeout), then close."""
         self._draining = True
+        for ws in list(self._forward.websockets):  # streams never end by themselves
+            await ws.close(code=1001, message=b"gateway shutting down")
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

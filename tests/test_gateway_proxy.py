@@ -229,15 +229,24 @@ async def test_policy_step_up_is_rfc9470_challenge(tmp_path: Path) -> None:
     assert body["methods"] == ["totp", "sms"] and body["reasons"] == ["new_device"]
 
 
-async def test_admin_role_required_by_baseline_policy(tmp_path: Path) -> None:
+async def test_admin_tier_requires_admin_role(tmp_path: Path) -> None:
     routes = [{"name": "admin_echo", "methods": ["GET"], "path": "/__debug/echo",
                "upstream": "trading", "tier": "admin"}]
     async with run_stack(tmp_path, routes=routes) as st:
         status, body, headers = await _get(st, "/__debug/echo", headers=st.auth())
         ok, _, _ = await _get(st, "/__debug/echo", headers=st.auth(roles=("admin",)))
-    _assert_error(status, body, headers, 403, "policy_denied")
-    assert body["reasons"][0]["code"] == "role_forbidden"
+    _assert_error(status, body, headers, 403, "role_forbidden")
     assert ok == 200
+
+
+async def test_route_roles_hold_when_policy_is_down_on_open_route(tmp_path: Path) -> None:
+    routes = [{"name": "advisor_echo", "methods": ["GET"], "path": "/__debug/echo",
+               "upstream": "trading", "tier": "read", "fail_mode": "open", "roles": ["advisor"]}]
+    async with run_stack(tmp_path, routes=routes, gateway_kwargs={"policy": BrokenPolicy()}) as st:
+        status, body, headers = await _get(st, "/__debug/echo", headers=st.auth())
+        ok, _, _ = await _get(st, "/__debug/echo", headers=st.auth(roles=("advisor",)))
+    _assert_error(status, body, headers, 403, "role_forbidden")
+    assert ok == 200  # the advisor goes on, degraded
 
 
 # --------------------------------------------------------------------------

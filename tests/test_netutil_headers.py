@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.headers import response_headers, upstream_headers
+from gateway.headers import dropped_headers, response_headers, upstream_headers
 from gateway.identity import terminal_info
 from gateway.netutil import client_ip, is_trusted
 
@@ -46,12 +46,21 @@ def test_upstream_headers_drop_hop_by_hop_identity_and_credentials() -> None:
         ("User-Agent", "app/1.0"),
     ]
     out = upstream_headers(inbound, ["keep-alive, X-Secret-Hop"],
-                           ("x-user-", "x-portcullis-", "x-remote-user"), strip_credentials=True)
+                           ("x-user-", "x-portcullis-", "x-remote-user"), dropped_headers(True))
     assert out == {"accept": "application/json, text/plain", "user-agent": "app/1.0"}
 
 
+@pytest.mark.parametrize("name", [
+    "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X-Original-URL",
+    "X-Rewrite-URL", "X_User_Id", "x_portcullis_identity", "Expect",
+])
+def test_method_override_underscore_and_expect_headers_dropped(name: str) -> None:
+    out = upstream_headers([(name, "DELETE"), ("Accept", "*/*")], [], ("x-user-",), dropped_headers(True))
+    assert out == {"accept": "*/*"}
+
+
 def test_bare_mode_keeps_credentials() -> None:
-    out = upstream_headers([("Authorization", "Bearer t")], [], (), strip_credentials=False)
+    out = upstream_headers([("Authorization", "Bearer t")], [], (), dropped_headers(False))
     assert out == {"authorization": "Bearer t"}
 
 

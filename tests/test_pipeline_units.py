@@ -69,6 +69,12 @@ async def test_bind_account_without_subject_refuses() -> None:
         await BindAccount()(ctx)
 
 
+async def test_device_proof_header_alone_counts_for_nothing() -> None:
+    ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1", "DPoP": "x"})
+    result = await SignalScorer().score(ctx)
+    assert [f.code for f in result.factors] == ["missing_device_proof"]
+
+
 async def test_scorer_sums_weights_and_levels() -> None:
     ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "HeadlessChrome/120"})
     result = await SignalScorer(weights={"automation_client": 2.0}).score(ctx)
@@ -77,7 +83,8 @@ async def test_scorer_sums_weights_and_levels() -> None:
 
 
 async def test_scorer_zero_weight_drops_signal() -> None:
-    ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1", "DPoP": "x"})
+    ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1"})
+    ctx.device_id = "verified-device-thumbprint"
     result = await SignalScorer(weights={"automation_client": 0}).score(ctx)
     assert (result.score, result.level, result.factors) == (0, "low", ())
 

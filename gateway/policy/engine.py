@@ -7,7 +7,7 @@ enforces the route's role list in Python, so the decide step is real today.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +34,13 @@ class Decision:
     policy_version: str = ""
 
 
+def required_roles(tier: str, roles: Sequence[str]) -> frozenset[str]:
+    """Roles a route admits: its own list; admin routes without one admit only `admin`."""
+    if roles:
+        return frozenset(roles)
+    return frozenset({"admin"}) if tier == "admin" else frozenset()
+
+
 class PolicyEngine(Protocol):
     version: str
 
@@ -46,8 +53,9 @@ class BaselinePolicy:
     """Role-based allow/deny from the route configuration.
 
     A route with `roles` admits only callers holding one of them; admin-tier
-    routes with no roles listed admit only `admin`. Everything else that got
-    past authentication and account binding is allowed.
+    routes with no roles listed admit only `admin`. The pipeline enforces the
+    same rule in Python first (RequireRole), so a degraded policy engine never
+    widens access; here it keeps the engine's answer complete for what-if use.
     """
 
     version = "baseline-1"
@@ -56,9 +64,7 @@ class BaselinePolicy:
         request = policy_input["request"]
         subject = policy_input.get("subject") or {}
         roles = set(subject.get("roles", ()))
-        needed = set(request.get("roles") or ())
-        if not needed and request["tier"] == "admin":
-            needed = {"admin"}
+        needed = required_roles(request["tier"], request.get("roles") or ())
         if needed and not roles & needed:
             reason = Reason("role_forbidden", f"requires one of the roles: {', '.join(sorted(needed))}")
             return Decision(allow=False, deny=(reason,), policy_version=self.version)

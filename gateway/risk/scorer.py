@@ -54,8 +54,11 @@ def missing_user_agent(ctx: RequestContext, clock: Callable[[], float]) -> Facto
 
 
 def missing_device_proof(ctx: RequestContext, clock: Callable[[], float]) -> Factor | None:
-    """Without a DPoP proof the device is unknown: the token could be replayed anywhere."""
-    return None if ctx.headers.get("DPoP") else Factor("missing_device_proof", 15)
+    """Without a verified device key the device is unknown: the token could be replayed anywhere.
+
+    Only a verified proof sets ctx.device_id; the mere presence of a header counts for nothing.
+    """
+    return None if ctx.device_id else Factor("missing_device_proof", 15)
 
 
 BASE_SIGNALS: tuple[Signal, ...] = (automation_client, missing_user_agent, missing_device_proof)

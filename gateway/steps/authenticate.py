@@ -6,7 +6,7 @@ from typing import Protocol
 
 from gateway.authn.tokens import Subject
 from gateway.context import RequestContext
-from gateway.errors import TOKEN_MALFORMED, TOKEN_MISSING, GatewayError
+from gateway.errors import TOKEN_INVALID, TOKEN_MALFORMED, TOKEN_MISSING, GatewayError
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="portcullis"'}
 
@@ -22,7 +22,7 @@ def bearer_token(values: list[str]) -> str:
     if len(values) > 1:
         raise GatewayError(TOKEN_MALFORMED, "more than one Authorization header", headers=_CHALLENGE)
     scheme, _, token = values[0].strip().partition(" ")
-    if scheme.lower() not in ("bearer", "dpop") or not token.strip():
+    if scheme.lower() != "bearer" or not token.strip():
         raise GatewayError(TOKEN_MISSING, "expected an Authorization: Bearer token", headers=_CHALLENGE)
     return token.strip()
 
@@ -39,8 +39,15 @@ class Authenticate:
             [ctx.headers["Authorization"]] if "Authorization" in ctx.headers else [])
         token = bearer_token(values)
         try:
-            ctx.subject = await self._verifier.verify(token)
+            subject = await self._verifier.verify(token)
         except GatewayError as exc:
             if exc.status == 401 and not exc.headers:
                 exc.headers = _CHALLENGE
             raise
+        if subject.cnf_jkt is not None:
+            # A sender-constrained token is worthless without its DPoP proof check
+            # (RFC 9449), which arrives with the device-identity work: refuse, never
+            # downgrade it to a bearer token.
+            raise GatewayError(TOKEN_INVALID, "DPoP-bound tokens are not accepted by this gateway yet",
+                               headers=_CHALLENGE)
+        ctx.subject = subject

@@ -1,4 +1,6 @@
-"""Bind the account: the path or query account must be one of the token's accounts.
+"""Bind the caller to what the route allows: its role list, and the accounts in the token.
+
+The account in the path or query must be one of the token's accounts.
 
 This runs in Python before any policy, and no fail mode skips it: broken
 object-level authorisation is the most common API breach, and the check
@@ -10,7 +12,8 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from gateway.context import RequestContext
-from gateway.errors import ACCOUNT_FORBIDDEN, GatewayError
+from gateway.errors import ACCOUNT_FORBIDDEN, ROLE_FORBIDDEN, GatewayError
+from gateway.policy.engine import required_roles
 
 
 def requested_accounts(ctx: RequestContext) -> list[str]:
@@ -24,6 +27,20 @@ def requested_accounts(ctx: RequestContext) -> list[str]:
         found.extend(v for k, v in parse_qsl(ctx.query, keep_blank_values=True)
                      if k == route.account_query)
     return found
+
+
+class RequireRole:
+    """The route's role list, checked in Python like the account: no fail mode skips it."""
+
+    name = "require_role"
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        needed = required_roles(ctx.route.tier, ctx.route.roles)
+        if not needed:
+            return
+        held = ctx.subject.roles if ctx.subject is not None else ()
+        if needed.isdisjoint(held):
+            raise GatewayError(ROLE_FORBIDDEN, f"requires one of the roles: {', '.join(sorted(needed))}")
 
 
 class BindAccount:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from gateway.context import RequestContext
 from gateway.errors import UNSUPPORTED_MEDIA_TYPE, GatewayError
-from gateway.proxy import ENVELOPE_TYPE
+from gateway.proxy import is_envelope
 
 
 class Decrypt:
     name = "decrypt"
 
     async def __call__(self, ctx: RequestContext) -> None:
-        ctype = ctx.headers.get("Content-Type", "")
-        if ctype.split(";", 1)[0].strip().lower() == ENVELOPE_TYPE:
+        if is_envelope(ctx.headers.get("Content-Type", "")):
             raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "encrypted payloads are not enabled on this gateway")
