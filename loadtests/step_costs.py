@@ -36,7 +36,7 @@ from harness import gateway_config  # noqa: E402
 from gateway.config import parse  # noqa: E402
 from gateway.context import RequestContext  # noqa: E402
 from gateway.demo_keys import ensure_demo_keys, mint_token  # noqa: E402
-from gateway.headers import upstream_headers  # noqa: E402
+from gateway.headers import dropped_headers, upstream_headers  # noqa: E402
 from gateway.logs import AccessLog  # noqa: E402
 from gateway.paths import normalise_target  # noqa: E402
 from gateway.server import Gateway  # noqa: E402
@@ -85,7 +85,8 @@ async def measure(n: int) -> dict[str, float]:
     for name in ("authenticate", "score", "decide"):
         await steps[name](ctx)  # fills the claims cache and the context the later steps read
     out: dict[str, float] = {}
-    for name in ("authenticate", "bind_account", "decrypt", "score", "decide", "step_up", "audit"):
+    for name in ("authenticate", "require_role", "bind_account", "decrypt", "score", "decide", "step_up",
+                 "audit"):
         step = steps[name]
         out[name] = await _time_async(lambda step=step: step(ctx), n)  # type: ignore[misc]
         await asyncio.sleep(0.05)  # let the audit sink drain
@@ -96,8 +97,9 @@ async def measure(n: int) -> dict[str, float]:
     out["normalise + route (bare too)"] = _time(
         lambda: (normalise_target(PATH), gw.router.match("GET", PATH)), n)
     prefixes = gw.config.gateway.identity_header_prefixes
+    drop = dropped_headers(True)
     out["header filtering (bare too)"] = _time(
-        lambda: upstream_headers(headers.items(), (), prefixes, True), n)
+        lambda: upstream_headers(headers.items(), (), prefixes, drop), n)
     await asyncio.sleep(0.1)
     await gw.audit.close()
     return {k: round(v, 2) for k, v in out.items()}
