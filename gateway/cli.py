@@ -20,6 +20,7 @@ from gateway.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO_ROOT / "examples" / "portcullis.toml"
+POLICY_DIR = REPO_ROOT / "policies"
 
 
 def demo_dir() -> Path:
@@ -174,6 +175,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(bench_main(args))
 
 
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from gateway.policy.check import policy_test
+
+    return policy_test(Path(args.dir), verbose=args.verbose, run=args.run)
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.policy.check import policy_check
+
+    bound = None if args.bound_ms is None else args.bound_ms / 1000
+    return policy_check(Path(args.dir), verbose=args.verbose, bound=bound)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="portcullis", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -207,6 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--path", default="/api/quotes/600519.SH")
     b.add_argument("--tool", choices=("auto", "wrk", "locust"), default="auto")
     b.set_defaults(func=cmd_bench)
+
+    pol = sub.add_parser("policy", help="test and check a Rego policy bundle")
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True)
+    pt = pol_sub.add_parser("test", help="run the bundle's test_* rules (like opa test)")
+    pt.add_argument("dir", nargs="?", default=str(POLICY_DIR), help="bundle directory (default: policies/)")
+    pt.add_argument("--verbose", "-v", action="store_true", help="show prints and full error text")
+    pt.add_argument("--run", metavar="REGEX", help="only tests whose data.<package>.<rule> path matches")
+    pt.set_defaults(func=cmd_policy_test)
+    pc = pol_sub.add_parser("check", help="compile, test, run the gateway invariants and the sample inputs")
+    pc.add_argument("dir", nargs="?", default=str(POLICY_DIR), help="bundle directory (default: policies/)")
+    pc.add_argument("--verbose", "-v", action="store_true", help="show every sample decision")
+    pc.add_argument("--bound-ms", type=float, default=None,
+                    help="time bound per evaluation in ms (default: the engine's budget, 50 ms)")
+    pc.set_defaults(func=cmd_policy_check)
     return p
 
 

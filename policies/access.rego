@@ -1,0 +1,130 @@
+# Object-level access and roles (all markets).
+#
+# Every rule is a positive check that must hold; the denial fires when the
+# check is not true, so a missing or wrong-typed field denies (docs/POLICIES.md,
+# "Writing rules safely on regorus"). Parameters: data/access.json.
+package gateway.access
+
+import rego.v1
+
+# Required by package gateway: it refuses to allow anything unless every
+# rule package of the bundle says it is loaded.
+loaded := true
+
+tier := input.request.tier
+
+# --- the subject -----------------------------------------------------------
+
+subject_ok if {
+	is_object(input.subject)
+	is_array(input.subject.accounts)
+	is_array(input.subject.roles)
+}
+
+deny contains {"code": "unauthenticated", "message": "The request carries no valid subject."} if {
+	not subject_ok
+}
+
+# --- object-level authorisation ----------------------------------------------
+
+# RULES.md Access: "A customer reaches only accounts listed in their token; any
+# other account id in path, query or body is denied (broken object-level
+# authorisation)."
+owned(account) if {
+	is_string(account)
+	some held in input.subject.accounts
+	held == account
+}
+
+request_account_ok if input.request.account == null
+
+request_account_ok if owned(input.request.account)
+
+all_owned(accounts) if accounts == null
+
+all_owned(accounts) if {
+	is_array(accounts)
+	every account in accounts {
+		owned(account)
+	}
+}
+
+accounts_ok if {
+	request_account_ok
+	all_owned(input.request.query_accounts)
+	all_owned(input.body_accounts)
+}
+
+deny contains {"code": "account_forbidden", "message": "The request names an account that is not yours."} if {
+	subject_ok
+	not accounts_ok
+}
+
+# --- roles -------------------------------------------------------------------
+
+# RULES.md Access: "Roles: client, advisor (read accounts assigned to them),
+# compliance (policies, audit, freezes), admin (gateway operation)."
+# A role not listed in data/access.json role_tiers grants nothing.
+known_roles contains role if {
+	some role in input.subject.roles
+	is_string(role)
+	is_array(data.access.role_tiers[role])
+}
+
+role_ok if {
+	some role in known_roles
+	tier in data.access.role_tiers[role]
+}
+
+deny contains {"code": "unknown_role", "message": "The subject has no role known to the gateway."} if {
+	subject_ok
+	count(known_roles) == 0
+}
+
+deny contains {"code": "role_forbidden", "message": "Your role does not permit this action."} if {
+	subject_ok
+	count(known_roles) > 0
+	not role_ok
+}
+
+# RULES.md Access: "Admin and compliance actions need a recent step-up."
+step_up contains {
+	"acr": data.access.privileged_step_up_acr,
+	"reason": "privileged_action",
+	"max_age": data.access.privileged_step_up_max_age_s,
+} if {
+	tier in data.access.privileged_tiers
+}
+
+# --- frozen accounts -----------------------------------------------------------
+
+# A frozen account cannot trade or transfer; reads stay allowed.
+frozen_blocks if tier in data.access.frozen_blocked_tiers
+
+frozen_ok if not frozen_blocks
+
+frozen_ok if {
+	frozen_blocks
+	input.account.frozen == false
+}
+
+deny contains {"code": "account_frozen", "message": "The account is frozen."} if {
+	frozen_blocks
+	input.account.frozen == true
+}
+
+deny contains {"code": "account_facts_unavailable", "message": "The account facts are missing or invalid."} if {
+	frozen_blocks
+	not is_boolean(input.account.frozen)
+}
+
+# --- the positive check used by package gateway ------------------------------
+
+ok if {
+	subject_ok
+	accounts_ok
+	role_ok
+	frozen_ok
+}
+
+obligation := set()

@@ -1,0 +1,450 @@
+# China A-shares trading rules: RULES.md, section "China A-shares".
+#
+# Package gateway.ashare. policies/gateway.rego collects:
+#   deny        a set of {"code": snake_case, "message": sentence}
+#   obligation  a set of objects (always empty here)
+#   loaded      true when this module is in the bundle
+#
+# Scope: a request whose instrument is on the A-share market
+# (input.instrument.market == "cn_a") and that places a new order
+# (input.order) or cancels one (input.cancel). A cancel is only checked here
+# when the gateway fills input.instrument for it.
+#
+# Every figure (session times, lot sizes, order limits, bands, cage) lives in
+# data.ashare (policies/data/ashare.json); compliance signs those off.
+#
+# How the rules are written (docs/POLICIES.md, "Writing rules safely on
+# regorus"): each denial fires when a POSITIVE check (the `..._ok` rules) is
+# not true. A missing, wrong-typed or erroring field leaves the check
+# undefined, so the order is denied, never allowed by accident. Figures from
+# the data file are checked with is_number before they are compared.
+#
+# Time windows are HALF-OPEN, [start, end): the start second belongs to the
+# window, the end second does not. With the data file as signed off:
+#   09:14:59 closed        09:15:00 opening call (orders, cancels)
+#   09:19:59 may cancel    09:20:00 - 09:24:59 no cancels
+#   09:25:00 - 09:29:59 closed (RULES.md lists no session there)
+#   09:30:00 - 11:29:59 continuous; 11:30:00 - 12:59:59 closed
+#   13:00:00 - 14:56:59 continuous
+#   14:57:00 - 14:59:59 closing call: no cancels, no market orders
+#   15:00:00 closed
+# A cancel outside every session is refused as `market_closed`.
+#
+# Prices are compared in whole ticks (integers), never as raw decimals, so
+# that 1450 * 1.1 = 1595.0000000000002 cannot refuse a price of exactly +10%.
+
+package gateway.ashare
+
+import rego.v1
+
+loaded := true
+
+# No A-share rule creates an obligation; the set is kept so gateway.rego can
+# collect it like the other markets'.
+obligation := set()
+
+cfg := data.ashare
+
+# ---------------------------------------------------------------------------
+# Scope
+# ---------------------------------------------------------------------------
+
+applies_order if {
+	input.instrument.market == "cn_a"
+	is_object(input.order)
+}
+
+applies_cancel if {
+	input.instrument.market == "cn_a"
+	is_object(input.cancel)
+}
+
+applies if applies_order
+
+applies if applies_cancel
+
+# ---------------------------------------------------------------------------
+# Clock and sessions
+# ---------------------------------------------------------------------------
+
+# The request time, exchange-local (Asia/Shanghai), computed by the gateway.
+now := t if {
+	t := input.clock.second_of_day
+	is_number(t)
+}
+
+# The windows of the data file, in seconds since midnight ("start", "end";
+# "hours" is the same window written HH:MM:SS for readers, and the tests
+# check that both agree). A window whose start or end is not a number is
+# dropped, and the *_ok rules below then refuse everything because the counts
+# differ (a broken data file fails closed).
+sessions := [{"start": s, "end": e, "continuous": w.continuous} |
+	some w in cfg.sessions
+	s := w.start
+	e := w.end
+	is_number(s)
+	is_number(e)
+]
+
+no_cancel_windows := [{"start": s, "end": e} |
+	some w in cfg.no_cancel_windows
+	s := w.start
+	e := w.end
+	is_number(s)
+	is_number(e)
+]
+
+sessions_ok if count(sessions) == count(cfg.sessions)
+
+no_cancel_windows_ok if count(no_cancel_windows) == count(cfg.no_cancel_windows)
+
+# Half-open window: start inclusive, end exclusive.
+in_window(t, w) if {
+	w.start <= t
+	t < w.end
+}
+
+outside_window(t, w) if t < w.start
+
+outside_window(t, w) if t >= w.end
+
+# RULES.md: "Sessions: opening call 9:15-9:25, continuous 9:30-11:30 and
+# 13:00-14:57, closing call 14:57-15:00 (Asia/Shanghai, trading days only)."
+market_open if {
+	input.clock.trading_day == true
+	sessions_ok
+	some w in sessions
+	in_window(now, w)
+}
+
+# The continuous-trading sessions (9:30-11:30 and 13:00-14:57).
+continuous_now if {
+	input.clock.trading_day == true
+	sessions_ok
+	some w in sessions
+	w.continuous == true
+	in_window(now, w)
+}
+
+# RULES.md: "No cancels 9:20-9:25 and 14:57-15:00."
+cancel_window_ok if {
+	is_number(now)
+	no_cancel_windows_ok
+	every w in no_cancel_windows {
+		outside_window(now, w)
+	}
+}
+
+# RULES.md (Sessions): orders and cancels only during a session on a trading day.
+deny contains {"code": "market_closed", "message": "The A-share market is not open for orders or cancels at this time (sessions 09:15-09:25, 09:30-11:30, 13:00-15:00 on trading days)."} if {
+	applies
+	not market_open
+}
+
+# RULES.md: "No cancels 9:20-9:25 and 14:57-15:00."
+deny contains {"code": "cancel_window_closed", "message": "Cancels are not accepted from 09:20 to 09:25 and from 14:57 to 15:00."} if {
+	applies_cancel
+	market_open
+	not cancel_window_ok
+}
+
+# RULES.md: "Market orders only in continuous trading."
+deny contains {"code": "market_order_not_allowed_now", "message": "Market orders are accepted only during continuous trading (09:30-11:30 and 13:00-14:57)."} if {
+	applies_order
+	input.order.type == "market"
+	not continuous_now
+}
+
+# ---------------------------------------------------------------------------
+# The order itself
+# ---------------------------------------------------------------------------
+
+side_ok if input.order.side in {"buy", "sell"}
+
+type_ok if input.order.type in {"limit", "market"}
+
+# A positive whole number of shares.
+qty := q if {
+	q := input.order.qty
+	is_number(q)
+	q > 0
+	q == floor(q)
+}
+
+order_shape_ok if {
+	side_ok
+	type_ok
+	is_number(qty)
+}
+
+# Order types (input document v1): side buy|sell, type limit|market, a
+# positive whole quantity.
+deny contains {"code": "invalid_order", "message": "An order needs side buy or sell, type limit or market, and a positive whole number of shares."} if {
+	applies_order
+	not order_shape_ok
+}
+
+# Instrument reference data the rules below depend on: a known board, an ST
+# flag, a positive previous close and tick size.
+board := b if {
+	b := cfg.boards[input.instrument.board]
+	is_object(b)
+}
+
+tick := t if {
+	t := input.instrument.tick_size
+	is_number(t)
+	t > 0
+}
+
+prev_close := p if {
+	p := input.instrument.prev_close
+	is_number(p)
+	p > 0
+}
+
+instrument_ok if {
+	is_object(board)
+	is_boolean(input.instrument.st)
+	is_number(tick)
+	is_number(prev_close)
+}
+
+deny contains {"code": "invalid_instrument", "message": "The instrument's reference data is incomplete or names an unknown board (main, star or chinext)."} if {
+	applies_order
+	not instrument_ok
+}
+
+# A limit order's price in whole ticks; undefined unless the price is a
+# positive number on the tick grid (within the float tolerance of the data
+# file: 1479.78 / 0.01 = 147977.99999999997 is still tick 147978).
+price_ticks := n if {
+	p := input.order.price
+	is_number(p)
+	p > 0
+	tol := cfg.tick_tolerance
+	is_number(tol)
+	n := round(p / tick)
+	abs((p / tick) - n) <= tol
+}
+
+limit_price_ok if is_number(price_ticks)
+
+# Limit orders need a positive price that is a multiple of the tick size.
+deny contains {"code": "invalid_order", "message": "A limit order needs a positive price that is a multiple of the tick size."} if {
+	applies_order
+	input.order.type == "limit"
+	instrument_ok
+	not limit_price_ok
+}
+
+# ---------------------------------------------------------------------------
+# Lots and order size
+# ---------------------------------------------------------------------------
+
+# Shares the customer may sell today: the provider's `sellable`, and never
+# more than the holding minus today's buys (T+1, checked again here).
+sellable := s if {
+	p := input.position
+	is_object(p)
+	is_number(p.sellable)
+	is_number(p.qty)
+	is_number(p.today_bought)
+	s := min([p.sellable, p.qty - p.today_bought])
+}
+
+# RULES.md: "main board buys in multiples of 100"; "STAR: at least 200, then
+# steps of 1" (buy_lot 1, min_qty 200 for STAR in the data file).
+lot_ok if {
+	input.order.side == "buy"
+	is_number(board.min_qty)
+	is_number(board.buy_lot)
+	qty >= board.min_qty
+	qty % board.buy_lot == 0
+}
+
+# Sells in the normal steps (multiples of 100 on the main board and ChiNext,
+# at least 200 then steps of 1 on STAR).
+lot_ok if {
+	input.order.side == "sell"
+	is_number(board.min_qty)
+	is_number(board.buy_lot)
+	qty >= board.min_qty
+	qty % board.buy_lot == 0
+}
+
+# RULES.md: "an odd remainder is sold in one order". A holding that is not a
+# multiple of 100 (after a bonus share issue, say 150 shares) has an odd
+# remainder of 50. That remainder must leave in a single order: a sell that
+# is not a multiple of 100 is allowed only if its odd part equals the odd
+# part of the sellable shares (qty % 100 == sellable % 100) and it does not
+# exceed them. So 50 or 150 of 150 may be sold, 30 of 150 may not.
+lot_ok if {
+	input.order.side == "sell"
+	board.odd_remainder_sell == true
+	is_number(board.buy_lot)
+	is_number(sellable)
+	qty % board.buy_lot == sellable % board.buy_lot
+	qty <= sellable
+}
+
+# STAR: a holding of fewer than 200 sellable shares is sold whole, in one order.
+lot_ok if {
+	input.order.side == "sell"
+	is_number(board.min_qty)
+	is_number(sellable)
+	sellable < board.min_qty
+	qty == sellable
+}
+
+deny contains {"code": "lot_size", "message": "The quantity does not fit the board's lot rules (main board and ChiNext: buys in multiples of 100, an odd remainder sold in one order; STAR: at least 200 shares)."} if {
+	applies_order
+	order_shape_ok
+	instrument_ok
+	not lot_ok
+}
+
+# RULES.md: "at most 1,000,000 shares per order" (main board); "STAR: limit
+# orders <= 100,000, market orders <= 50,000"; "ChiNext: limit orders
+# <= 300,000, market orders <= 150,000 (unconfirmed)".
+size_ok if {
+	m := board.max_qty[input.order.type]
+	is_number(m)
+	qty <= m
+}
+
+deny contains {"code": "order_too_large", "message": "The quantity is above the per-order maximum for this board and order type."} if {
+	applies_order
+	order_shape_ok
+	instrument_ok
+	not size_ok
+}
+
+# ---------------------------------------------------------------------------
+# Price band (daily limit) vs the previous close
+# ---------------------------------------------------------------------------
+
+# RULES.md: "main board +-10%, STAR and ChiNext +-20%, ST +-5%" (ST +-5% is
+# applied to the main board; STAR and ChiNext ST stocks keep +-20%, see the
+# data file).
+band_bp := b if {
+	input.instrument.st == false
+	b := board.band_bp
+	is_number(b)
+}
+
+band_bp := b if {
+	input.instrument.st == true
+	b := board.st_band_bp
+	is_number(b)
+}
+
+prev_close_ticks := round(prev_close / tick)
+
+# Limit prices in ticks: previous close x (1 +- band), rounded half up to the
+# tick as the exchanges publish them (10.05 +10% = 11.055 -> 11.06). Integer
+# arithmetic: ticks x (10000 +- basis points), + 5000, / 10000, floor.
+limit_up_ticks := floor(((prev_close_ticks * (10000 + band_bp)) + 5000) / 10000)
+
+limit_down_ticks := floor(((prev_close_ticks * (10000 - band_bp)) + 5000) / 10000)
+
+band_ok if {
+	price_ticks <= limit_up_ticks
+	price_ticks >= limit_down_ticks
+}
+
+# Market orders carry no price and are not checked against the band here.
+deny contains {"code": "price_outside_band", "message": "The limit price is outside the daily price band around the previous close."} if {
+	applies_order
+	input.order.type == "limit"
+	limit_price_ok
+	not band_ok
+}
+
+# ---------------------------------------------------------------------------
+# Price cage (continuous trading, limit orders)
+# ---------------------------------------------------------------------------
+
+# The reference price (STAR/ChiNext rules, applied to every board because
+# RULES.md names no other): for a buy the best ask; without an ask the best
+# bid; without either the last price; before any trade the previous close.
+# For a sell the best bid first, then the best ask, last, previous close.
+# A missing quote (null) or a zero price counts as absent; a quote of any
+# other type or a negative one makes the reference undefined (order denied).
+quote_value(name) := v if {
+	is_object(input.quote)
+	v := object.get(input.quote, name, null)
+}
+
+quote_value(_) := null if input.quote == null
+
+reference_candidates := [quote_value("ask"), quote_value("bid"), quote_value("last"), prev_close] if input.order.side == "buy"
+
+reference_candidates := [quote_value("bid"), quote_value("ask"), quote_value("last"), prev_close] if input.order.side == "sell"
+
+usable_price(v) if {
+	is_number(v)
+	v > 0
+}
+
+absent_price(v) if v == null
+
+absent_price(v) if v == 0
+
+reference := c[i] if {
+	c := reference_candidates
+	i := min({k | some k, v in c; usable_price(v)})
+	count([k | some k, v in c; k < i; not absent_price(v)]) == 0
+}
+
+reference_ticks := round(reference / tick)
+
+# RULES.md: "buy <= max(102% of reference, reference + 10 ticks)".
+# 102%: price x 10000 <= reference x 10200, compared in whole ticks.
+cage_ok if {
+	input.order.side == "buy"
+	is_number(board.cage_bp)
+	price_ticks * 10000 <= reference_ticks * (10000 + board.cage_bp)
+}
+
+# The "+10 ticks" arm; STAR has none (cage_ticks null: "STAR 102%/98% only").
+cage_ok if {
+	input.order.side == "buy"
+	is_number(board.cage_ticks)
+	price_ticks <= reference_ticks + board.cage_ticks
+}
+
+# RULES.md: "sell >= min(98%, reference - 10 ticks)".
+cage_ok if {
+	input.order.side == "sell"
+	is_number(board.cage_bp)
+	price_ticks * 10000 >= reference_ticks * (10000 - board.cage_bp)
+}
+
+cage_ok if {
+	input.order.side == "sell"
+	is_number(board.cage_ticks)
+	price_ticks >= reference_ticks - board.cage_ticks
+}
+
+deny contains {"code": "price_cage", "message": "During continuous trading a limit price must stay within the price cage: buys at most 2% (or 10 ticks) above the best ask, sells at most 2% (or 10 ticks) below the best bid."} if {
+	applies_order
+	input.order.type == "limit"
+	continuous_now
+	limit_price_ok
+	not cage_ok
+}
+
+# ---------------------------------------------------------------------------
+# T+1
+# ---------------------------------------------------------------------------
+
+# RULES.md: "T+1: shares bought today are not sellable today." A sell needs
+# a position whose sellable shares cover the quantity; no position denies.
+sellable_ok if qty <= sellable
+
+deny contains {"code": "insufficient_sellable", "message": "The sell quantity is more than the shares sellable today (shares bought today can be sold from the next trading day)."} if {
+	applies_order
+	input.order.side == "sell"
+	not sellable_ok
+}

@@ -1,0 +1,257 @@
+# The broker bundle's decision: entry point data.gateway.decision.
+#
+# Assembly only: the rules live in the packages listed below. The decision
+# allows a request only when
+#   1. every rule package of the bundle is loaded,
+#   2. the route's positive checks hold (route_checks_ok),
+#   3. no rule package denies, and
+#   4. no step-up is needed.
+# Anything else, including a runtime error anywhere (the Rvm turns errors into
+# "undefined"), ends in a deny or in the default deny below.
+#
+# REQUIREMENT on every rule package (gateway.access, gateway.suitability,
+# gateway.limits, gateway.programme, gateway.ashare, gateway.hkconnect):
+#   loaded := true
+# plus `deny` (a set of {code, message}) and `obligation` (a set of objects,
+# may be empty); `step_up` (a set of {acr, reason, max_age}) is optional.
+# A package that is missing or does not say `loaded := true` blocks every
+# request with policy_bundle_incomplete: a missing package never allows.
+package gateway
+
+import rego.v1
+
+default decision := {
+	"allow": false,
+	"deny": [{"code": "default_deny", "message": "No rule allowed this request."}],
+	"step_up": null,
+	"obligations": {},
+}
+
+# --- 1. the bundle is complete ---------------------------------------------------
+
+packages_loaded if {
+	data.gateway.access.loaded == true
+	data.gateway.suitability.loaded == true
+	data.gateway.limits.loaded == true
+	data.gateway.programme.loaded == true
+	data.gateway.ashare.loaded == true
+	data.gateway.hkconnect.loaded == true
+}
+
+# --- 2. positive checks per route tier ----------------------------------------------
+
+access_ok if data.gateway.access.ok == true
+
+route_checks_ok if {
+	input.request.tier in {"read", "admin"}
+	access_ok
+}
+
+# An order with a known instrument and a computable notional.
+route_checks_ok if {
+	input.request.tier == "trade"
+	access_ok
+	is_object(input.order)
+	is_object(input.instrument)
+	data.gateway.limits.order_ok == true
+}
+
+route_checks_ok if {
+	input.request.tier == "trade"
+	access_ok
+	is_object(input.cancel)
+	not is_object(input.order)
+}
+
+route_checks_ok if {
+	input.request.tier == "transfer"
+	access_ok
+	data.gateway.limits.transfer_ok == true
+}
+
+# --- 3. denials from every rule package -------------------------------------------
+
+# Market packages filter themselves on input.instrument.market.
+rule_denies contains d if some d in data.gateway.access.deny
+
+rule_denies contains d if some d in data.gateway.suitability.deny
+
+rule_denies contains d if some d in data.gateway.limits.deny
+
+rule_denies contains d if some d in data.gateway.programme.deny
+
+rule_denies contains d if some d in data.gateway.ashare.deny
+
+rule_denies contains d if some d in data.gateway.hkconnect.deny
+
+own_denies contains {"code": "policy_bundle_incomplete", "message": "The policy bundle is incomplete."} if {
+	not packages_loaded
+}
+
+# The route's checks failed without any rule saying why.
+own_denies contains {"code": "route_checks_failed", "message": "The request does not satisfy this route's checks."} if {
+	not route_checks_ok
+	count(rule_denies) == 0
+}
+
+own_denies contains {"code": "invalid_step_up", "message": "A rule requested an unknown authentication level."} if {
+	some r in step_up_requests
+	not is_number(acr_level(r.acr))
+}
+
+own_denies contains {"code": "step_up_unavailable", "message": "The required authentication level cannot be requested."} if {
+	count(needed_step_ups) > 0
+	not is_object(step_up_doc)
+}
+
+own_denies contains {"code": "unknown_obligation", "message": "A rule produced an obligation the gateway does not know."} if {
+	some o in obligation_items
+	some key, _ in o
+	not key in known_obligations
+}
+
+own_denies contains {"code": "unknown_obligation", "message": "A rule produced an obligation the gateway does not know."} if {
+	some o in obligation_items
+	not is_object(o)
+}
+
+all_denies := rule_denies | own_denies
+
+# --- 4. step-up ---------------------------------------------------------------------
+
+step_up_requests contains r if some r in data.gateway.access.step_up
+
+step_up_requests contains r if some r in data.gateway.suitability.step_up
+
+step_up_requests contains r if some r in data.gateway.limits.step_up
+
+step_up_requests contains r if some r in data.gateway.programme.step_up
+
+step_up_requests contains r if some r in data.gateway.ashare.step_up
+
+step_up_requests contains r if some r in data.gateway.hkconnect.step_up
+
+# The acr ladder (data/access.json acr_ladder): a higher index is stronger.
+acr_level(acr) := i if {
+	some i, known in data.access.acr_ladder
+	known == acr
+}
+
+default subject_level := -1
+
+subject_level := acr_level(input.mfa.acr)
+
+fresh_enough(max_age) if max_age == null
+
+fresh_enough(max_age) if {
+	is_number(max_age)
+	is_number(input.mfa.age_s)
+	input.mfa.age_s <= max_age
+}
+
+# A request is satisfied when the subject's current authentication is at
+# least as strong as asked and recent enough.
+satisfied(r) if {
+	subject_level >= acr_level(r.acr)
+	fresh_enough(r.max_age)
+}
+
+needed_step_ups contains r if {
+	some r in step_up_requests
+	not satisfied(r)
+}
+
+step_up_level := max({acr_level(r.acr) | some r in needed_step_ups})
+
+step_up_acr := data.access.acr_ladder[step_up_level]
+
+step_up_ages := {r.max_age | some r in needed_step_ups; is_number(r.max_age)}
+
+default step_up_max_age := null
+
+step_up_max_age := min(step_up_ages) if count(step_up_ages) > 0
+
+step_up_doc := {
+	"acr": step_up_acr,
+	"methods": data.access.acr_methods[step_up_acr],
+	"max_age": step_up_max_age,
+} if {
+	is_string(step_up_acr)
+	is_array(data.access.acr_methods[step_up_acr])
+}
+
+step_up_reasons := [{"code": code, "message": "A stronger authentication is required."} |
+	some code in {r.reason | some r in needed_step_ups}
+]
+
+# --- obligations ----------------------------------------------------------------------
+
+obligation_items contains o if some o in data.gateway.access.obligation
+
+obligation_items contains o if some o in data.gateway.suitability.obligation
+
+obligation_items contains o if some o in data.gateway.limits.obligation
+
+obligation_items contains o if some o in data.gateway.programme.obligation
+
+obligation_items contains o if some o in data.gateway.ashare.obligation
+
+obligation_items contains o if some o in data.gateway.hkconnect.obligation
+
+known_obligations := {"freeze_account", "alert", "require_confirmation", "mask_fields"}
+
+default freeze_part := {}
+
+freeze_part := {"freeze_account": true} if {
+	some o in obligation_items
+	o.freeze_account == true
+}
+
+default confirm_part := {}
+
+confirm_part := {"require_confirmation": true} if {
+	some o in obligation_items
+	o.require_confirmation == true
+}
+
+alerts := {o.alert | some o in obligation_items; is_string(o.alert)} | {o.alert | some o in obligation_items; is_object(o.alert)}
+
+default alert_part := {}
+
+alert_part := {"alert": a} if {
+	count(alerts) == 1
+	some a in alerts
+}
+
+alert_part := {"alert": {"alerts": [a | some a in alerts]}} if count(alerts) > 1
+
+mask_set := {f | some o in obligation_items; is_array(o.mask_fields); some f in o.mask_fields; is_string(f)}
+
+default mask_part := {}
+
+mask_part := {"mask_fields": [f | some f in mask_set]} if count(mask_set) > 0
+
+obligations := object.union(object.union(freeze_part, confirm_part), object.union(alert_part, mask_part))
+
+# --- the decision -----------------------------------------------------------------------
+
+allow if {
+	packages_loaded
+	route_checks_ok
+	count(all_denies) == 0
+	count(needed_step_ups) == 0
+}
+
+decision := {"allow": true, "deny": [], "step_up": null, "obligations": obligations} if allow
+
+# A hard denial wins over a step-up: stepping up would not help.
+decision := {"allow": false, "deny": [d | some d in all_denies], "step_up": null, "obligations": obligations} if {
+	not allow
+	count(all_denies) > 0
+}
+
+decision := {"allow": false, "deny": step_up_reasons, "step_up": step_up_doc, "obligations": obligations} if {
+	not allow
+	count(all_denies) == 0
+	is_object(step_up_doc)
+}

@@ -1,0 +1,241 @@
+# Pre-trade limits (SEC 15c3-5 market access, customer-set limits) and
+# transfers. Parameters: data/limits.json; the limits themselves are account
+# facts (input.account).
+#
+# Positive-check style: a missing or wrong-typed fact denies (docs/POLICIES.md).
+package gateway.limits
+
+import rego.v1
+
+# Required by package gateway (see gateway.rego).
+loaded := true
+
+order_present if {
+	input.request.tier == "trade"
+	is_object(input.order)
+}
+
+is_buy if {
+	order_present
+	input.order.side == "buy"
+}
+
+# --- the order itself ----------------------------------------------------------
+
+order_shape_ok if {
+	input.order.side in data.limits.order_sides
+	input.order.type in data.limits.order_types
+	is_number(input.order.qty)
+	input.order.qty > 0
+}
+
+deny contains {"code": "invalid_order", "message": "The order needs a valid side, type and a positive quantity."} if {
+	order_present
+	not order_shape_ok
+}
+
+# docs/POLICIES.md: instrument is null for a symbol not in the reference data.
+deny contains {"code": "unknown_symbol", "message": "The symbol is not in the reference data."} if {
+	order_present
+	not is_object(input.instrument)
+}
+
+# Unit price: the limit price; for market orders the quote a buy would pay
+# (ask) or a sell would receive (bid).
+unit_price := input.order.price if input.order.type == "limit"
+
+unit_price := input.quote.ask if {
+	input.order.type == "market"
+	input.order.side == "buy"
+}
+
+unit_price := input.quote.bid if {
+	input.order.type == "market"
+	input.order.side == "sell"
+}
+
+# Notional in the instrument's currency, rounded to the cent (fen).
+# TODO: HK Connect notional is in HKD while account limits are in CNY; convert
+# once an exchange-rate fact is part of the input.
+notional := round((input.order.qty * unit_price) * 100) / 100 if {
+	order_shape_ok
+	is_number(unit_price)
+	unit_price > 0
+}
+
+deny contains {"code": "price_unavailable", "message": "The order has no valid price or market quote."} if {
+	order_present
+	order_shape_ok
+	not is_number(notional)
+}
+
+# The facts must describe the symbol ordered, not some other one.
+symbol_ok if {
+	is_string(input.order.symbol)
+	input.order.symbol == input.instrument.symbol
+}
+
+deny contains {"code": "instrument_mismatch", "message": "The reference data does not match the ordered symbol."} if {
+	order_present
+	is_object(input.instrument)
+	not symbol_ok
+}
+
+# Positive check used by package gateway for order routes.
+order_ok if {
+	symbol_ok
+	order_shape_ok
+	is_number(notional)
+	is_object(input.instrument)
+}
+
+number_or_null(x) if x == null
+
+number_or_null(x) if is_number(x)
+
+deny contains {"code": "account_facts_unavailable", "message": "The account's limits are missing or invalid."} if {
+	order_present
+	not limit_facts_ok
+}
+
+limit_facts_ok if {
+	number_or_null(input.account.single_trade_limit)
+	number_or_null(input.account.daily_limit)
+	is_number(input.counters.notional_today)
+}
+
+# --- customer-set limits: step-up, not denial -------------------------------------
+
+# RULES.md Customer-set limits: "A single-trade notional limit and a daily
+# notional limit the customer sets; above them: step-up, not silent denial."
+# A null limit means the customer set none.
+single_trade_ok if input.account.single_trade_limit == null
+
+single_trade_ok if {
+	is_number(input.account.single_trade_limit)
+	is_number(notional)
+	notional <= input.account.single_trade_limit
+}
+
+step_up contains {
+	"acr": data.limits.notional_step_up_acr,
+	"reason": "single_trade_limit",
+	"max_age": data.limits.notional_step_up_max_age_s,
+} if {
+	order_present
+	not single_trade_ok
+}
+
+daily_ok if input.account.daily_limit == null
+
+daily_ok if {
+	is_number(input.account.daily_limit)
+	is_number(input.counters.notional_today)
+	is_number(notional)
+	round((input.counters.notional_today + notional) * 100) / 100 <= input.account.daily_limit
+}
+
+step_up contains {
+	"acr": data.limits.notional_step_up_acr,
+	"reason": "daily_limit",
+	"max_age": data.limits.notional_step_up_max_age_s,
+} if {
+	order_present
+	not daily_ok
+}
+
+# --- SEC 15c3-5 pre-trade checks ------------------------------------------------
+
+# RULES.md United States: "credit limits per customer" (buying power).
+buying_power_ok if {
+	is_number(input.account.buying_power)
+	is_number(notional)
+	notional <= input.account.buying_power
+}
+
+deny contains {"code": "insufficient_buying_power", "message": "The order exceeds your buying power."} if {
+	is_buy
+	is_number(notional)
+	not buying_power_ok
+}
+
+deny contains {"code": "account_facts_unavailable", "message": "The account's limits are missing or invalid."} if {
+	is_buy
+	not is_number(input.account.buying_power)
+}
+
+# RULES.md United States: "restricted securities and persons".
+deny contains {"code": "restricted_security", "message": "This security is on the restricted list."} if {
+	order_present
+	input.restricted.symbol == true
+}
+
+deny contains {"code": "restricted_person", "message": "You are restricted from trading."} if {
+	order_present
+	input.restricted.person == true
+}
+
+deny contains {"code": "restricted_list_unavailable", "message": "The restricted lists could not be checked."} if {
+	order_present
+	not restricted_facts_ok
+}
+
+restricted_facts_ok if {
+	is_boolean(input.restricted.symbol)
+	is_boolean(input.restricted.person)
+}
+
+# RULES.md United States: "duplicate-order rejection".
+deny contains {"code": "duplicate_order", "message": "An order with this client order id was already placed."} if {
+	order_present
+	input.counters.duplicate_client_order_id == true
+}
+
+deny contains {"code": "counters_unavailable", "message": "The order counters could not be checked."} if {
+	order_present
+	not is_boolean(input.counters.duplicate_client_order_id)
+}
+
+# --- transfers ---------------------------------------------------------------------
+
+is_transfer if input.request.tier == "transfer"
+
+transfer_ok if {
+	is_object(input.transfer)
+	is_number(input.transfer.amount)
+	input.transfer.amount > 0
+}
+
+deny contains {"code": "invalid_transfer", "message": "The transfer amount must be a positive number."} if {
+	is_transfer
+	not transfer_ok
+}
+
+# A transfer above the customer's single-trade limit needs a face step-up.
+# TODO(RULES.md Fraud signals): "Transfer to a newly added bank account shortly
+# after login: step-up (face)" needs bank-account age and login time in the
+# input; not expressible yet, so no stand-in signal is used here.
+transfer_within_limit if input.account.single_trade_limit == null
+
+transfer_within_limit if {
+	is_number(input.account.single_trade_limit)
+	transfer_ok
+	input.transfer.amount <= input.account.single_trade_limit
+}
+
+step_up contains {
+	"acr": data.limits.transfer_step_up_acr,
+	"reason": "large_transfer",
+	"max_age": data.limits.transfer_step_up_max_age_s,
+} if {
+	is_transfer
+	transfer_ok
+	not transfer_within_limit
+}
+
+deny contains {"code": "account_facts_unavailable", "message": "The account's limits are missing or invalid."} if {
+	is_transfer
+	not number_or_null(input.account.single_trade_limit)
+}
+
+obligation := set()

@@ -1,0 +1,111 @@
+# Investor suitability (China: 证券期货投资者适当性管理办法) and market access
+# thresholds. Applies to BUY orders only. Parameters: data/suitability.json.
+#
+# Positive-check style: a missing or wrong-typed fact denies (docs/POLICIES.md).
+package gateway.suitability
+
+import rego.v1
+
+# Required by package gateway (see gateway.rego).
+loaded := true
+
+is_buy if {
+	input.request.tier == "trade"
+	is_object(input.order)
+	input.order.side == "buy"
+}
+
+investor_level := data.suitability.investor_levels[input.account.investor_level]
+
+product_level := data.suitability.product_levels[input.instrument.risk_level]
+
+levels_known if {
+	is_number(investor_level)
+	is_number(product_level)
+}
+
+deny contains {"code": "suitability_unknown", "message": "The investor category or the product risk level is unknown."} if {
+	is_buy
+	not levels_known
+}
+
+deny contains {"code": "suitability_facts_unavailable", "message": "The investor's suitability facts are missing or invalid."} if {
+	is_buy
+	not is_boolean(input.account.lowest_category)
+}
+
+# RULES.md Suitability: "Investors C1-C5, products R1-R5. Cn may buy up to Rn directly."
+above_level if {
+	is_buy
+	levels_known
+	product_level > investor_level
+}
+
+# RULES.md Suitability: "Above the investor's level: allowed only after a special
+# risk warning is acknowledged (obligation require_confirmation)".
+acknowledged if input.confirmation.risk_warning_acknowledged == true
+
+obligation contains {"require_confirmation": true} if {
+	above_level
+	input.account.lowest_category == false
+}
+
+deny contains {"code": "risk_warning_required", "message": "This product is above your risk level: acknowledge the risk warning first."} if {
+	above_level
+	input.account.lowest_category == false
+	not acknowledged
+}
+
+# RULES.md Suitability: "never for an investor in the lowest category (C1
+# "lowest"): deny." Whatever the acknowledgement.
+lowest_within_limit if {
+	levels_known
+	is_number(data.suitability.lowest_category_max_product_level)
+	product_level <= data.suitability.lowest_category_max_product_level
+}
+
+deny contains {"code": "suitability_lowest_category", "message": "Investors in the lowest category may not buy this product."} if {
+	is_buy
+	input.account.lowest_category == true
+	not lowest_within_limit
+}
+
+# RULES.md Suitability: "STAR market access: assets >= 500,000 CNY and >= 24
+# months of trading."
+is_star_buy if {
+	is_buy
+	input.instrument.market == data.suitability.star.market
+	input.instrument.board == data.suitability.star.board
+}
+
+star_ok if {
+	is_number(input.account.assets_cny)
+	is_number(input.account.trading_months)
+	is_number(data.suitability.star.min_assets_cny)
+	is_number(data.suitability.star.min_trading_months)
+	input.account.assets_cny >= data.suitability.star.min_assets_cny
+	input.account.trading_months >= data.suitability.star.min_trading_months
+}
+
+deny contains {"code": "star_not_eligible", "message": "STAR market buys need the required assets and trading experience."} if {
+	is_star_buy
+	not star_ok
+}
+
+# RULES.md Hong Kong Stock Connect: "Individual investors need >= 500,000 CNY
+# in securities and cash."
+is_hk_connect_buy if {
+	is_buy
+	input.instrument.market == data.suitability.hk_connect.market
+}
+
+hk_connect_ok if {
+	is_number(input.account.assets_cny)
+	is_number(data.suitability.hk_connect.min_assets_cny)
+	input.account.assets_cny >= data.suitability.hk_connect.min_assets_cny
+}
+
+deny contains {"code": "hk_connect_not_eligible", "message": "Hong Kong Stock Connect buys need the required assets."} if {
+	is_hk_connect_buy
+	not hk_connect_ok
+}
