@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from . import internal
 from .book import Brokerage
 from .errors import DemoError, invalid_order, invalid_transfer
 from .identity import HEADER, AssertionVerifier, Identity
@@ -82,7 +83,9 @@ async def _guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
                 raise DemoError(
                     401, "internal_token_invalid", "the internal token is missing or wrong"
                 )
-            if handler not in _UNAUTHENTICATED:
+            if handler in internal.HANDLERS and token is None:
+                raise DemoError(404, "not_found", "no such route")  # never without a token
+            if handler not in _UNAUTHENTICATED and handler not in internal.HANDLERS:
                 identity = request.app[VERIFIER].verify(request.headers.get(HEADER))
                 account = request.match_info.get("account")
                 if account is not None and account not in identity.accounts:
@@ -314,7 +317,8 @@ def create_app(
     (ES256 assertions), ``identity_hmac_key`` this backend's own HS256 key.
 
     ``internal_token``, when set, must also arrive in ``X-Portcullis-Internal-Token``
-    on every route but ``/healthz``. ``clock`` and ``seed`` drive the simulated
+    on every route but ``/healthz``, and enables the ``/internal`` fact routes
+    (demo_backend/internal.py) that the gateway's policy providers call. ``clock`` and ``seed`` drive the simulated
     market and timestamps.
     """
     app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
@@ -338,6 +342,8 @@ def create_app(
     r.add_post("/api/accounts/{account}/orders", post_order)
     r.add_delete("/api/accounts/{account}/orders/{order_id}", delete_order)
     r.add_post("/api/accounts/{account}/transfers", post_transfer)
+    if internal_token:
+        internal.add_routes(app, market, app[BROKERAGE])
     if debug_routes:
         r.add_get("/__debug/slow", debug_slow)
         r.add_route("*", "/__debug/echo", debug_echo)

@@ -21,6 +21,8 @@ TIERS: tuple[str, ...] = ("public", "read", "trade", "transfer", "admin")
 #: Tiers whose request bodies are buffered and whose dependencies fail closed.
 GUARDED_TIERS: frozenset[str] = frozenset({"trade", "transfer", "admin"})
 FailMode = Literal["closed", "open"]
+BodyKind = Literal["order", "cancel", "transfer"]
+BODY_KINDS: tuple[str, ...] = ("order", "cancel", "transfer")
 
 _NetT = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -79,6 +81,9 @@ class RouteConfig:
     websocket: bool = False
     json_body: bool = False
     roles: tuple[str, ...] = ()
+    body_kind: BodyKind | None = None
+    """What the policy input calls the request: an `order` (body), a `cancel`
+    (the `{order_id}` path parameter) or a `transfer` (body); None for others."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,34 @@ class AuditConfig:
     path: Path = Path("var/audit")
     fsync_interval_ms: float = 5.0
     write_timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProvidersConfig:
+    """The fact providers (gateway/policy/providers.py): the upstream serving ``/internal``."""
+
+    upstream: str
+    internal_token: str
+    timeout: float = 0.5
+    reference_ttl: float = 300.0
+    calendar_ttl: float = 3600.0
+    restricted_ttl: float = 60.0
+    account_ttl: float = 1.0
+    position_ttl: float = 1.0
+    quote_ttl: float = 1.0
+    max_stale: float = 2.0
+    """How long past its TTL an entry may still answer while refreshing it fails."""
+    cache_size: int = 10_000
+    pool_size: int = 32
+    read_account_facts: bool = True
+    """Read routes naming an account also fetch the account facts (1 s cache)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    engine: Literal["baseline", "rego"] = "baseline"
+    bundle: Path | None = None
+    time_budget_ms: float = 50.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +180,8 @@ class Config:
     audit: AuditConfig
     notifier: NotifierConfig
     source: Path | None = field(default=None, compare=False)
+    providers: ProvidersConfig | None = None
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 # --------------------------------------------------------------------------
@@ -325,6 +360,11 @@ def _route(t: _Table, upstreams: dict[str, UpstreamConfig]) -> RouteConfig:
     fail_mode = _choice(t, "fail_mode", ("closed", "open"), default_fail)
     if tier in GUARDED_TIERS and fail_mode != "closed":
         raise ConfigError(f"{t.key('fail_mode')}: {tier} routes always fail closed")
+    body_kind = _choice(t, "body_kind", BODY_KINDS, None) if "body_kind" in t.data else None
+    if body_kind is not None and tier not in ("trade", "transfer"):
+        raise ConfigError(f"{t.key('body_kind')}: only trade and transfer routes carry orders or transfers")
+    if body_kind == "cancel" and "{order_id}" not in path:
+        raise ConfigError(f"{t.key('body_kind')}: a cancel route needs an {{order_id}} parameter in its path")
     rc = RouteConfig(
         name=t.get("name", str, f"{methods[0]} {path}"),
         methods=methods,
@@ -340,8 +380,9 @@ def _route(t: _Table, upstreams: dict[str, UpstreamConfig]) -> RouteConfig:
         websocket=t.get("websocket", bool, False),
         json_body=t.get("json_body", bool, tier in GUARDED_TIERS),
         roles=_strs(t, "roles", []),
+        body_kind=body_kind,  # type: ignore[arg-type]
     )
-    t.used.update({"connect_timeout", "read_timeout"})
+    t.used.update({"connect_timeout", "read_timeout", "body_kind"})
     t.finish()
     return rc
 
@@ -487,6 +528,10 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         raise ConfigError("notifier.path: required when notifier.sink = \"file\"")
     nt.finish()
 
+    providers = _providers(top, upstreams) if "providers" in top.data else None
+    top.used.add("providers")
+    policy = _policy(top.sub("policy"), base)
+
     top.finish()
     return Config(
         gateway=settings,
@@ -502,7 +547,62 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         audit=audit,
         notifier=notifier,
         source=source,
+        providers=providers,
+        policy=policy,
     )
+
+
+def _env(t: _Table, name: str) -> str:
+    """A string that may be ``${NAME}`` / ``$NAME``: an unset variable is an error, not ""."""
+    raw: str = t.get(name, str)
+    value = os.path.expandvars(raw)
+    if "$" in value:
+        raise ConfigError(f"{t.key(name)}: environment variable in {raw!r} is not set")
+    if not value:
+        raise ConfigError(f"{t.key(name)}: must not be empty")
+    return value
+
+
+def _providers(top: _Table, upstreams: dict[str, UpstreamConfig]) -> ProvidersConfig:
+    t = top.sub("providers")
+    upstream = t.get("upstream", str)
+    if upstream not in upstreams:
+        known = ", ".join(sorted(upstreams)) or "none defined"
+        raise ConfigError(f"{t.key('upstream')}: unknown upstream {upstream!r} (known: {known})")
+    pc = ProvidersConfig(
+        upstream=upstream,
+        internal_token=_env(t, "internal_token"),
+        timeout=_number(t, "timeout", 0.5, minimum=0.001),
+        reference_ttl=_number(t, "reference_ttl", 300.0),
+        calendar_ttl=_number(t, "calendar_ttl", 3600.0),
+        restricted_ttl=_number(t, "restricted_ttl", 60.0),
+        account_ttl=_number(t, "account_ttl", 1.0),
+        position_ttl=_number(t, "position_ttl", 1.0),
+        quote_ttl=_number(t, "quote_ttl", 1.0),
+        max_stale=_number(t, "max_stale", 2.0),
+        cache_size=_int(t, "cache_size", 10_000, 1, 10_000_000),
+        pool_size=_int(t, "pool_size", 32, 1, 10_000),
+        read_account_facts=t.get("read_account_facts", bool, True),
+    )
+    t.finish()
+    return pc
+
+
+def _policy(t: _Table, base: Path) -> PolicyConfig:
+    engine = _choice(t, "engine", ("baseline", "rego"), "baseline")
+    bundle = _path(t, "bundle", base, None)
+    if engine == "rego":
+        if bundle is None:
+            raise ConfigError(f"{t.key('bundle')}: required when engine = \"rego\"")
+        if not bundle.is_dir():
+            raise ConfigError(f"{t.key('bundle')}: folder {str(bundle)!r} does not exist")
+    pc = PolicyConfig(
+        engine=engine,  # type: ignore[arg-type]
+        bundle=bundle,
+        time_budget_ms=_number(t, "time_budget_ms", 50.0, minimum=0.1),
+    )
+    t.finish()
+    return pc
 
 
 def load(path: str | os.PathLike[str]) -> Config:

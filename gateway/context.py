@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from gateway.authn.tokens import Subject
     from gateway.policy.engine import Decision
+    from gateway.policy.facts import Facts
     from gateway.proxy import BoundedBody
     from gateway.risk.scorer import RiskResult
 
@@ -48,6 +49,8 @@ class RequestContext:
     device_id: str | None = None
     risk: RiskResult | None = None
     decision: Decision | None = None
+    facts: Facts | None = None
+    """Provider facts and counters for the policy input (the facts step)."""
     degraded: list[str] = field(default_factory=list)
     """Dependencies that failed open on this request (read routes only)."""
     request: Any = None

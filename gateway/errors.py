@@ -22,7 +22,7 @@ Tree (status: codes)::
     ├── 502 bad gateway ......... upstream_unreachable, upstream_bad_response
     ├── 503 unavailable ......... state_unavailable, audit_unavailable,
     │                             policy_unavailable, risk_unavailable,
-    │                             shutting_down
+    │                             provider_unavailable, shutting_down
     └── 504 gateway timeout ..... upstream_timeout
 """
 
@@ -95,6 +95,9 @@ STATE_UNAVAILABLE = _kind("state_unavailable", 503, "the state store is unavaila
 AUDIT_UNAVAILABLE = _kind("audit_unavailable", 503, "the audit trail is unavailable")
 POLICY_UNAVAILABLE = _kind("policy_unavailable", 503, "the policy engine is unavailable")
 RISK_UNAVAILABLE = _kind("risk_unavailable", 503, "the risk engine is unavailable")
+PROVIDER_UNAVAILABLE = _kind(
+    "provider_unavailable", 503, "a fact provider (reference data, account facts) is unavailable"
+)
 SHUTTING_DOWN = _kind("shutting_down", 503, "the gateway is shutting down")
 UPSTREAM_TIMEOUT = _kind("upstream_timeout", 504, "the upstream did not answer in time")
 

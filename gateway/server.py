@@ -33,7 +33,8 @@ from gateway.notify import Notifier, build_notifier
 from gateway.paths import normalise_target
 from gateway.pipeline import Pipeline, Step
 from gateway.policy.engine import BaselinePolicy, PolicyEngine
-from gateway.proxy import Forward, ReadBody, StreamAborted, Upstreams
+from gateway.policy.providers import INTERNAL_TOKEN_HEADER, FactProviders, HttpFactProviders
+from gateway.proxy import Forward, ReadBody, StreamAborted, Upstreams, upstream_ssl_context
 from gateway.responses import error_response
 from gateway.risk.scorer import RiskScorer, SignalScorer
 from gateway.routing import MethodNotAllowed, Router
@@ -43,6 +44,7 @@ from gateway.steps.audit import AuditDecision, base_record
 from gateway.steps.authenticate import Authenticate
 from gateway.steps.bind_account import BindAccount, RequireRole
 from gateway.steps.decrypt import Decrypt
+from gateway.steps.facts import FetchFacts
 from gateway.steps.judge import Decide, Score, StepUpChallenge
 
 log = logging.getLogger("portcullis")
@@ -76,6 +78,37 @@ def build_signers(config: Config) -> dict[str, AssertionSigner]:
     return signers
 
 
+def build_policy(config: Config) -> PolicyEngine:
+    """The configured engine: the Rego bundle (compiled now: errors stop startup) or the baseline."""
+    pc = config.policy
+    if pc.engine != "rego":
+        return BaselinePolicy()
+    from gateway.policy.rego import PolicyBundleError, RegoPolicy
+
+    assert pc.bundle is not None  # the config loader requires it for rego
+    try:
+        return RegoPolicy.from_directory(pc.bundle, time_budget=pc.time_budget_ms / 1000)
+    except PolicyBundleError as exc:
+        first = exc.message.splitlines()[0] if exc.message else "cannot load the bundle"
+        if exc.file and exc.line is not None:
+            raise ConfigError(f"policy.bundle: {pc.bundle / exc.file}:{exc.line}:{exc.column}: {first}") from None
+        raise ConfigError(f"policy.bundle: {pc.bundle}: {first}") from None
+
+
+def build_providers(config: Config) -> FactProviders | None:
+    """The HTTP fact providers against the configured upstream's /internal routes, if any."""
+    pc = config.providers
+    if pc is None:
+        return None
+    up = config.upstreams[pc.upstream]
+    tls = upstream_ssl_context(config.upstream_tls) if up.url.startswith("https://") else None
+    return HttpFactProviders(
+        up.url, pc.internal_token, timeout=pc.timeout, reference_ttl=pc.reference_ttl,
+        calendar_ttl=pc.calendar_ttl, restricted_ttl=pc.restricted_ttl, account_ttl=pc.account_ttl,
+        position_ttl=pc.position_ttl, quote_ttl=pc.quote_ttl, max_stale=pc.max_stale,
+        cache_size=pc.cache_size, pool_size=pc.pool_size, ssl_context=tls)
+
+
 def _check_request_line(request: web.BaseRequest) -> None:
     """Refuse what aiohttp's parser lets through but RFC 9112 does not."""
     if request.version < (1, 0):  # an HTTP/0.9-style request line: no version at all
@@ -99,7 +132,8 @@ class Gateway:
 
     def __init__(self, config: Config, *, state: StateStore | None = None,
                  audit_sink: AuditSink | None = None, notifier: Notifier | None = None,
-                 policy: PolicyEngine | None = None, scorer: RiskScorer | None = None) -> None:
+                 policy: PolicyEngine | None = None, scorer: RiskScorer | None = None,
+                 providers: FactProviders | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
         self.router = Router(config.routes)
@@ -108,7 +142,8 @@ class Gateway:
         self.audit: AuditSink = audit_sink or FileAuditSink(
             config.audit.path, fsync_interval=config.audit.fsync_interval_ms / 1000)
         self.notifier = notifier or build_notifier(config.notifier)
-        self.policy = policy or BaselinePolicy()
+        self.policy = policy or build_policy(config)
+        self.providers = providers or build_providers(config)
         self.scorer = scorer or SignalScorer()
         self.revocations = RevocationList(self.state)
         self.verifier = TokenVerifier(config.issuers, cache_size=config.gateway.claims_cache_size,
@@ -145,6 +180,9 @@ class Gateway:
         read_body = ReadBody(g.body_timeout)
         guarded: list[Step] = [
             Authenticate(self.verifier), RequireRole(), BindAccount(), read_body, Decrypt(),
+            FetchFacts(self.providers, self.state,
+                       read_account_facts=self.config.providers is None
+                       or self.config.providers.read_account_facts),
             Score(self.scorer), Decide(self.policy), StepUpChallenge(), self._auditor, forward,
         ]
         full = Pipeline(guarded)
@@ -162,6 +200,11 @@ class Gateway:
         headers[ident.terminal_header.lower()] = terminal_info(
             client_ip=ctx.client_ip, client_port=ctx.client_port, device_id=ctx.device_id,
             user_agent=ctx.headers.get("User-Agent"))
+        pc = self.config.providers
+        if pc is not None and ctx.route.upstream == pc.upstream:
+            # That backend then requires the token on every route (only the gateway may call it);
+            # a client's own X-Portcullis-* headers were stripped before this hook runs.
+            headers[INTERNAL_TOKEN_HEADER.lower()] = pc.internal_token
 
     # -- the public handler ----------------------------------------------
 
@@ -321,6 +364,8 @@ class Gateway:
             await runner.cleanup()
         self._runners.clear()
         await self.upstreams.close()
+        if self.providers is not None:
+            await self.providers.close()
         if self._flusher is not None:
             self._flusher.cancel()
         if self.access_log is not None:

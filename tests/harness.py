@@ -49,6 +49,18 @@ ROUTES: list[dict[str, Any]] = [
 ]
 
 
+BODY_KINDS = {"order_place": "order", "order_cancel": "cancel", "transfer": "transfer"}
+
+
+def routes_with_body_kinds() -> list[dict[str, Any]]:
+    """ROUTES with ``body_kind`` on the order, cancel and transfer routes (policy input v1)."""
+    routes = copy.deepcopy(ROUTES)
+    for r in routes:
+        if r["name"] in BODY_KINDS:
+            r["body_kind"] = BODY_KINDS[r["name"]]
+    return routes
+
+
 def gateway_config(keys: DemoKeys, tmp: Path, backend_url: str, **overrides: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "gateway": {"name": "test", "access_log": False, "shutdown_timeout": 5},
@@ -95,9 +107,11 @@ class Stack:
 
 
 @asynccontextmanager
-async def run_backend(keys: DemoKeys) -> AsyncIterator[str]:
+async def run_backend(keys: DemoKeys, *, internal_token: str | None = None) -> AsyncIterator[str]:
+    """The demo backend on loopback; ``internal_token`` also serves its /internal fact routes."""
     runner = web.AppRunner(create_app(keys.identity_jwks, identity_hmac_key=keys.identity_hmac,
-                                      debug_routes=True, stream_interval=0.05))
+                                      debug_routes=True, stream_interval=0.05,
+                                      internal_token=internal_token))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -110,10 +124,14 @@ async def run_backend(keys: DemoKeys) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def run_stack(tmp: Path, *, backend_url: str | None = None, gateway_kwargs: dict[str, Any] | None = None,
-                    **overrides: Any) -> AsyncIterator[Stack]:
+                    internal_token: str | None = None, **overrides: Any) -> AsyncIterator[Stack]:
+    """Backend + gateway. With ``internal_token`` the backend requires it (and serves
+    /internal) and the gateway gets a ``[providers]`` section using it (unless overridden)."""
     keys = ensure_demo_keys(tmp / "keys")
+    if internal_token is not None:
+        overrides.setdefault("providers", {"upstream": "trading", "internal_token": internal_token})
     if backend_url is None:
-        async with run_backend(keys) as url:
+        async with run_backend(keys, internal_token=internal_token) as url:
             async with _gateway(keys, tmp, url, gateway_kwargs or {}, overrides) as stack:
                 yield stack
     else:

@@ -111,4 +111,4 @@ def test_policy_input_document() -> None:
     assert doc["request"]["account"] == "A1" and doc["request"]["tier"] == "read"
     assert doc["subject"]["accounts"] == ["A1"] and doc["network"] == {"ip": "198.51.100.7"}
     assert doc["device"] == {"id": None, "user_agent": "app/1"}
-    assert doc["risk"] is None and doc["body"] is None
+    assert doc["risk"] is None and doc["order"] is None and doc["body_accounts"] == []

@@ -1,0 +1,117 @@
+"""Facts for the policy input, and the pure helpers that shape them (no I/O).
+
+The Facts step (gateway/steps/facts.py) fills :class:`Facts` on the request
+context from the providers and the state store; `gateway.policy.input`
+turns the context into the v1 input document. Everything here is pure so the
+input builder and its edge cases (exchange-local clock, body shapes) are
+tested without a server.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+EXCHANGE_TZ_NAME = "Asia/Shanghai"
+EXCHANGE_TZ = ZoneInfo(EXCHANGE_TZ_NAME)
+
+ORDER_FIELDS = ("symbol", "side", "qty", "price", "type", "client_order_id", "account")
+TRANSFER_FIELDS = ("direction", "amount", "currency", "bank_account_id", "account")
+ACCOUNT_KEYS = frozenset({"account", "account_id"})
+_MAX_WALK = 10_000  # nodes visited when collecting body accounts (bodies are size-limited anyway)
+
+
+@dataclass(slots=True)
+class Facts:
+    """What the providers and counters said about this request (None: not looked up)."""
+
+    instrument: dict[str, Any] | None = None
+    quote: dict[str, Any] | None = None
+    account: dict[str, Any] | None = None
+    position: dict[str, Any] | None = None
+    restricted: dict[str, bool] | None = None
+    trading_day: bool | None = None
+    counters: dict[str, Any] | None = None
+
+
+def exchange_time(now: float) -> datetime:
+    return datetime.fromtimestamp(now, EXCHANGE_TZ)
+
+
+def exchange_clock(now: float, trading_day: bool | None) -> dict[str, Any]:
+    """The input's ``clock``: exchange-local date and time of ``now`` (epoch seconds)."""
+    t = exchange_time(now)
+    return {
+        "epoch": now,
+        "tz": EXCHANGE_TZ_NAME,
+        "date": t.date().isoformat(),
+        "weekday": t.isoweekday(),
+        "time": t.strftime("%H:%M:%S"),
+        "second_of_day": t.hour * 3600 + t.minute * 60 + t.second,
+        "trading_day": trading_day,
+    }
+
+
+def seconds_to_day_end(now: float) -> float:
+    """Seconds from ``now`` to the next exchange-local midnight (always > 0)."""
+    t = exchange_time(now)
+    midnight = datetime(t.year, t.month, t.day, tzinfo=EXCHANGE_TZ) + timedelta(days=1)
+    return max(midnight.timestamp() - now, 0.001)
+
+
+def _fields(body: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named members of a JSON object body, client types kept; null when absent."""
+    src = body if isinstance(body, dict) else {}
+    return {name: src.get(name) for name in names}
+
+
+def order_doc(body: Any) -> dict[str, Any]:
+    return _fields(body, ORDER_FIELDS)
+
+
+def transfer_doc(body: Any) -> dict[str, Any]:
+    return _fields(body, TRANSFER_FIELDS)
+
+
+def cancel_doc(params: dict[str, str]) -> dict[str, Any]:
+    return {"order_id": params.get("order_id")}
+
+
+def body_accounts(body: Any) -> list[Any]:
+    """Every value of an ``account`` / ``account_id`` member anywhere in the body, in order."""
+    found: list[Any] = []
+    stack: list[Any] = [body]
+    seen = 0
+    while stack and seen < _MAX_WALK:
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ACCOUNT_KEYS and not isinstance(value, (dict, list)):
+                    found.append(value)
+            stack.extend(reversed([v for v in node.values() if isinstance(v, (dict, list))]))
+        elif isinstance(node, list):
+            stack.extend(reversed([v for v in node if isinstance(v, (dict, list))]))
+    return found
+
+
+def order_notional(order: dict[str, Any], quote: dict[str, Any] | None) -> float | None:
+    """qty x price (limit), or qty x last (market); None when the order is not well formed."""
+    qty = _positive(order.get("qty"))
+    price = _positive(order.get("price"))
+    if price is None and quote is not None:
+        price = _positive(quote.get("last"))
+    if qty is None or price is None:
+        return None
+    return qty * price
+
+
+def _positive(value: Any) -> float | None:
+    """A finite number > 0 as a float (booleans are not numbers), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number > 0 else None

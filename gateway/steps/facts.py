@@ -1,0 +1,183 @@
+"""Look up the facts the policy judges by: providers and counters, concurrently.
+
+Runs after read_body/decrypt and before score/decide, and fills ``ctx.facts``.
+
+Trade and transfer routes: instrument, best bid/offer, position (when the
+order names a symbol), account facts, the restricted lists and today's
+trading-day flag are fetched together (``asyncio.gather``; warm caches answer
+without I/O). Any provider failure fails the request closed with 503
+``provider_unavailable``, whatever it was (transport, bad answer, a bug).
+
+Counters (orders and cancels today per account, actions in the last second,
+notional today, duplicate ``client_order_id``) cost ONE state-store batch, and
+only on a new order or cancel (``body_kind`` of the route). They are counted
+*before* the decision: the policy sees counts that include this request
+(``orders_today`` >= 1 on an order), denied and stepped-up attempts count too,
+and no second round trip follows the decision (the design budget is two on
+trade routes). That is the conservative choice: a flood of orders the policy
+refuses still trips the rate rules, and the count never lags behind requests
+judged concurrently on other replicas. A state-store failure fails the request
+closed with 503 ``state_unavailable`` (its own code, for operators).
+
+``duplicate_client_order_id`` is true when the same ``client_order_id`` was
+seen today on this account with a *different* body: the retry of the very same
+order after a step-up challenge is not a duplicate (the backend refuses a real
+replay of an executed order with its own 409).
+
+Read routes: only the account facts, and only where the route names an
+account and ``providers.read_account_facts`` is on. It is cheap: one small
+loopback call per account per ``account_ttl`` (1 s) per process, shared by
+concurrent requests, else a cache hit. A failure follows the route's fail
+mode (open: ``account`` is null and ``provider_unavailable`` is listed under
+``degraded``). Public and admin routes look nothing up.
+
+Without ``[providers]`` configured only the counters are kept; every provider
+fact is null (the baseline engine does not read them; `engine = "rego"`
+requires providers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.context import RequestContext
+from gateway.errors import PROVIDER_UNAVAILABLE, STATE_UNAVAILABLE, GatewayError
+from gateway.policy.facts import Facts, exchange_time, order_doc, order_notional, seconds_to_day_end
+from gateway.policy.providers import MISS, FactProviders
+from gateway.state.base import StateStore, StateUnavailable
+
+_DAY_TTL_MARGIN = 60.0  # seconds a daily counter outlives the exchange day (clock skew)
+
+
+async def _none() -> None:
+    return None
+
+
+class FetchFacts:
+    name = "facts"
+
+    def __init__(self, providers: FactProviders | None, state: StateStore, *,
+                 read_account_facts: bool = True) -> None:
+        self._providers = providers
+        self._state = state
+        self._read_account = read_account_facts
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        tier = ctx.route.tier
+        if tier in ("trade", "transfer"):
+            await self._guarded(ctx)
+        elif tier == "read" and self._read_account and self._providers is not None \
+                and ctx.account is not None:
+            await self._read(ctx, self._providers, ctx.account)
+
+    async def _read(self, ctx: RequestContext, providers: FactProviders, account: str) -> None:
+        facts = Facts()
+        ctx.facts = facts
+        try:
+            facts.account = await providers.account(account)
+        except Exception as exc:
+            if ctx.route.fail_mode == "closed":
+                raise GatewayError(PROVIDER_UNAVAILABLE) from exc
+            ctx.degraded.append(PROVIDER_UNAVAILABLE.code)
+
+    async def _guarded(self, ctx: RequestContext) -> None:
+        kind = ctx.route.body_kind
+        account = ctx.account
+        order = order_doc(ctx.json_body) if kind == "order" else None
+        symbol = order.get("symbol") if order is not None else None
+        if not isinstance(symbol, str) or not symbol:
+            symbol = None
+        facts = Facts()
+        ctx.facts = facts
+        p = self._providers
+        lookups: list[Awaitable[Any]] = []
+        results: list[Any] = []
+        if p is not None:
+            day = exchange_time(ctx.now).date()
+            wanted: list[tuple[str, Any, Callable[[], Awaitable[Any]] | None]] = [
+                ("instrument", symbol, (lambda: p.instrument(symbol)) if symbol else None),
+                ("bbo", symbol, (lambda: p.bbo(symbol)) if symbol else None),
+                ("account", account, (lambda: p.account(account)) if account else None),
+                ("position", (account, symbol),
+                 (lambda: p.position(account, symbol)) if account and symbol else None),
+                ("restricted", None, p.restricted),
+                ("is_trading_day", day, lambda: p.is_trading_day(day)),
+            ]
+            # Warm caches answer without I/O and without a task each (a gather of six costs ~90 us).
+            hits = [None if fetch is None else p.cached(kind, key) for kind, key, fetch in wanted]
+            if any(hit is MISS for hit in hits):
+                lookups = [_none() if fetch is None else fetch() for _, _, fetch in wanted]
+            else:
+                results = hits
+        # Count only a new order or cancel on an account (transfers and others: counters null).
+        counted_as = kind if account is not None and kind in ("order", "cancel") else None
+        # A market order's notional needs the price: then the counters wait for the quote.
+        price_known = order is None or order_notional(order, None) is not None
+        try:
+            if counted_as is not None and account is not None and price_known:
+                counted = self._counters(ctx, counted_as, account, order, None)
+                if lookups:
+                    *results, facts.counters = await asyncio.gather(*lookups, counted)
+                else:
+                    facts.counters = await counted
+            elif lookups:
+                results = list(await asyncio.gather(*lookups))
+        except GatewayError as exc:
+            if isinstance(exc, StateUnavailable):
+                raise
+            raise GatewayError(PROVIDER_UNAVAILABLE) from exc
+        except Exception as exc:  # fail closed whatever happened
+            raise GatewayError(PROVIDER_UNAVAILABLE) from exc
+        if results:
+            instrument, quote, acct, position, restricted, trading_day = results
+            facts.instrument, facts.quote, facts.account = instrument, quote, acct
+            facts.position, facts.trading_day = position, trading_day
+            if facts.account is not None:
+                facts.account = {k: v for k, v in facts.account.items() if k != "customer_id"}
+            sub = ctx.subject.sub if ctx.subject is not None else None
+            customer = acct.get("customer_id") if acct is not None else None
+            facts.restricted = {
+                "symbol": symbol is not None and symbol in restricted.symbols,
+                "person": (sub is not None and sub in restricted.persons)
+                or (customer is not None and customer in restricted.persons),
+            }
+        if counted_as is not None and account is not None and not price_known:
+            facts.counters = await self._counters(ctx, counted_as, account, order, facts.quote)
+
+    async def _counters(self, ctx: RequestContext, kind: str, account: str,
+                        order: dict[str, Any] | None, quote: dict[str, Any] | None) -> dict[str, Any]:
+        day = exchange_time(ctx.now).date().isoformat()
+        ttl = seconds_to_day_end(ctx.now) + _DAY_TTL_MARGIN
+        is_order = kind == "order"
+        notional = order_notional(order, quote) if order is not None else None
+        cents = round(notional * 100) if notional is not None else 0
+        coid = order.get("client_order_id") if order is not None else None
+        try:
+            async with self._state.batch() as b:
+                orders = b.incr(f"ctr:orders:{account}:{day}", 1 if is_order else 0, ttl)
+                cancels = b.incr(f"ctr:cancels:{account}:{day}", 0 if is_order else 1, ttl)
+                actions = b.zadd_window(f"ctr:actions:{account}", ctx.request_id, ctx.now, 1.0)
+                total = b.incr(f"ctr:notional:{account}:{day}", cents, ttl)
+                seen = stored = None
+                if isinstance(coid, str) and coid:
+                    key = f"coid:{account}:{day}:{hashlib.sha256(coid.encode()).hexdigest()[:32]}"
+                    fingerprint = hashlib.sha256(ctx.body or b"").hexdigest().encode()
+                    seen = b.get(key)
+                    stored = b.set_if_absent(key, fingerprint, ttl)
+        except StateUnavailable:
+            raise
+        except Exception as exc:
+            raise GatewayError(STATE_UNAVAILABLE) from exc
+        duplicate = False
+        if seen is not None and stored is not None and not stored.value:
+            duplicate = seen.value != hashlib.sha256(ctx.body or b"").hexdigest().encode()
+        return {
+            "orders_today": orders.value,
+            "cancels_today": cancels.value,
+            "actions_last_second": actions.value,
+            "notional_today": total.value / 100,
+            "duplicate_client_order_id": duplicate,
+        }
