@@ -259,6 +259,9 @@ def proxy_config(example: Mapping[str, Any], *, security: bool, port: int, backe
         upstream["url"] = backend_url
         if "identity_hmac_key" in upstream:
             upstream["identity_hmac_key"] = str(identity_hmac)
+    policy = cfg.get("policy", {})
+    if "bundle" in policy:  # relative to the example's folder, not the bench's temporary one
+        policy["bundle"] = str((EXAMPLE_CONFIG.parent / policy["bundle"]).resolve())
     cfg["state"] = {**cfg.get("state", {}), "backend": "memory"}
     cfg["audit"] = {**cfg.get("audit", {}), "sink": "file", "path": str(audit_dir)}
     cfg["notifier"] = {"sink": "file", "path": str(audit_dir.parent / "notifications.log")}
@@ -520,9 +523,13 @@ def _start_stack(tmp: Path, children: Children, total_seconds: float, path: str)
                             request_id=secrets.token_hex(12), now=int(time.time()))
     token = mint_token(keys, sub=BENCH_SUB, accounts=BENCH_ACCOUNTS, ttl=ttl)
     ids = {n: p.pid for n, p in procs.items()}
+    # A backend with an internal token wants it on every request; the gateway adds it itself.
+    direct_headers = {header: assertion}
+    if "PORTCULLIS_BACKEND_INTERNAL_TOKEN" in os.environ:
+        direct_headers["X-Portcullis-Internal-Token"] = os.environ["PORTCULLIS_BACKEND_INTERNAL_TOKEN"]
     return [
-        Target("direct", ports["backend"], {header: assertion}, {"backend": ids["backend"]}),
-        Target("bare", ports["bare"], {header: assertion},
+        Target("direct", ports["backend"], direct_headers, {"backend": ids["backend"]}),
+        Target("bare", ports["bare"], direct_headers,
                {"proxy": ids["bare"], "backend": ids["backend"]}),
         Target("gateway", ports["gateway"], {"Authorization": f"Bearer {token}"},
                {"proxy": ids["gateway"], "backend": ids["backend"]}),
@@ -560,6 +567,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     connections = max(1, int(args.connections))
     rate = max(1, int(args.rate))
     path = args.path if args.path.startswith("/") else "/" + args.path
+    # The example's [providers] reads the backend's internal token from the environment;
+    # every child (backend, proxies) inherits it.
+    os.environ.setdefault("PORTCULLIS_BACKEND_INTERNAL_TOKEN", secrets.token_urlsafe(32))
     pin = can_pin()
     _progress("CPU pinning: proxies on CPU 0, backend and load generator on CPU 1" if pin
               else "CPU pinning unavailable (needs taskset and 2 CPUs): runs are noisier")

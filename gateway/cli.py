@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from gateway.demo_keys import DEMO_ISSUER, DemoKeys
 from gateway.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+INTERNAL_TOKEN_ENV = "PORTCULLIS_BACKEND_INTERNAL_TOKEN"
 EXAMPLE_CONFIG = REPO_ROOT / "examples" / "portcullis.toml"
 POLICY_DIR = REPO_ROOT / "policies"
 
@@ -115,6 +117,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     _install_uvloop()
     keys = ensure_demo_keys(demo_dir())
+    # The backend's /internal fact routes answer only the gateway: one token for both,
+    # generated per run unless the operator set one (the backend inherits the environment).
+    os.environ.setdefault(INTERNAL_TOKEN_ENV, secrets.token_urlsafe(32))
     cfg = with_demo_keys(load_config(args.config), keys)
     backend = start_backend(keys, 9000)
     try:

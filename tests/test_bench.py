@@ -237,7 +237,9 @@ def test_toml_dumps_round_trips_nested_tables_and_arrays_of_tables() -> None:
 
 
 @pytest.mark.parametrize("security", [False, True])
-def test_proxy_config_from_the_example_is_valid(tmp_path: Path, security: bool) -> None:
+def test_proxy_config_from_the_example_is_valid(tmp_path: Path, security: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTCULLIS_BACKEND_INTERNAL_TOKEN", "t" * 32)
     example = tomllib.loads(bench.EXAMPLE_CONFIG.read_text("utf-8"))
     key = tmp_path / "identity.pem"
     key.write_text("unused: the configuration only names it")

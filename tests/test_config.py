@@ -24,8 +24,11 @@ def _minimal(**over: Any) -> dict[str, Any]:
     return data
 
 
-def test_example_config_loads() -> None:
+def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTCULLIS_BACKEND_INTERNAL_TOKEN", "t" * 32)
     cfg = load(ROOT / "examples" / "portcullis.toml")
+    assert cfg.policy.engine == "rego" and cfg.policy.bundle is not None
+    assert cfg.policy.bundle.resolve() == ROOT / "policies"
     assert cfg.public.port == 8080 and cfg.admin.port == 8081
     assert cfg.admin.host == "127.0.0.1"
     assert {r.tier for r in cfg.routes} >= {"read", "trade", "transfer"}
