@@ -96,7 +96,7 @@ DEFAULT_TIME_BUDGET = 0.050
 
 NO_DECISION = Reason("no_decision", "the policy produced no decision for this request")
 
-_LOCATION = re.compile(r"-->\s*(?P<file>[^\n]+?):(?P<line>\d+):(?P<column>\d+)")
+ERROR_LOCATION = re.compile(r"-->\s*(?P<file>[^\n]+?):(?P<line>\d+):(?P<column>\d+)")
 _PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][\w.]*)", re.MULTILINE)
 _DEFAULT_DECISION = re.compile(r"^\s*default\s+decision\b", re.MULTILINE)
 
@@ -119,15 +119,16 @@ def engine_message(exc: BaseException) -> str:
     return text.split("\n\nStack backtrace:", 1)[0].strip()
 
 
-def _bundle_error(exc: BaseException, prefix: str) -> PolicyBundleError:
+def bundle_error(exc: BaseException, prefix: str, *, full_text: bool = True) -> PolicyBundleError:
+    """A located `PolicyBundleError` from a regorus error (file:line:col when regorus gives one)."""
     text = engine_message(exc)
-    match = _LOCATION.search(text)
+    match = ERROR_LOCATION.search(text)
     if match is None:
         return PolicyBundleError(f"{prefix}: {text}")
     file, line, column = match["file"].strip(), int(match["line"]), int(match["column"])
     summary = next((ln for ln in text.splitlines() if ln.startswith("error:")), text.splitlines()[-1])
-    return PolicyBundleError(f"{prefix}: {file}:{line}:{column}: {summary.removeprefix('error:').strip()}\n{text}",
-                             file=file, line=line, column=column)
+    message = f"{prefix}: {file}:{line}:{column}: {summary.removeprefix('error:').strip()}"
+    return PolicyBundleError(f"{message}\n{text}" if full_text else message, file=file, line=line, column=column)
 
 
 def bundle_digest(modules: Sequence[tuple[str, str]], data_json: bytes) -> str:
@@ -173,7 +174,7 @@ class RvmProgram:
         try:
             self.program = regorus.Program.compile_from_modules(data_json, list(modules), [entrypoint])
         except BaseException as exc:
-            raise _as_runtime_error(exc) from None
+            raise as_runtime_error(exc) from None
         self.vm = regorus.Rvm()
         self.vm.load_program(self.program)
         self.vm.set_data_json(data_json)
@@ -185,11 +186,11 @@ class RvmProgram:
             vm.set_input_json(input_json)
             result: str = vm.execute()
         except BaseException as exc:
-            raise _as_runtime_error(exc) from None
+            raise as_runtime_error(exc) from None
         return result
 
 
-def _as_runtime_error(exc: BaseException) -> BaseException:
+def as_runtime_error(exc: BaseException) -> BaseException:
     """A Rust panic arrives as pyo3's PanicException, a *BaseException*: turn it into a RuntimeError.
 
     Anything else (RuntimeError from regorus, KeyboardInterrupt, ...) is returned unchanged to be re-raised.
@@ -197,6 +198,40 @@ def _as_runtime_error(exc: BaseException) -> BaseException:
     if type(exc).__name__ == "PanicException":
         return RuntimeError(f"regorus panicked: {exc}")
     return exc
+
+
+def read_bundle(path: str | Path, *, include_tests: bool) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """The ``*.rego`` modules below `path` (named by relative path) and the data document.
+
+    Each ``data/<stem>.json`` becomes ``data.<stem>``; a stem that names a package
+    is refused. ``*_test.rego`` files are included only for the test runner.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise PolicyBundleError(f"{root}: not a directory")
+    modules: list[tuple[str, str]] = []
+    for file in sorted(root.rglob("*.rego")):
+        if not file.is_file() or (not include_tests and file.name.endswith("_test.rego")):
+            continue
+        rel = file.relative_to(root).as_posix()
+        try:
+            modules.append((rel, file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyBundleError(f"{rel}: cannot read: {exc}", file=rel) from exc
+    packages = {pkg.split(".", 1)[0] for _, src in modules for pkg in _PACKAGE.findall(src)}
+    data: dict[str, Any] = {}
+    data_dir = root / "data"
+    if data_dir.is_dir():
+        for file in sorted(data_dir.glob("*.json")):
+            rel = file.relative_to(root).as_posix()
+            if file.stem in packages:
+                raise PolicyBundleError(f"{rel}: data.{file.stem} would collide with package {file.stem}",
+                                        file=rel)
+            try:
+                data[file.stem] = orjson.loads(file.read_bytes())
+            except (OSError, orjson.JSONDecodeError) as exc:
+                raise PolicyBundleError(f"{rel}: not valid JSON: {exc}", file=rel) from exc
+    return modules, data
 
 
 class RegoPolicy:
@@ -239,31 +274,7 @@ class RegoPolicy:
 
     @classmethod
     def from_directory(cls, path: str | Path, *, time_budget: float = DEFAULT_TIME_BUDGET) -> RegoPolicy:
-        root = Path(path)
-        if not root.is_dir():
-            raise PolicyBundleError(f"{root}: not a directory")
-        modules: list[tuple[str, str]] = []
-        for file in sorted(root.rglob("*.rego")):
-            if file.name.endswith("_test.rego") or not file.is_file():
-                continue
-            rel = file.relative_to(root).as_posix()
-            try:
-                modules.append((rel, file.read_text(encoding="utf-8")))
-            except (OSError, UnicodeDecodeError) as exc:
-                raise PolicyBundleError(f"{rel}: cannot read: {exc}", file=rel) from exc
-        packages = {pkg.split(".", 1)[0] for _, src in modules for pkg in _PACKAGE.findall(src)}
-        data: dict[str, Any] = {}
-        data_dir = root / "data"
-        if data_dir.is_dir():
-            for file in sorted(data_dir.glob("*.json")):
-                rel = file.relative_to(root).as_posix()
-                if file.stem in packages:
-                    raise PolicyBundleError(f"{rel}: data.{file.stem} would collide with package {file.stem}",
-                                            file=rel)
-                try:
-                    data[file.stem] = orjson.loads(file.read_bytes())
-                except (OSError, orjson.JSONDecodeError) as exc:
-                    raise PolicyBundleError(f"{rel}: not valid JSON: {exc}", file=rel) from exc
+        modules, data = read_bundle(path, include_tests=False)
         return cls(modules, data, time_budget=time_budget)
 
     def _interpreter(self) -> regorus.Engine:
@@ -277,22 +288,19 @@ class RegoPolicy:
         return self._engine
 
     def _diagnose_compile(self, exc: RuntimeError) -> PolicyBundleError:
-        if _LOCATION.search(engine_message(exc)):
-            return _bundle_error(exc, "cannot compile the policy bundle")
+        if ERROR_LOCATION.search(engine_message(exc)):
+            return bundle_error(exc, "cannot compile the policy bundle")
         # "not a valid rule path" has no location: the interpreter usually says more.
         try:
-            engine = regorus.Engine()
-            for name, source in self.modules:
-                engine.add_policy(name, source)
-            engine.add_data_json(self._data_text)
+            engine = self._interpreter()
             engine.set_input_json("{}")
             engine.eval_rule(ENTRYPOINT)
         except BaseException as raised:
-            detail = _as_runtime_error(raised)
+            detail = as_runtime_error(raised)
             if not isinstance(detail, RuntimeError):
                 raise
-            if _LOCATION.search(engine_message(detail)):
-                return _bundle_error(detail, "cannot compile the policy bundle")
+            if ERROR_LOCATION.search(engine_message(detail)):
+                return bundle_error(detail, "cannot compile the policy bundle")
         if "gateway" not in {pkg for _, src in self.modules for pkg in _PACKAGE.findall(src)}:
             return PolicyBundleError(f"cannot compile the policy bundle: no module declares package gateway "
                                      f"(the entry point is {ENTRYPOINT})")
@@ -338,7 +346,7 @@ class RegoPolicy:
             engine.set_input_json(input_json.decode())
             value = engine.eval_rule(ENTRYPOINT)
         except BaseException as raised:
-            exc = _as_runtime_error(raised)
+            exc = as_runtime_error(raised)
             if not isinstance(exc, RuntimeError):
                 raise
             return engine_message(exc)

@@ -38,13 +38,18 @@ from typing import Any, ClassVar
 import orjson
 import regorus
 
-from gateway.policy.rego import PolicyBundleError, engine_message
+from gateway.policy.rego import (
+    ERROR_LOCATION,
+    PolicyBundleError,
+    as_runtime_error,
+    bundle_error,
+    engine_message,
+    read_bundle,
+)
 
 TEST_PREFIX = "test_"
 TODO_PREFIX = "todo_test_"
 
-_LOCATION = re.compile(r"-->\s*(?P<file>[^\n]+?):(?P<line>\d+):(?P<column>\d+)")
-_PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][\w.]*)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -110,53 +115,18 @@ class TestBundle:
         return tuple(name for name, _ in self.modules if name.endswith("_test.rego"))
 
 
-def _bundle_error(exc: BaseException, prefix: str) -> PolicyBundleError:
-    text = engine_message(exc)
-    match = _LOCATION.search(text)
-    if match is None:
-        return PolicyBundleError(f"{prefix}: {text}")
-    file, line, column = match["file"].strip(), int(match["line"]), int(match["column"])
-    summary = next((ln for ln in text.splitlines() if ln.startswith("error:")), text.splitlines()[-1])
-    return PolicyBundleError(f"{prefix}: {file}:{line}:{column}: {summary.removeprefix('error:').strip()}",
-                             file=file, line=line, column=column)
-
-
 def _as_exception(exc: BaseException) -> Exception:
-    """regorus errors are RuntimeError; a Rust panic is pyo3's PanicException (a BaseException)."""
-    if isinstance(exc, Exception):
-        return exc
-    if type(exc).__name__ == "PanicException":
-        return RuntimeError(f"regorus panicked: {exc}")
-    raise exc
+    """regorus errors are RuntimeError; a Rust panic becomes one; anything else is re-raised."""
+    converted = as_runtime_error(exc)
+    if isinstance(converted, Exception):
+        return converted
+    raise converted
 
 
 def load_test_bundle(path: str | Path) -> TestBundle:
     """Every ``*.rego`` below `path` (tests included) and the ``data/*.json`` document, as `RegoPolicy` loads it."""
-    root = Path(path)
-    if not root.is_dir():
-        raise PolicyBundleError(f"{root}: not a directory")
-    modules: list[tuple[str, str]] = []
-    for file in sorted(root.rglob("*.rego")):
-        if not file.is_file():
-            continue
-        rel = file.relative_to(root).as_posix()
-        try:
-            modules.append((rel, file.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyBundleError(f"{rel}: cannot read: {exc}", file=rel) from exc
-    packages = {pkg.split(".", 1)[0] for _, src in modules for pkg in _PACKAGE.findall(src)}
-    data: dict[str, Any] = {}
-    data_dir = root / "data"
-    if data_dir.is_dir():
-        for file in sorted(data_dir.glob("*.json")):
-            rel = file.relative_to(root).as_posix()
-            if file.stem in packages:
-                raise PolicyBundleError(f"{rel}: data.{file.stem} would collide with package {file.stem}", file=rel)
-            try:
-                data[file.stem] = orjson.loads(file.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as exc:
-                raise PolicyBundleError(f"{rel}: not valid JSON: {exc}", file=rel) from exc
-    return TestBundle(root=root, modules=tuple(modules), data=data)
+    modules, data = read_bundle(path, include_tests=True)
+    return TestBundle(root=Path(path), modules=tuple(modules), data=data)
 
 
 def build_engine(modules: Iterable[tuple[str, str]], data: Mapping[str, Any]) -> regorus.Engine:
@@ -167,7 +137,7 @@ def build_engine(modules: Iterable[tuple[str, str]], data: Mapping[str, Any]) ->
             engine.add_policy(name, source)
         except BaseException as raised:
             exc = _as_exception(raised)
-            error = _bundle_error(exc, "cannot parse the bundle")
+            error = bundle_error(exc, "cannot parse the bundle", full_text=False)
             if error.file is None:
                 error.file = name
                 error.message = f"cannot parse the bundle: {name}: {engine_message(exc)}"
@@ -262,7 +232,7 @@ def one_line_error(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     summary = next((ln.removeprefix("error:").strip() for ln in lines if ln.startswith("error:")),
                    lines[0] if lines else text)
-    match = _LOCATION.search(text)
+    match = ERROR_LOCATION.search(text)
     if match is None:
         return summary
     return f"{match['file'].strip()}:{match['line']}:{match['column']}: {summary}"
