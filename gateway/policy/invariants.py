@@ -328,6 +328,11 @@ def _foreign_account(ev: Evaluator) -> tuple[int, list[str]]:
         cases.append((f"{route}: token with no account", base_input(route, token_accounts=())))
     cases.append(("order_place: B9 in path and body, A1 in token", _with(base_input(account="B9"), {
         "order.account": "B9", "body_accounts": ["B9"]})))
+    return _expect_denied(ev, cases)
+
+
+def _expect_denied(ev: Evaluator, cases: list[tuple[str, dict[str, Any]]]) -> tuple[int, list[str]]:
+    """Each case must be denied with a reason code; returns (cases, failures)."""
     failures = []
     for label, doc in cases:
         problem = _denied_with_reason(ev(label, doc))
@@ -368,12 +373,7 @@ def _frozen_account(ev: Evaluator) -> tuple[int, list[str]]:
         ("frozen account: transfer with fresh MFA", _with(base_input("transfer"), {
             "account.frozen": True, "mfa": {"acr": "urn:portcullis:acr:mfa", "age_s": 10}})),
     ]
-    failures = []
-    for label, doc in cases:
-        problem = _denied_with_reason(ev(label, doc))
-        if problem is not None:
-            failures.append(f"{label}: {problem}")
-    return len(cases), failures
+    return _expect_denied(ev, cases)
 
 
 def _decision_schema(ev: Evaluator) -> tuple[int, list[str]]:
