@@ -166,10 +166,40 @@ def build_input(i: int) -> dict[str, Any]:
     }
 
 
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    samples.sort()
+    return {"p50_us": round(statistics.median(samples), 1),
+            "p99_us": round(samples[int(len(samples) * 0.99) - 1], 1),
+            "mean_us": round(statistics.fmean(samples), 1)}
+
+
+def measure_bundle(path: str, n: int) -> dict[str, Any]:
+    """The real bundle on the Rvm, for a read and an order (inputs from the invariant suite)."""
+    from gateway.policy.invariants import base_input
+
+    policy = RegoPolicy.from_directory(path)
+    out: dict[str, Any] = {"bundle": path, "version": policy.version, "n": n}
+    for route in ("positions", "order_place"):
+        doc = base_input(route)
+        for _ in range(200):  # warm-up
+            policy.evaluate_sync(doc)
+        samples: list[float] = []
+        for _ in range(n):
+            start = time.perf_counter_ns()
+            policy.evaluate_sync(doc)
+            samples.append((time.perf_counter_ns() - start) / 1000)
+        out[route] = {**_percentiles(samples), "allow": policy.evaluate_sync(doc).allow}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--bundle", help="measure this bundle directory (e.g. policies) instead")
     args = parser.parse_args()
+    if args.bundle:
+        print(json.dumps(measure_bundle(args.bundle, args.n)))
+        return
     policy = RegoPolicy.from_modules([("gateway.rego", POLICY)], DATA)
     first = policy.evaluate_sync(build_input(0))
     assert first.allow, first  # the sample trade is allowed (mfa, within limits)
@@ -182,12 +212,9 @@ def main() -> None:
         policy_input = build_input(i)
         policy.evaluate_sync(policy_input)
         samples.append((clock() - start) / 1000)
-    samples.sort()
     print(json.dumps({
         "n": args.n,
-        "p50_us": round(statistics.median(samples), 1),
-        "p99_us": round(samples[int(len(samples) * 0.99) - 1], 1),
-        "mean_us": round(statistics.fmean(samples), 1),
+        **_percentiles(samples),
         "policy_lines": POLICY.count("\n"),
         "version": policy.version,
         "decision": {"allow": first.allow, "obligations": dict(first.obligations)},
