@@ -30,13 +30,22 @@ decides what happens next. Using a key with the wrong kind of operation
 Keys are plain strings; every store prepends its configured prefix, so several
 deployments (and test runs) can share one Redis. TTLs and windows are seconds
 as floats, applied with millisecond precision (``PEXPIRE`` semantics).
+
+Publish/subscribe (``publish``, ``subscribe``) carries hints between replicas,
+such as "a new policy version is active". Delivery is at most once: a
+subscriber that is disconnected, or too slow (more than
+:data:`SUBSCRIPTION_BUFFER` messages behind), misses messages, so a consumer
+must also poll the truth it is told about. Channels get the store's prefix,
+like keys. :meth:`StateStore.subscribe` returns once the subscription is
+registered: anything published afterwards is delivered to it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -48,6 +57,8 @@ __all__ = [
     "StateStore",
     "StateTypeError",
     "StateUnavailable",
+    "QueueSubscription",
+    "Subscription",
     "check_score",
     "ttl_ms",
 ]
@@ -217,6 +228,92 @@ class Batch(ABC):
 
 
 # --------------------------------------------------------------------------
+# Publish/subscribe
+
+SUBSCRIPTION_BUFFER = 1024
+"""Messages a subscription holds before it drops the oldest (the memory store; Redis has its own limits)."""
+
+
+class Subscription(ABC):
+    """Messages published on one channel, from the moment :meth:`StateStore.subscribe` returned.
+
+    ``async for message in sub`` yields each message's bytes and ends once the
+    subscription is closed. A lost connection raises :class:`StateUnavailable`
+    from :meth:`get` (and from the iteration): subscribe again, and poll for
+    what may have been missed meanwhile.
+    """
+
+    channel: str
+
+    @abstractmethod
+    async def get(self, timeout: float | None = None) -> bytes | None:
+        """The next message; None after ``timeout`` seconds without one, or once closed."""
+
+    @property
+    @abstractmethod
+    def closed(self) -> bool: ...
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Unsubscribe; a waiting :meth:`get` returns None. Idempotent."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while not self.closed:
+            message = await self.get(timeout=None)
+            if message is not None:
+                yield message
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+
+class QueueSubscription(Subscription):
+    """A subscription fed through a bounded queue (the oldest message goes when it is full)."""
+
+    def __init__(self, channel: str, on_close: Callable[[QueueSubscription], None] | None = None,
+                 maxsize: int = SUBSCRIPTION_BUFFER) -> None:
+        self.channel = channel
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize + 1)  # +1: room for the wake-up
+        self._maxsize = maxsize
+        self._on_close = on_close
+        self._closed = False
+        self.dropped = 0
+
+    def deliver(self, message: bytes) -> None:
+        if self._closed:
+            return
+        if self._queue.qsize() >= self._maxsize:
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(message)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def get(self, timeout: float | None = None) -> bytes | None:
+        if self._closed:
+            return None
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()  # None: closed while waiting
+        except TimeoutError:
+            return None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._on_close is not None:
+            self._on_close(self)
+        self._queue.put_nowait(None)
+
+
+# --------------------------------------------------------------------------
 # The interface
 
 
@@ -272,6 +369,14 @@ class StateStore(Protocol):
         left, and lets the key expire after ``window`` seconds of quiet.
         Members must be unique per event (a request id): re-adding one moves it.
         """
+        ...
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        """Send ``message`` to the channel's current subscribers (in every replica); how many got it."""
+        ...
+
+    async def subscribe(self, channel: str) -> Subscription:
+        """A new :class:`Subscription`, registered by the time this returns."""
         ...
 
     async def ping(self) -> bool:

@@ -16,7 +16,8 @@ heap is rebuilt when they outnumber live deadlines, which keeps it bounded.
 
 Time comes from an injected monotonic ``clock``, so tests move it by hand.
 Several stores may share one :class:`Keyspace` (each with its own prefix) to
-model replicas sharing state.
+model replicas sharing state; publish/subscribe channels live on the keyspace
+too, so a message published through one store reaches subscribers of another.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.state.base import Batch, Op, StateTypeError, check_score, ttl_ms
+from gateway.state.base import Batch, Op, QueueSubscription, StateTypeError, Subscription, check_score, ttl_ms
 
 __all__ = ["Keyspace", "MemoryStore"]
 
@@ -46,6 +47,7 @@ class Keyspace:
         self.values: dict[str, _Value] = {}
         self.deadlines: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
+        self.channels: dict[str, set[QueueSubscription]] = {}
 
     def __len__(self) -> int:
         """Keys held, including expired ones not yet swept."""
@@ -255,6 +257,27 @@ class MemoryStore:
     async def zadd_window(self, key: str, member: str, score: float, window: float) -> int:
         self.keyspace.sweep()
         return self._op_zadd_window(key, member, score, window)
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        subscribers = list(self.keyspace.channels.get(self._k(channel), ()))
+        for sub in subscribers:
+            sub.deliver(bytes(message))
+        return len(subscribers)
+
+    async def subscribe(self, channel: str) -> Subscription:
+        name = self._k(channel)
+        channels = self.keyspace.channels
+
+        def forget(sub: QueueSubscription) -> None:
+            members = channels.get(name)
+            if members is not None:
+                members.discard(sub)
+                if not members:
+                    del channels[name]
+
+        sub = QueueSubscription(channel, forget)
+        channels.setdefault(name, set()).add(sub)
+        return sub
 
     async def ping(self) -> bool:
         return True

@@ -19,17 +19,24 @@ Design choices, each for the per-request budget of one or two round trips:
   by the wrong caller).
 * Every redis/socket failure becomes :class:`StateUnavailable`; ``WRONGTYPE``
   and "not an integer" become :class:`StateTypeError`, like the memory store.
+* Each subscription holds its own connection (outside the command pool, so a
+  subscriber never starves requests), pinged every ``_PUBSUB_HEALTH`` seconds
+  while idle so a dead server is noticed; a lost connection raises
+  :class:`StateUnavailable` from the subscription and is not re-established
+  here: the consumer subscribes again and polls what it may have missed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -41,6 +48,7 @@ from gateway.state.base import (
     Op,
     StateTypeError,
     StateUnavailable,
+    Subscription,
     check_score,
     ttl_ms,
 )
@@ -72,6 +80,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return redis.call('ZCARD', KEYS[1])
 """
+
+
+_PUBSUB_HEALTH = 10.0
+"""Seconds of quiet after which a subscription's connection is pinged."""
+_PUBSUB_SLICE = 1.0
+"""A waiting subscription reads in slices this long, so close and health checks get a turn."""
 
 
 def _as_int(raw: Any) -> int:
@@ -205,6 +219,8 @@ class RedisStore:
         }
         if connection_class is not None:
             options["connection_class"] = connection_class
+        self._url = url
+        self._subscriptions: set[_RedisSubscription] = set()
         self._pool = BlockingConnectionPool.from_url(url, **options)
         self._client = Redis(connection_pool=self._pool)
         # redis-py leaves execute_command unannotated; it is a coroutine here.
@@ -283,6 +299,16 @@ class RedisStore:
         result: int = await self._one(self._cmds.zadd_window(key, member, score, window))
         return result
 
+    async def publish(self, channel: str, message: bytes) -> int:
+        result: int = await self._one(_Cmd(("PUBLISH", self.prefix + channel, message), _as_int))
+        return result
+
+    async def subscribe(self, channel: str) -> Subscription:
+        sub = _RedisSubscription(self, channel)
+        await sub._start()
+        self._subscriptions.add(sub)
+        return sub
+
     async def ping(self) -> bool:
         try:
             return bool(await self._guard(self._send("PING")))
@@ -290,6 +316,8 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
+        for sub in list(self._subscriptions):
+            await sub.close()
         await self._client.aclose()
         await self._pool.disconnect()
 
@@ -315,3 +343,74 @@ class _RedisBatch(Batch):
                 raw = await store._guard(pipe.execute())
         replies = iter(raw)
         return [c.constant if c.args is None else c.convert(next(replies)) for c in cmds]
+
+
+def _client_name(channel: str) -> str:
+    """``CLIENT LIST`` shows which channel a connection serves (names cannot hold spaces)."""
+    return "portcullis-sub:" + "".join(c if c.isprintable() and not c.isspace() else "_" for c in channel)[:200]
+
+
+class _RedisSubscription(Subscription):
+    """One SUBSCRIBE on a connection of its own."""
+
+    def __init__(self, store: RedisStore, channel: str) -> None:
+        self.channel = channel
+        self._store = store
+        self._name = (store.prefix + channel).encode()
+        self._client = Redis.from_url(
+            store._url, socket_timeout=store.timeout, socket_connect_timeout=store.timeout,
+            retry=Retry(NoBackoff(), 0), health_check_interval=_PUBSUB_HEALTH,
+            client_name=_client_name(store.prefix + channel))
+        self._pubsub: PubSub = self._client.pubsub()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _start(self) -> None:
+        """SUBSCRIBE and wait for Redis to confirm it: from then on nothing published is missed."""
+        where = self._store._where
+        try:
+            async with asyncio.timeout(self._store.timeout):
+                await self._pubsub.subscribe(self._name)
+                while True:
+                    msg = await self._pubsub.get_message(timeout=self._store.timeout)
+                    if msg is not None and msg.get("type") == "subscribe":
+                        return
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._release()
+            detail = str(exc) or type(exc).__name__
+            raise StateUnavailable(f"Redis at {where}: cannot subscribe: {detail}") from exc
+
+    async def get(self, timeout: float | None = None) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self._closed:
+            left = _PUBSUB_SLICE if deadline is None else min(_PUBSUB_SLICE, deadline - loop.time())
+            try:
+                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=max(0.0, left))
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self._closed:
+                    return None
+                detail = str(exc) or type(exc).__name__
+                raise StateUnavailable(f"Redis at {self._store._where}: subscription lost: {detail}") from exc
+            if msg is not None and msg.get("type") == "message":
+                data = msg["data"]
+                return bytes(data) if not isinstance(data, bytes) else data
+            if deadline is not None and loop.time() >= deadline:
+                return None
+        return None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._store._subscriptions.discard(self)
+        await self._release()
+
+    async def _release(self) -> None:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self._client.aclose()
