@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,33 @@ class PolicyConfig:
     time_budget_ms: float = 50.0
 
 
+DEFAULT_ACR_LEVELS: tuple[str, ...] = (
+    "urn:portcullis:acr:pwd", "urn:portcullis:acr:mfa", "urn:portcullis:acr:face",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyAdminConfig:
+    """The policy bundle admin API (docs/POLICIES.md, "Changing policies: the admin API")."""
+
+    repository: Literal["memory", "postgres"] = "memory"
+    postgres_dsn: str | None = None
+    postgres_schema: str = "portcullis"
+    postgres_timeout: float = 5.0
+    acr_levels: tuple[str, ...] = DEFAULT_ACR_LEVELS
+    """Authentication context classes, weakest first."""
+    min_acr: str = "urn:portcullis:acr:mfa"
+    max_auth_age: float = 300.0
+    """Seconds since the officer's authentication (the token's auth_time)."""
+    max_bundle_bytes: int = 2 * 1024 * 1024
+    max_files: int = 256
+    proposal_ttl: float = 86_400.0
+    poll_interval: float = 5.0
+    """Seconds between checks of the active version (heals a missed pub/sub message)."""
+    officers: tuple[str, ...] = ()
+    """Every compliance officer's subject: who a break-glass rollback alerts."""
+
+
 @dataclass(frozen=True, slots=True)
 class NotifierConfig:
     sink: Literal["console", "file"] = "console"
@@ -182,6 +210,7 @@ class Config:
     source: Path | None = field(default=None, compare=False)
     providers: ProvidersConfig | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    policy_admin: PolicyAdminConfig = field(default_factory=PolicyAdminConfig)
 
 
 # --------------------------------------------------------------------------
@@ -531,6 +560,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     providers = _providers(top, upstreams) if "providers" in top.data else None
     top.used.add("providers")
     policy = _policy(top.sub("policy"), base)
+    policy_admin = _policy_admin(top.sub("policy_admin"))
 
     top.finish()
     return Config(
@@ -549,6 +579,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         source=source,
         providers=providers,
         policy=policy,
+        policy_admin=policy_admin,
     )
 
 
@@ -603,6 +634,51 @@ def _policy(t: _Table, base: Path) -> PolicyConfig:
     )
     t.finish()
     return pc
+
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _policy_admin(t: _Table) -> PolicyAdminConfig:
+    repository = _choice(t, "repository", ("memory", "postgres"), "memory")
+    dsn = _env(t, "postgres_dsn") if "postgres_dsn" in t.data else None
+    t.used.add("postgres_dsn")
+    if repository == "postgres" and dsn is None:
+        raise ConfigError(f"{t.key('postgres_dsn')}: required when repository = \"postgres\"")
+    if dsn is not None and not dsn.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{t.key('postgres_dsn')}: must start with postgresql:// (a libpq URI)")
+    schema = t.get("postgres_schema", str, "portcullis")
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ConfigError(f"{t.key('postgres_schema')}: must be a plain SQL identifier "
+                          f"(letters, digits, underscore; got {schema!r})")
+    levels = _strs(t, "acr_levels", list(DEFAULT_ACR_LEVELS))
+    if not levels or len(set(levels)) != len(levels):
+        raise ConfigError(f"{t.key('acr_levels')}: must list distinct acr values, weakest first")
+    min_acr = t.get("min_acr", str, "urn:portcullis:acr:mfa")
+    if min_acr not in levels:
+        raise ConfigError(f"{t.key('min_acr')}: {min_acr!r} is not one of acr_levels ({', '.join(levels)})")
+    max_bytes = _size(t, "max_bundle_bytes", 2 * 1024 * 1024)
+    if not 1024 <= max_bytes <= 64 * 1024 * 1024:
+        raise ConfigError(f"{t.key('max_bundle_bytes')}: must be between 1KiB and 64MiB (got {max_bytes})")
+    officers = _strs(t, "officers", [])
+    if len(set(officers)) != len(officers):
+        raise ConfigError(f"{t.key('officers')}: lists a subject twice")
+    pa = PolicyAdminConfig(
+        repository=repository,  # type: ignore[arg-type]
+        postgres_dsn=dsn,
+        postgres_schema=schema,
+        postgres_timeout=_number(t, "postgres_timeout", 5.0, minimum=0.1),
+        acr_levels=levels,
+        min_acr=min_acr,
+        max_auth_age=_number(t, "max_auth_age", 300.0, minimum=1.0),
+        max_bundle_bytes=max_bytes,
+        max_files=_int(t, "max_files", 256, 1, 10_000),
+        proposal_ttl=_number(t, "proposal_ttl", 86_400.0, minimum=1.0),
+        poll_interval=_number(t, "poll_interval", 5.0, minimum=0.05),
+        officers=officers,
+    )
+    t.finish()
+    return pa
 
 
 def load(path: str | os.PathLike[str]) -> Config:

@@ -7,22 +7,30 @@ Codes never change once shipped; add new ones instead.
 Tree (status: codes)::
 
     GatewayError
-    ├── 400 bad request ......... bad_path, bad_request, invalid_json, bad_header
+    ├── 400 bad request ......... bad_path, bad_request, invalid_json, bad_header,
+    │                             bundle_malformed, bundle_path_forbidden
     ├── 401 unauthenticated ..... token_missing, token_malformed, token_invalid,
     │                             token_expired, token_not_yet_valid,
     │                             token_issuer_unknown, token_audience,
     │                             token_alg_not_allowed, token_key_unknown,
     │                             token_revoked, insufficient_user_authentication
-    ├── 403 forbidden ........... account_forbidden, policy_denied, role_forbidden
-    ├── 404 not found ........... route_not_found
+    ├── 403 forbidden ........... account_forbidden, policy_denied, role_forbidden,
+    │                             self_approval
+    ├── 404 not found ........... route_not_found, bundle_not_found, proposal_not_found
     ├── 405 method not allowed .. method_not_allowed
     ├── 408 request timeout ..... body_timeout
-    ├── 413 too large ........... body_too_large
+    ├── 409 conflict ............ bundle_exists, bundle_not_validated, bundle_already_active,
+    │                             bundle_never_active, proposal_exists, proposal_not_pending,
+    │                             proposal_expired
+    ├── 413 too large ........... body_too_large, bundle_too_large
     ├── 415 media type .......... unsupported_media_type
+    ├── 422 unprocessable ....... bundle_invalid
     ├── 502 bad gateway ......... upstream_unreachable, upstream_bad_response
     ├── 503 unavailable ......... state_unavailable, audit_unavailable,
     │                             policy_unavailable, risk_unavailable,
-    │                             provider_unavailable, shutting_down
+    │                             provider_unavailable, shutting_down,
+    │                             repository_unavailable, notify_unavailable,
+    │                             break_glass_unavailable
     └── 504 gateway timeout ..... upstream_timeout
 """
 
@@ -100,6 +108,35 @@ PROVIDER_UNAVAILABLE = _kind(
 )
 SHUTTING_DOWN = _kind("shutting_down", 503, "the gateway is shutting down")
 UPSTREAM_TIMEOUT = _kind("upstream_timeout", 504, "the upstream did not answer in time")
+
+# The policy bundle admin API (gateway/bundles, docs/POLICIES.md "Changing policies").
+BUNDLE_MALFORMED = _kind("bundle_malformed", 400, "the bundle upload is malformed")
+BUNDLE_PATH_FORBIDDEN = _kind("bundle_path_forbidden", 400, "a bundle file path is not allowed")
+BUNDLE_TOO_LARGE = _kind("bundle_too_large", 413, "the bundle has too many files or bytes")
+BUNDLE_INVALID = _kind("bundle_invalid", 422, "the bundle failed validation")
+BUNDLE_NOT_FOUND = _kind("bundle_not_found", 404, "no bundle has this version")
+PROPOSAL_NOT_FOUND = _kind("proposal_not_found", 404, "no proposal has this id")
+BUNDLE_EXISTS = _kind("bundle_exists", 409, "a bundle with the same policy is already stored")
+BUNDLE_NOT_VALIDATED = _kind("bundle_not_validated", 409, "the bundle has not passed validation")
+BUNDLE_ALREADY_ACTIVE = _kind("bundle_already_active", 409, "this version is already active")
+BUNDLE_NEVER_ACTIVE = _kind(
+    "bundle_never_active", 409, "only a version that was active before can be rolled back to"
+)
+PROPOSAL_EXISTS = _kind("proposal_exists", 409, "a pending proposal for this version exists")
+PROPOSAL_NOT_PENDING = _kind("proposal_not_pending", 409, "the proposal is no longer pending")
+PROPOSAL_EXPIRED = _kind("proposal_expired", 409, "the proposal has expired")
+SELF_APPROVAL = _kind(
+    "self_approval", 403, "a change must be approved by a different compliance officer"
+)
+REPOSITORY_UNAVAILABLE = _kind(
+    "repository_unavailable", 503, "the policy bundle repository is unavailable"
+)
+NOTIFY_UNAVAILABLE = _kind(
+    "notify_unavailable", 503, "the compliance officers could not be alerted"
+)
+BREAK_GLASS_UNAVAILABLE = _kind(
+    "break_glass_unavailable", 503, "break-glass needs compliance officers to alert (policy_admin.officers)"
+)
 
 
 def catalogue() -> dict[str, ErrorKind]:

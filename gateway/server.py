@@ -23,6 +23,8 @@ from gateway import logs
 from gateway.authn.jwks import JwksError
 from gateway.authn.revocation import RevocationList
 from gateway.authn.tokens import TokenVerifier
+from gateway.bundles.runtime import ActivePolicy
+from gateway.bundles.service import PolicyAdmin
 from gateway.config import Config, ListenerConfig
 from gateway.context import RequestContext
 from gateway.errors import BAD_HEADER, BAD_REQUEST, SHUTTING_DOWN, ConfigError, GatewayError
@@ -142,7 +144,8 @@ class Gateway:
         self.audit: AuditSink = audit_sink or FileAuditSink(
             config.audit.path, fsync_interval=config.audit.fsync_interval_ms / 1000)
         self.notifier = notifier or build_notifier(config.notifier)
-        self.policy = policy or build_policy(config)
+        # Swappable: an approved bundle replaces the engine while requests run (gateway/bundles).
+        self.policy = ActivePolicy(policy or build_policy(config))
         self.providers = providers or build_providers(config)
         self.scorer = scorer or SignalScorer()
         self.revocations = RevocationList(self.state)
@@ -163,6 +166,8 @@ class Gateway:
         self.admin_port: int | None = None
         self.signers = build_signers(config) if g.security else {}
         self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout)
+        self.bundles = PolicyAdmin(config, policy=self.policy, state=self.state, notifier=self.notifier,
+                                   audit=self.audit)
         self.pipelines = self._build_pipelines()
 
     # -- assembly ---------------------------------------------------------
@@ -333,6 +338,7 @@ class Gateway:
         site = web.TCPSite(runner, pub.host, pub.port, ssl_context=_ssl_context(pub),
                            backlog=1024, reuse_port=True)
         await site.start()
+        await self.bundles.start()  # serves the repository's active version before any request
         self._runners.append(runner)
         self.public_port = _bound_port(runner)
 
@@ -377,3 +383,4 @@ class Gateway:
 def _bound_port(runner: web.BaseRunner) -> int:
     addr = runner.addresses[0]
     return int(addr[1])
+        await self.bundles.stop()
