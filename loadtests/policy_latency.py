@@ -1,19 +1,66 @@
-"""Latency of one policy decision on the hot path: build input, serialise, Program+Rvm, parse.
+"""Latency of the whole policy step, in process: build the input, serialise, Program+Rvm, parse.
 
-    .venv/bin/python loadtests/policy_latency.py [--n 20000]
+    .venv/bin/python loadtests/policy_latency.py [--bundle policies] [--n 20000] [--rounds 10]
 
-Prints {"n", "p50_us", "p99_us", "mean_us", "policy_lines", "version"} as JSON.
+What one sample times is exactly what the Decide step does per request:
+`gateway.policy.input.build_input(ctx)` on a request context as the facts step
+leaves it, then `RegoPolicy.evaluate_sync` (orjson, `Rvm.set_input_json` +
+`execute`, undefined-marker scan, strict `parse_decision`). The request id and
+the clock change on every sample, as they do per request.
+
+Requests (the example configuration's routes, examples/portcullis.toml):
+
+* ``quote``: ``GET /api/quotes/600519.SH``, the read the gateway bench uses
+  (no account, so no facts);
+* ``positions``: ``GET /api/accounts/A1/positions``, a read with the account facts;
+* ``order``: ``POST /api/accounts/A1/orders``, a limit buy of 100 x 600519.SH
+  in continuous trading with every fact (instrument, quote, account, position,
+  counters, restricted lists);
+* ``transfer``: ``POST /api/accounts/A1/transfers`` with the account facts.
+
+Baselines measured in the same run, interleaved with the bundle in rounds so
+that the noise of a shared machine falls on all of them alike:
+
+* ``empty``: a one-rule policy (``decision := {"allow": true, ...}``) on the
+  order's input: the fixed cost of the step (build, serialise, set_input,
+  parse) that no policy change can remove;
+* ``reference``: the 123-line policy below on the order's input (plus the
+  three members it reads that v1 lacks), the policy DESIGN.md's 64 us figure
+  was measured with.
+
+Prints one JSON document: per request p50/p99/mean in microseconds, the
+decision, ``p50_vs_reference`` (ratio of medians) and whether the policy
+issue's target (p50 <= 100 us, p99 <= 300 us) is met on this run. Judge by
+several runs: the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import statistics
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.authn.tokens import Subject
+from gateway.config import RouteConfig, load
+from gateway.context import RequestContext
+from gateway.policy.facts import Facts
+from gateway.policy.input import build_input
 from gateway.policy.rego import RegoPolicy
+from gateway.risk.scorer import Factor, RiskResult
+
+TARGET_P50_US = 100.0
+TARGET_P99_US = 300.0
+ROOT = Path(__file__).resolve().parent.parent
 
 POLICY = """package gateway
 
@@ -149,76 +196,151 @@ DATA: dict[str, Any] = {
     "step_up": {"acr": "urn:portcullis:acr:mfa", "methods": ["totp", "sms", "face"], "max_age": 300},
 }
 
+EMPTY_POLICY = """package gateway
 
-def build_input(i: int) -> dict[str, Any]:
-    """Shaped like gateway/policy/input.py:build_input, with a trade body."""
-    now = 1795600000.0 + i
+import rego.v1
+
+decision := {"allow": true, "deny": [], "step_up": null, "obligations": {}}
+"""
+
+# 2026-11-25 09:31:05 in Shanghai: a trading day, continuous trading.
+T_0931 = datetime(2026, 11, 25, 1, 31, 5, tzinfo=UTC).timestamp()
+
+INSTRUMENT = {"symbol": "600519.SH", "market": "cn_a", "board": "main", "st": False, "board_lot": 100,
+              "min_qty": 100, "prev_close": 1450.0, "limit_up": 1595.0, "limit_down": 1305.0,
+              "tick_size": 0.01, "risk_level": "R3", "currency": "CNY"}
+ACCOUNT = {"id": "A1", "investor_level": "C4", "lowest_category": False, "assets_cny": 1200000,
+           "trading_months": 60, "programme_trading_report": False, "single_trade_limit": 200000,
+           "daily_limit": 500000, "frozen": False, "cash": 300000.0, "buying_power": 300000.0}
+
+
+def _routes() -> dict[str, RouteConfig]:
+    """The example configuration's routes (its provider token comes from the environment)."""
+    os.environ.setdefault("PORTCULLIS_BACKEND_INTERNAL_TOKEN", "policy-latency")
+    return {r.name: r for r in load(ROOT / "examples" / "portcullis.toml").routes}
+
+
+def _subject() -> Subject:
+    return Subject(sub="alice", iss="demo", accounts=("A1",), roles=("client",), acr="urn:portcullis:acr:pwd",
+                   amr=("pwd",), auth_time=int(T_0931) - 1200, jti="j", exp=2**31, iat=None, kid=None,
+                   cnf_jkt=None, token_digest=b"d", claims={})
+
+
+def contexts() -> dict[str, RequestContext]:
+    """One request context per measured request, as the steps before Decide leave it."""
+    routes = _routes()
+    subject = _subject()
+    risk = RiskResult(score=15, level="low", factors=(Factor("missing_device_proof", 15),))
+    headers = CIMultiDictProxy(CIMultiDict({"User-Agent": "PortcullisDemo/1.0", "Accept": "application/json"}))
+
+    def ctx(route: str, method: str, path: str, params: dict[str, str], body: Any, facts: Facts | None) -> RequestContext:
+        return RequestContext(
+            request_id="req-0", method=method, path=path, query="", route=routes[route], params=params,
+            headers=headers, client_ip="198.51.100.7", client_port=50000, scheme="https", started=0.0,
+            now=T_0931, body=orjson.dumps(body) if body is not None else None, json_body=body,
+            subject=subject, device_id="dev-thumbprint", risk=risk, facts=facts)
+
+    order = {"symbol": "600519.SH", "side": "buy", "qty": 100, "price": 1450.0, "type": "limit",
+             "client_order_id": "c1"}
+    transfer = {"direction": "out", "amount": 10000.0, "currency": "CNY", "bank_account_id": "BK-0001"}
     return {
-        "request": {"id": f"req-{i}", "method": "POST", "path": "/api/accounts/A1/orders", "route": "orders",
-                    "tier": "trade", "roles": [], "account": "A1", "params": {"account": "A1"}},
-        "subject": {"sub": "alice", "roles": ["client"], "accounts": ["A1"], "acr": "urn:portcullis:acr:mfa",
-                    "amr": ["pwd", "mfa"], "auth_time": int(now) - 60, "level": "basic"},
-        "device": {"id": "dev-thumbprint", "user_agent": "PortcullisDemo/1.0"},
-        "network": {"ip": "198.51.100.7"},
-        "risk": {"score": 25, "level": "low", "factors": [{"code": "missing_device_proof", "points": 15}]},
-        "clock": {"epoch": now, "epoch_ns": int(now * 1e9)},
-        "body": {"symbol": "600519", "side": "buy", "quantity": 10, "price": 1500.0 + (i % 7)},
+        "quote": ctx("quotes", "GET", "/api/quotes/600519.SH", {"symbol": "600519.SH"}, None, None),
+        "positions": ctx("positions", "GET", "/api/accounts/A1/positions", {"account": "A1"}, None,
+                         Facts(account=dict(ACCOUNT))),
+        "order": ctx("order_place", "POST", "/api/accounts/A1/orders", {"account": "A1"}, order, Facts(
+            instrument=dict(INSTRUMENT), quote={"bid": 1450.75, "ask": 1450.77, "last": 1450.76},
+            account=dict(ACCOUNT), position={"symbol": "600519.SH", "qty": 200, "today_bought": 0, "sellable": 200},
+            restricted={"symbol": False, "person": False}, trading_day=True,
+            counters={"orders_today": 3, "cancels_today": 1, "actions_last_second": 1,
+                      "notional_today": 145076.0, "duplicate_client_order_id": False})),
+        "transfer": ctx("transfer", "POST", "/api/accounts/A1/transfers", {"account": "A1"}, transfer, Facts(
+            account=dict(ACCOUNT), restricted={"symbol": False, "person": False}, trading_day=True)),
     }
 
 
-def _percentiles(samples: list[float]) -> dict[str, float]:
+def _for_reference(doc: dict[str, Any]) -> dict[str, Any]:
+    """The members the reference policy reads besides input v1 (its own order body and level)."""
+    order = doc["order"]
+    doc["body"] = {"symbol": "600519", "side": order["side"], "quantity": order["qty"] // 10,
+                   "price": order["price"]}
+    doc["subject"]["level"] = "basic"
+    doc["clock"]["epoch_ns"] = int(doc["clock"]["epoch"] * 1e9)
+    return doc
+
+
+def step(policy: RegoPolicy, ctx: RequestContext,
+         adapt: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Callable[[int], bool]:
+    """The policy step for sample i: a new request id and clock, then build, evaluate, parse."""
+    ids = [f"req-{i:08d}" for i in range(1024)]
+
+    def run(i: int) -> bool:
+        ctx.request_id = ids[i & 1023]
+        ctx.now = T_0931 + (i & 1023) * 0.001
+        doc = build_input(ctx)
+        if adapt is not None:
+            doc = adapt(doc)
+        return policy.evaluate_sync(doc).allow
+
+    return run
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
     samples.sort()
     return {"p50_us": round(statistics.median(samples), 1),
-            "p99_us": round(samples[int(len(samples) * 0.99) - 1], 1),
+            "p99_us": round(samples[max(int(len(samples) * 0.99) - 1, 0)], 1),
             "mean_us": round(statistics.fmean(samples), 1)}
 
 
-def measure_bundle(path: str, n: int) -> dict[str, Any]:
-    """The real bundle on the Rvm, for a read and an order (inputs from the invariant suite)."""
-    from gateway.policy.invariants import base_input
-
-    policy = RegoPolicy.from_directory(path)
-    out: dict[str, Any] = {"bundle": path, "version": policy.version, "n": n}
-    for route in ("positions", "order_place"):
-        doc = base_input(route)
-        for _ in range(200):  # warm-up
-            policy.evaluate_sync(doc)
-        samples: list[float] = []
-        for _ in range(n):
-            start = time.perf_counter_ns()
-            policy.evaluate_sync(doc)
-            samples.append((time.perf_counter_ns() - start) / 1000)
-        out[route] = {**_percentiles(samples), "allow": policy.evaluate_sync(doc).allow}
-    return out
+def measure(cases: dict[str, Callable[[int], bool]], n: int, rounds: int) -> dict[str, dict[str, Any]]:
+    """n samples per case, taken in `rounds` interleaved slices (case A, B, C, A, B, C, ...)."""
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    clock = time.perf_counter_ns
+    for run in cases.values():  # warm-up
+        for i in range(300):
+            run(i)
+    per_round = max(n // rounds, 1)
+    gc.collect()
+    gc.disable()  # the gateway freezes its heap after start-up; a collection here is not the step's cost
+    try:
+        for r in range(rounds):
+            for name, run in cases.items():
+                out = samples[name]
+                base = r * per_round
+                for i in range(base, base + per_round):
+                    start = clock()
+                    run(i)
+                    out.append((clock() - start) / 1000)
+    finally:
+        gc.enable()
+    return {name: {**_summary(s), "allow": cases[name](0)} for name, s in samples.items()}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--bundle", help="measure this bundle directory (e.g. policies) instead")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", default=str(ROOT / "policies"), help="policy bundle directory")
+    parser.add_argument("--n", type=int, default=20_000, help="samples per request")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved slices")
     args = parser.parse_args()
-    if args.bundle:
-        print(json.dumps(measure_bundle(args.bundle, args.n)))
-        return
-    policy = RegoPolicy.from_modules([("gateway.rego", POLICY)], DATA)
-    first = policy.evaluate_sync(build_input(0))
-    assert first.allow, first  # the sample trade is allowed (mfa, within limits)
-    for i in range(500):  # warm-up
-        policy.evaluate_sync(build_input(i))
-    samples: list[float] = []
-    clock = time.perf_counter_ns
-    for i in range(args.n):
-        start = clock()
-        policy_input = build_input(i)
-        policy.evaluate_sync(policy_input)
-        samples.append((clock() - start) / 1000)
+
+    bundle = RegoPolicy.from_directory(args.bundle)
+    reference = RegoPolicy.from_modules([("reference.rego", POLICY)], DATA)
+    empty = RegoPolicy.from_modules([("empty.rego", EMPTY_POLICY)])
+    ctxs = contexts()
+    cases = {name: step(bundle, ctx) for name, ctx in ctxs.items()}
+    cases["baseline_empty"] = step(empty, ctxs["order"])
+    cases["baseline_reference"] = step(reference, ctxs["order"], _for_reference)
+    results = measure(cases, args.n, args.rounds)
+    ref = results["baseline_reference"]["p50_us"]
+    for name in ctxs:
+        r = results[name]
+        r["p50_vs_reference"] = round(r["p50_us"] / ref, 2)
+        r["meets_target"] = r["p50_us"] <= TARGET_P50_US and r["p99_us"] <= TARGET_P99_US
     print(json.dumps({
-        "n": args.n,
-        **_percentiles(samples),
-        "policy_lines": POLICY.count("\n"),
-        "version": policy.version,
-        "decision": {"allow": first.allow, "obligations": dict(first.obligations)},
-    }))
+        "bundle": str(args.bundle), "version": bundle.version, "n": args.n, "rounds": args.rounds,
+        "target_us": {"p50": TARGET_P50_US, "p99": TARGET_P99_US},
+        "reference_policy_lines": POLICY.count("\n"),
+        **results,
+    }, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ import rego.v1
 # rule package of the bundle says it is loaded.
 loaded := true
 
+# Scope (package gateway): object-level access and roles judge every request.
+applies := true
+
 tier := input.request.tier
 
 # --- the subject -----------------------------------------------------------

@@ -59,9 +59,13 @@ applies_cancel if {
 	is_object(input.cancel)
 }
 
-applies if applies_order
+# Also the scope package gateway reads: every rule below needs applies,
+# applies_order or applies_cancel.
+default applies := false
 
-applies if applies_cancel
+applies := true if applies_order
+
+applies := true if applies_cancel
 
 # ---------------------------------------------------------------------------
 # Clock and sessions
@@ -75,62 +79,58 @@ now := t if {
 
 # The windows of the data file, in seconds since midnight ("start", "end";
 # "hours" is the same window written HH:MM:SS for readers, and the tests
-# check that both agree). A window whose start or end is not a number is
-# dropped, and the *_ok rules below then refuse everything because the counts
-# differ (a broken data file fails closed).
-sessions := [{"start": s, "end": e, "continuous": w.continuous} |
-	some w in cfg.sessions
-	s := w.start
-	e := w.end
-	is_number(s)
-	is_number(e)
-]
-
-no_cancel_windows := [{"start": s, "end": e} |
-	some w in cfg.no_cancel_windows
-	s := w.start
-	e := w.end
-	is_number(s)
-	is_number(e)
-]
-
-sessions_ok if count(sessions) == count(cfg.sessions)
-
-no_cancel_windows_ok if count(no_cancel_windows) == count(cfg.no_cancel_windows)
-
-# Half-open window: start inclusive, end exclusive.
-in_window(t, w) if {
-	w.start <= t
-	t < w.end
+# check that both agree). The windows are used only when every start and end
+# is a number: one broken window makes the *_ok rules below refuse
+# everything (a broken data file fails closed).
+sessions_ok if {
+	every w in cfg.sessions {
+		is_number(w.start)
+		is_number(w.end)
+	}
 }
 
+no_cancel_windows_ok if {
+	every w in cfg.no_cancel_windows {
+		is_number(w.start)
+		is_number(w.end)
+	}
+}
+
+# Windows are half-open, [start, end): inside when start <= t and t < end,
+# written out in the loops below (the Rvm pays for every function call).
 outside_window(t, w) if t < w.start
 
 outside_window(t, w) if t >= w.end
 
 # RULES.md: "Sessions: opening call 9:15-9:25, continuous 9:30-11:30 and
 # 13:00-14:57, closing call 14:57-15:00 (Asia/Shanghai, trading days only)."
+# A window without a "continuous" member is skipped, as it always was.
 market_open if {
 	input.clock.trading_day == true
+	t := now
 	sessions_ok
-	some w in sessions
-	in_window(now, w)
+	some w in cfg.sessions
+	w.start <= t
+	t < w.end
+	_ = w.continuous
 }
 
 # The continuous-trading sessions (9:30-11:30 and 13:00-14:57).
 continuous_now if {
 	input.clock.trading_day == true
+	t := now
 	sessions_ok
-	some w in sessions
+	some w in cfg.sessions
 	w.continuous == true
-	in_window(now, w)
+	w.start <= t
+	t < w.end
 }
 
 # RULES.md: "No cancels 9:20-9:25 and 14:57-15:00."
 cancel_window_ok if {
 	is_number(now)
 	no_cancel_windows_ok
-	every w in no_cancel_windows {
+	every w in cfg.no_cancel_windows {
 		outside_window(now, w)
 	}
 }
@@ -371,30 +371,58 @@ deny contains {"code": "price_outside_band", "message": "The limit price is outs
 # For a sell the best bid first, then the best ask, last, previous close.
 # A missing quote (null) or a zero price counts as absent; a quote of any
 # other type or a negative one makes the reference undefined (order denied).
-quote_value(name) := v if {
-	is_object(input.quote)
-	v := object.get(input.quote, name, null)
+#
+# The quote as an object: {} when there is none (null); undefined for any
+# other type, which leaves the reference undefined.
+quote_obj := input.quote if is_object(input.quote)
+
+quote_obj := {} if input.quote == null
+
+reference_candidates := [object.get(q, "ask", null), object.get(q, "bid", null), object.get(q, "last", null), prev_close] if {
+	input.order.side == "buy"
+	q := quote_obj
 }
 
-quote_value(_) := null if input.quote == null
-
-reference_candidates := [quote_value("ask"), quote_value("bid"), quote_value("last"), prev_close] if input.order.side == "buy"
-
-reference_candidates := [quote_value("bid"), quote_value("ask"), quote_value("last"), prev_close] if input.order.side == "sell"
-
-usable_price(v) if {
-	is_number(v)
-	v > 0
+reference_candidates := [object.get(q, "bid", null), object.get(q, "ask", null), object.get(q, "last", null), prev_close] if {
+	input.order.side == "sell"
+	q := quote_obj
 }
 
+# A usable price is a number > 0; an absent one is null or 0.
 absent_price(v) if v == null
 
 absent_price(v) if v == 0
 
-reference := c[i] if {
+# The first usable candidate, provided every candidate before it is absent
+# (the four definitions exclude each other; the first one is the usual case).
+reference := c[0] if {
 	c := reference_candidates
-	i := min({k | some k, v in c; usable_price(v)})
-	count([k | some k, v in c; k < i; not absent_price(v)]) == 0
+	is_number(c[0])
+	c[0] > 0
+}
+
+reference := c[1] if {
+	c := reference_candidates
+	absent_price(c[0])
+	is_number(c[1])
+	c[1] > 0
+}
+
+reference := c[2] if {
+	c := reference_candidates
+	absent_price(c[0])
+	absent_price(c[1])
+	is_number(c[2])
+	c[2] > 0
+}
+
+reference := c[3] if {
+	c := reference_candidates
+	absent_price(c[0])
+	absent_price(c[1])
+	absent_price(c[2])
+	is_number(c[3])
+	c[3] > 0
 }
 
 reference_ticks := round(reference / tick)

@@ -12,10 +12,21 @@
 # REQUIREMENT on every rule package (gateway.access, gateway.suitability,
 # gateway.limits, gateway.programme, gateway.ashare, gateway.hkconnect):
 #   loaded := true
+#   applies, a boolean (`default applies := false` plus the package's scope):
+#     true for every request that any rule of the package may judge
 # plus `deny` (a set of {code, message}) and `obligation` (a set of objects,
 # may be empty); `step_up` (a set of {acr, reason, max_age}) is optional.
-# A package that is missing or does not say `loaded := true` blocks every
-# request with policy_bundle_incomplete: a missing package never allows.
+# A package that is missing, does not say `loaded := true` or has no boolean
+# `applies` blocks every request with policy_bundle_incomplete: a missing
+# package never allows.
+#
+# Scope (`applies`): the decision collects a package's deny, step_up and
+# obligation only when its `applies` is true, so the Rvm skips every rule of
+# a package that has nothing to say about this request (a read never runs
+# the order rules). Every deny, step_up and obligation rule of a package must
+# therefore require `applies` (or a condition that implies it), which the
+# packages do by starting each such rule with their scope check; the package
+# tests evaluate `deny` directly and do not depend on it.
 package gateway
 
 import rego.v1
@@ -36,6 +47,12 @@ packages_loaded if {
 	data.gateway.programme.loaded == true
 	data.gateway.ashare.loaded == true
 	data.gateway.hkconnect.loaded == true
+	is_boolean(data.gateway.access.applies)
+	is_boolean(data.gateway.suitability.applies)
+	is_boolean(data.gateway.limits.applies)
+	is_boolean(data.gateway.programme.applies)
+	is_boolean(data.gateway.ashare.applies)
+	is_boolean(data.gateway.hkconnect.applies)
 }
 
 # --- 2. positive checks per route tier ----------------------------------------------
@@ -71,18 +88,36 @@ route_checks_ok if {
 
 # --- 3. denials from every rule package -------------------------------------------
 
-# Market packages filter themselves on input.instrument.market.
-rule_denies contains d if some d in data.gateway.access.deny
+# Each package only when it applies (see "Scope" at the top).
+rule_denies contains d if {
+	data.gateway.access.applies == true
+	some d in data.gateway.access.deny
+}
 
-rule_denies contains d if some d in data.gateway.suitability.deny
+rule_denies contains d if {
+	data.gateway.suitability.applies == true
+	some d in data.gateway.suitability.deny
+}
 
-rule_denies contains d if some d in data.gateway.limits.deny
+rule_denies contains d if {
+	data.gateway.limits.applies == true
+	some d in data.gateway.limits.deny
+}
 
-rule_denies contains d if some d in data.gateway.programme.deny
+rule_denies contains d if {
+	data.gateway.programme.applies == true
+	some d in data.gateway.programme.deny
+}
 
-rule_denies contains d if some d in data.gateway.ashare.deny
+rule_denies contains d if {
+	data.gateway.ashare.applies == true
+	some d in data.gateway.ashare.deny
+}
 
-rule_denies contains d if some d in data.gateway.hkconnect.deny
+rule_denies contains d if {
+	data.gateway.hkconnect.applies == true
+	some d in data.gateway.hkconnect.deny
+}
 
 own_denies contains {"code": "policy_bundle_incomplete", "message": "The policy bundle is incomplete."} if {
 	not packages_loaded
@@ -119,17 +154,35 @@ all_denies := rule_denies | own_denies
 
 # --- 4. step-up ---------------------------------------------------------------------
 
-step_up_requests contains r if some r in data.gateway.access.step_up
+step_up_requests contains r if {
+	data.gateway.access.applies == true
+	some r in data.gateway.access.step_up
+}
 
-step_up_requests contains r if some r in data.gateway.suitability.step_up
+step_up_requests contains r if {
+	data.gateway.suitability.applies == true
+	some r in data.gateway.suitability.step_up
+}
 
-step_up_requests contains r if some r in data.gateway.limits.step_up
+step_up_requests contains r if {
+	data.gateway.limits.applies == true
+	some r in data.gateway.limits.step_up
+}
 
-step_up_requests contains r if some r in data.gateway.programme.step_up
+step_up_requests contains r if {
+	data.gateway.programme.applies == true
+	some r in data.gateway.programme.step_up
+}
 
-step_up_requests contains r if some r in data.gateway.ashare.step_up
+step_up_requests contains r if {
+	data.gateway.ashare.applies == true
+	some r in data.gateway.ashare.step_up
+}
 
-step_up_requests contains r if some r in data.gateway.hkconnect.step_up
+step_up_requests contains r if {
+	data.gateway.hkconnect.applies == true
+	some r in data.gateway.hkconnect.step_up
+}
 
 # The acr ladder (data/access.json acr_ladder): a higher index is stronger.
 acr_level(acr) := i if {
@@ -186,17 +239,35 @@ step_up_reasons := [{"code": code, "message": "A stronger authentication is requ
 
 # --- obligations ----------------------------------------------------------------------
 
-obligation_items contains o if some o in data.gateway.access.obligation
+obligation_items contains o if {
+	data.gateway.access.applies == true
+	some o in data.gateway.access.obligation
+}
 
-obligation_items contains o if some o in data.gateway.suitability.obligation
+obligation_items contains o if {
+	data.gateway.suitability.applies == true
+	some o in data.gateway.suitability.obligation
+}
 
-obligation_items contains o if some o in data.gateway.limits.obligation
+obligation_items contains o if {
+	data.gateway.limits.applies == true
+	some o in data.gateway.limits.obligation
+}
 
-obligation_items contains o if some o in data.gateway.programme.obligation
+obligation_items contains o if {
+	data.gateway.programme.applies == true
+	some o in data.gateway.programme.obligation
+}
 
-obligation_items contains o if some o in data.gateway.ashare.obligation
+obligation_items contains o if {
+	data.gateway.ashare.applies == true
+	some o in data.gateway.ashare.obligation
+}
 
-obligation_items contains o if some o in data.gateway.hkconnect.obligation
+obligation_items contains o if {
+	data.gateway.hkconnect.applies == true
+	some o in data.gateway.hkconnect.obligation
+}
 
 known_obligations := {"freeze_account", "alert", "require_confirmation", "mask_fields"}
 
@@ -231,7 +302,12 @@ default mask_part := {}
 
 mask_part := {"mask_fields": [f | some f in mask_set]} if count(mask_set) > 0
 
-obligations := object.union(object.union(freeze_part, confirm_part), object.union(alert_part, mask_part))
+# Most requests carry no obligation: skip the merge (its value would be {}).
+obligations := {} if count(obligation_items) == 0
+
+obligations := object.union(object.union(freeze_part, confirm_part), object.union(alert_part, mask_part)) if {
+	count(obligation_items) > 0
+}
 
 # --- the decision -----------------------------------------------------------------------
 

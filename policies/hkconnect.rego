@@ -56,9 +56,13 @@ applies_cancel if {
 	is_object(input.cancel)
 }
 
-applies if applies_order
+# Also the scope package gateway reads: every rule below needs applies,
+# applies_order or applies_cancel.
+default applies := false
 
-applies if applies_cancel
+applies := true if applies_order
+
+applies := true if applies_cancel
 
 # ---------------------------------------------------------------------------
 # Clock and sessions

@@ -15,6 +15,15 @@ order_present if {
 	is_object(input.order)
 }
 
+# Scope (package gateway): every rule below needs an order (order_present,
+# is_buy) or a transfer (is_transfer); order_ok and transfer_ok are read by
+# package gateway directly.
+default applies := false
+
+applies := true if order_present
+
+applies := true if is_transfer
+
 is_buy if {
 	order_present
 	input.order.side == "buy"

@@ -8,6 +8,12 @@ loaded := true
 
 is_trade if input.request.tier == "trade"
 
+# Scope (package gateway): every rule below needs a trade route (is_trade,
+# through high_frequency).
+default applies := false
+
+applies := true if is_trade
+
 # RULES.md China A-shares: "an account at >= 300 orders+cancels in one second or
 # >= 20,000 in one day is high-frequency". Positive check: the account is
 # below both thresholds; missing or wrong-typed counters count as flagged.

@@ -15,6 +15,11 @@ is_buy if {
 	input.order.side == "buy"
 }
 
+# Scope (package gateway): every rule below needs a buy order (is_buy).
+default applies := false
+
+applies := true if is_buy
+
 investor_level := data.suitability.investor_levels[input.account.investor_level]
 
 product_level := data.suitability.product_levels[input.instrument.risk_level]
