@@ -324,6 +324,7 @@ class Gateway:
                 await self.verifier.start()
             except (JwksError, OSError) as exc:
                 raise ConfigError(f"issuers: cannot load a JWKS: {exc}") from None
+        await self.bundles.start()  # serves the repository's active version before any request
         await self.upstreams.start()
         if self.access_log is not None:
             self._flusher = asyncio.create_task(self._flush_access_log())
@@ -338,7 +339,6 @@ class Gateway:
         site = web.TCPSite(runner, pub.host, pub.port, ssl_context=_ssl_context(pub),
                            backlog=1024, reuse_port=True)
         await site.start()
-        await self.bundles.start()  # serves the repository's active version before any request
         self._runners.append(runner)
         self.public_port = _bound_port(runner)
 
@@ -370,6 +370,7 @@ class Gateway:
             await runner.cleanup()
         self._runners.clear()
         await self.upstreams.close()
+        await self.bundles.stop()
         if self.providers is not None:
             await self.providers.close()
         if self._flusher is not None:
@@ -383,4 +384,3 @@ class Gateway:
 def _bound_port(runner: web.BaseRunner) -> int:
     addr = runner.addresses[0]
     return int(addr[1])
-        await self.bundles.stop()
