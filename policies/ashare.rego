@@ -43,8 +43,6 @@ loaded := true
 # collect it like the other markets'.
 obligation := set()
 
-cfg := data.ashare
-
 # ---------------------------------------------------------------------------
 # Scope
 # ---------------------------------------------------------------------------
@@ -63,9 +61,15 @@ applies_cancel if {
 # applies_order or applies_cancel.
 default applies := false
 
-applies := true if applies_order
+applies := true if {
+	input.instrument.market == "cn_a"
+	is_object(input.order)
+}
 
-applies := true if applies_cancel
+applies := true if {
+	input.instrument.market == "cn_a"
+	is_object(input.cancel)
+}
 
 # ---------------------------------------------------------------------------
 # Clock and sessions
@@ -83,14 +87,14 @@ now := t if {
 # is a number: one broken window makes the *_ok rules below refuse
 # everything (a broken data file fails closed).
 sessions_ok if {
-	every w in cfg.sessions {
+	every w in data.ashare.sessions {
 		is_number(w.start)
 		is_number(w.end)
 	}
 }
 
 no_cancel_windows_ok if {
-	every w in cfg.no_cancel_windows {
+	every w in data.ashare.no_cancel_windows {
 		is_number(w.start)
 		is_number(w.end)
 	}
@@ -109,7 +113,7 @@ market_open if {
 	input.clock.trading_day == true
 	t := now
 	sessions_ok
-	some w in cfg.sessions
+	some w in data.ashare.sessions
 	w.start <= t
 	t < w.end
 	_ = w.continuous
@@ -120,7 +124,7 @@ continuous_now if {
 	input.clock.trading_day == true
 	t := now
 	sessions_ok
-	some w in cfg.sessions
+	some w in data.ashare.sessions
 	w.continuous == true
 	w.start <= t
 	t < w.end
@@ -130,7 +134,7 @@ continuous_now if {
 cancel_window_ok if {
 	is_number(now)
 	no_cancel_windows_ok
-	every w in cfg.no_cancel_windows {
+	every w in data.ashare.no_cancel_windows {
 		outside_window(now, w)
 	}
 }
@@ -159,10 +163,6 @@ deny contains {"code": "market_order_not_allowed_now", "message": "Market orders
 # The order itself
 # ---------------------------------------------------------------------------
 
-side_ok if input.order.side in {"buy", "sell"}
-
-type_ok if input.order.type in {"limit", "market"}
-
 # A positive whole number of shares.
 qty := q if {
 	q := input.order.qty
@@ -172,8 +172,8 @@ qty := q if {
 }
 
 order_shape_ok if {
-	side_ok
-	type_ok
+	input.order.side in {"buy", "sell"}
+	input.order.type in {"limit", "market"}
 	is_number(qty)
 }
 
@@ -187,7 +187,7 @@ deny contains {"code": "invalid_order", "message": "An order needs side buy or s
 # Instrument reference data the rules below depend on: a known board, an ST
 # flag, a positive previous close and tick size.
 board := b if {
-	b := cfg.boards[input.instrument.board]
+	b := data.ashare.boards[input.instrument.board]
 	is_object(b)
 }
 
@@ -222,7 +222,7 @@ price_ticks := n if {
 	p := input.order.price
 	is_number(p)
 	p > 0
-	tol := cfg.tick_tolerance
+	tol := data.ashare.tick_tolerance
 	is_number(tol)
 	n := round(p / tick)
 	abs((p / tick) - n) <= tol
@@ -331,26 +331,20 @@ band_bp := b if {
 	input.instrument.st == false
 	b := board.band_bp
 	is_number(b)
-}
-
-band_bp := b if {
+} else := b if {
 	input.instrument.st == true
 	b := board.st_band_bp
 	is_number(b)
 }
 
-prev_close_ticks := round(prev_close / tick)
-
 # Limit prices in ticks: previous close x (1 +- band), rounded half up to the
 # tick as the exchanges publish them (10.05 +10% = 11.055 -> 11.06). Integer
 # arithmetic: ticks x (10000 +- basis points), + 5000, / 10000, floor.
-limit_up_ticks := floor(((prev_close_ticks * (10000 + band_bp)) + 5000) / 10000)
-
-limit_down_ticks := floor(((prev_close_ticks * (10000 - band_bp)) + 5000) / 10000)
-
 band_ok if {
-	price_ticks <= limit_up_ticks
-	price_ticks >= limit_down_ticks
+	prev_close_ticks := round(prev_close / tick)
+	b := band_bp
+	price_ticks <= floor(((prev_close_ticks * (10000 + b)) + 5000) / 10000)
+	price_ticks >= floor(((prev_close_ticks * (10000 - b)) + 5000) / 10000)
 }
 
 # Market orders carry no price and are not checked against the band here.
@@ -374,16 +368,16 @@ deny contains {"code": "price_outside_band", "message": "The limit price is outs
 #
 # The quote as an object: {} when there is none (null); undefined for any
 # other type, which leaves the reference undefined.
-quote_obj := input.quote if is_object(input.quote)
-
-quote_obj := {} if input.quote == null
+#
+# Rules with several exclusive definitions are written as `else` chains: the
+# Rvm evaluates every definition of a rule with a computed value (to detect
+# conflicts), but stops at the first true branch of a chain.
+quote_obj := input.quote if is_object(input.quote) else := {} if input.quote == null
 
 reference_candidates := [object.get(q, "ask", null), object.get(q, "bid", null), object.get(q, "last", null), prev_close] if {
 	input.order.side == "buy"
 	q := quote_obj
-}
-
-reference_candidates := [object.get(q, "bid", null), object.get(q, "ask", null), object.get(q, "last", null), prev_close] if {
+} else := [object.get(q, "bid", null), object.get(q, "ask", null), object.get(q, "last", null), prev_close] if {
 	input.order.side == "sell"
 	q := quote_obj
 }
@@ -394,29 +388,23 @@ absent_price(v) if v == null
 absent_price(v) if v == 0
 
 # The first usable candidate, provided every candidate before it is absent
-# (the four definitions exclude each other; the first one is the usual case).
+# (the four branches exclude each other; the first one is the usual case).
 reference := c[0] if {
 	c := reference_candidates
 	is_number(c[0])
 	c[0] > 0
-}
-
-reference := c[1] if {
+} else := c[1] if {
 	c := reference_candidates
 	absent_price(c[0])
 	is_number(c[1])
 	c[1] > 0
-}
-
-reference := c[2] if {
+} else := c[2] if {
 	c := reference_candidates
 	absent_price(c[0])
 	absent_price(c[1])
 	is_number(c[2])
 	c[2] > 0
-}
-
-reference := c[3] if {
+} else := c[3] if {
 	c := reference_candidates
 	absent_price(c[0])
 	absent_price(c[1])

@@ -51,14 +51,11 @@ deny contains {"code": "unknown_symbol", "message": "The symbol is not in the re
 
 # Unit price: the limit price; for market orders the quote a buy would pay
 # (ask) or a sell would receive (bid).
-unit_price := input.order.price if input.order.type == "limit"
-
-unit_price := input.quote.ask if {
+# (An `else` chain of exclusive branches: the Rvm stops at the first true one.)
+unit_price := input.order.price if input.order.type == "limit" else := input.quote.ask if {
 	input.order.type == "market"
 	input.order.side == "buy"
-}
-
-unit_price := input.quote.bid if {
+} else := input.quote.bid if {
 	input.order.type == "market"
 	input.order.side == "sell"
 }

@@ -44,13 +44,14 @@ def exchange_time(now: float) -> datetime:
 def exchange_clock(now: float, trading_day: bool | None) -> dict[str, Any]:
     """The input's ``clock``: exchange-local date and time of ``now`` (epoch seconds)."""
     t = exchange_time(now)
+    hour, minute, second = t.hour, t.minute, t.second
     return {
         "epoch": now,
         "tz": EXCHANGE_TZ_NAME,
         "date": t.date().isoformat(),
         "weekday": t.isoweekday(),
-        "time": t.strftime("%H:%M:%S"),
-        "second_of_day": t.hour * 3600 + t.minute * 60 + t.second,
+        "time": f"{hour:02d}:{minute:02d}:{second:02d}",  # strftime("%H:%M:%S"), at a third of its cost
+        "second_of_day": hour * 3600 + minute * 60 + second,
         "trading_day": trading_day,
     }
 
@@ -82,7 +83,15 @@ def cancel_doc(params: dict[str, str]) -> dict[str, Any]:
 
 def body_accounts(body: Any) -> list[Any]:
     """Every value of an ``account`` / ``account_id`` member anywhere in the body, in order."""
-    found: list[Any] = []
+    if isinstance(body, dict):
+        # The usual body (an order, a transfer) is one flat object: no walk needed.
+        found = [v for k, v in body.items() if k in ACCOUNT_KEYS and not isinstance(v, (dict, list))]
+        for value in body.values():
+            if isinstance(value, (dict, list)):
+                break
+        else:
+            return found
+    found = []
     stack: list[Any] = [body]
     seen = 0
     while stack and seen < _MAX_WALK:

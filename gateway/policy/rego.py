@@ -144,6 +144,22 @@ def bundle_digest(modules: Sequence[tuple[str, str]], data_json: bytes) -> str:
     return h.finalize().hex()
 
 
+PLAIN_ALLOW_TEXTS = frozenset({
+    '{\n  "allow": true,\n  "deny": [],\n  "obligations": {},\n  "step_up": null\n}',
+    '{"allow":true,"deny":[],"obligations":{},"step_up":null}',
+})
+"""The decision text of a plain allow (no reason, no step-up, no obligation) as the Rvm prints it
+(pretty, sorted keys) and compact; `evaluate_sync` answers it without decoding and parsing. A text
+that differs in any byte (another engine version's layout, say) takes the full path."""
+
+
+def _decode(result: str) -> Any:
+    try:
+        return orjson.loads(result)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(POLICY_UNAVAILABLE, f"the engine returned invalid JSON: {exc}") from exc
+
+
 def _find_undefined(value: Any, path: str) -> str | None:
     """Where the Rvm's undefined marker sits inside a result, if anywhere (it leaks into collections)."""
     if value == UNDEFINED:
@@ -309,8 +325,8 @@ class RegoPolicy:
 
     # -- evaluation -------------------------------------------------------
 
-    def evaluate_raw(self, policy_input: Mapping[str, Any]) -> Any:
-        """The decision document as JSON-decoded Python, or `UNDEFINED` (the string) when undefined."""
+    def _execute(self, policy_input: Mapping[str, Any]) -> str:
+        """Serialise, run on the Rvm within the time budget; the result as the engine's JSON text."""
         try:
             input_json = orjson.dumps(policy_input).decode()
         except TypeError as exc:
@@ -324,10 +340,11 @@ class RegoPolicy:
         if elapsed > self.time_budget:
             raise GatewayError(POLICY_UNAVAILABLE, f"policy evaluation took {elapsed * 1000:.1f} ms, "
                                                    f"over the {self.time_budget * 1000:.0f} ms budget")
-        try:
-            return orjson.loads(result)
-        except orjson.JSONDecodeError as exc:
-            raise GatewayError(POLICY_UNAVAILABLE, f"the engine returned invalid JSON: {exc}") from exc
+        return result
+
+    def evaluate_raw(self, policy_input: Mapping[str, Any]) -> Any:
+        """The decision document as JSON-decoded Python, or `UNDEFINED` (the string) when undefined."""
+        return _decode(self._execute(policy_input))
 
     def _undefined(self, input_json: bytes) -> Decision:
         if self.has_default:
@@ -355,7 +372,11 @@ class RegoPolicy:
         return None
 
     def evaluate_sync(self, policy_input: Mapping[str, Any]) -> Decision:
-        doc = self.evaluate_raw(policy_input)
+        result = self._execute(policy_input)
+        if result in PLAIN_ALLOW_TEXTS:
+            # The usual answer, recognised by its exact text: what the full path below would return.
+            return Decision(allow=True, policy_version=self.version)
+        doc = _decode(result)
         if doc == UNDEFINED:
             return self._undefined(orjson.dumps(policy_input))
         leak = _find_undefined(doc, "decision")
