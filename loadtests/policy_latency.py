@@ -233,7 +233,8 @@ def contexts() -> dict[str, RequestContext]:
     risk = RiskResult(score=15, level="low", factors=(Factor("missing_device_proof", 15),))
     headers = CIMultiDictProxy(CIMultiDict({"User-Agent": "PortcullisDemo/1.0", "Accept": "application/json"}))
 
-    def ctx(route: str, method: str, path: str, params: dict[str, str], body: Any, facts: Facts | None) -> RequestContext:
+    def ctx(route: str, method: str, path: str, params: dict[str, str], body: Any,
+            facts: Facts | None) -> RequestContext:
         return RequestContext(
             request_id="req-0", method=method, path=path, query="", route=routes[route], params=params,
             headers=headers, client_ip="198.51.100.7", client_port=50000, scheme="https", started=0.0,

@@ -178,6 +178,53 @@ test_package_not_saying_loaded_denied if {
 	"policy_bundle_incomplete" in deny_codes(d)
 }
 
+# Scope: every package says whether it applies (a boolean); one that does not
+# blocks every request, and one that applies is always collected.
+
+test_package_without_boolean_applies_denied if {
+	d := data.gateway.decision with input as read_input
+		with data.gateway.ashare.loaded as true
+		with data.gateway.hkconnect.loaded as true
+		with data.gateway.suitability.applies as "yes"
+	d.allow == false
+	"policy_bundle_incomplete" in deny_codes(d)
+}
+
+test_read_collects_only_access if {
+	d := data.gateway.decision with input as read_input
+		with data.gateway.ashare.loaded as true
+		with data.gateway.hkconnect.loaded as true
+		with data.gateway.limits.deny as {{"code": "not_in_scope", "message": "x"}}
+	d.allow == true
+}
+
+test_applying_package_is_collected if {
+	d := data.gateway.decision with input as base_input
+		with data.gateway.ashare.loaded as true
+		with data.gateway.hkconnect.loaded as true
+		with data.gateway.programme.deny as {{"code": "in_scope", "message": "x"}}
+	d.allow == false
+	deny_codes(d) == {"in_scope"}
+}
+
+test_scopes_of_an_order if {
+	data.gateway.access.applies with input as base_input
+	data.gateway.suitability.applies with input as base_input
+	data.gateway.limits.applies with input as base_input
+	data.gateway.programme.applies with input as base_input
+	data.gateway.ashare.applies with input as base_input
+	data.gateway.hkconnect.applies == false with input as base_input
+}
+
+test_scopes_of_a_read if {
+	data.gateway.access.applies with input as read_input
+	data.gateway.suitability.applies == false with input as read_input
+	data.gateway.limits.applies == false with input as read_input
+	data.gateway.programme.applies == false with input as read_input
+	data.gateway.ashare.applies == false with input as read_input
+	data.gateway.hkconnect.applies == false with input as read_input
+}
+
 # Step-up: shape and selection.
 
 # The base order's notional (145,000.00) is one fen above this limit.
