@@ -165,6 +165,8 @@ class PolicyAdminConfig:
     proposal_ttl: float = 86_400.0
     poll_interval: float = 5.0
     """Seconds between checks of the active version (heals a missed pub/sub message)."""
+    validation_timeout: float = 60.0
+    """Seconds the validator child process may run before it is killed (the bundle is then invalid)."""
     officers: tuple[str, ...] = ()
     """Every compliance officer's subject: who a break-glass rollback alerts."""
 
@@ -675,6 +677,7 @@ def _policy_admin(t: _Table) -> PolicyAdminConfig:
         max_files=_int(t, "max_files", 256, 1, 10_000),
         proposal_ttl=_number(t, "proposal_ttl", 86_400.0, minimum=1.0),
         poll_interval=_number(t, "poll_interval", 5.0, minimum=0.05),
+        validation_timeout=_number(t, "validation_timeout", 60.0, minimum=1.0),
         officers=officers,
     )
     t.finish()

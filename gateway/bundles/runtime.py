@@ -44,7 +44,7 @@ from gateway.bundles.repository import Activation, BundleRepository
 from gateway.errors import GatewayError
 from gateway.policy.engine import Decision, PolicyEngine
 from gateway.policy.rego import PolicyBundleError, RegoPolicy
-from gateway.state.base import StateStore, StateUnavailable
+from gateway.state.base import StateStore, StateUnavailable, Subscription
 
 log = logging.getLogger("portcullis.policy")
 
@@ -99,6 +99,13 @@ def compile_bundle(files: Mapping[str, str], *, expect_digest: str, expect_files
     return policy
 
 
+def _raise_if_cancelling() -> None:
+    """A client library's timeout may swallow a cancellation (3.11 asyncio.timeout): stop anyway."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class PolicyWatcher:
     """Keeps `active` on the repository's active version (start, pub/sub hint, periodic poll)."""
 
@@ -114,6 +121,7 @@ class PolicyWatcher:
         self._compiled: OrderedDict[str, PolicyEngine] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self.subscribed = asyncio.Event()
+        self._sub: Subscription | None = None
         self.failures = 0
 
     async def start(self) -> None:
@@ -123,6 +131,8 @@ class PolicyWatcher:
                        asyncio.create_task(self._poll(), name="policy-poll")]
 
     async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.close()  # ends the listener's iteration even if a cancellation got lost
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -177,6 +187,7 @@ class PolicyWatcher:
     async def _listen(self) -> None:
         delay = 0.1
         while True:
+            _raise_if_cancelling()
             try:
                 sub = await self.state.subscribe(CHANNEL)
             except StateUnavailable:
@@ -184,6 +195,7 @@ class PolicyWatcher:
                 delay = min(delay * 2, max(self.poll_interval, 0.1))
                 continue
             delay = 0.1
+            self._sub = sub
             try:
                 self.subscribed.set()
                 await self.refresh("subscribe")  # whatever was published while we were not listening

@@ -88,7 +88,7 @@ class PolicyAdmin:
         self._audit = audit
         self._audit_timeout = config.audit.write_timeout
         self._clock = clock
-        self._validating = asyncio.Semaphore(1)  # one ~0.5 s validation at a time per process
+        self._validating = asyncio.Semaphore(1)  # one validator child (~0.5 s of CPU) at a time per process
         self.watcher = PolicyWatcher(self.repo, state, policy, time_budget=self.bound,
                                      poll_interval=self.cfg.poll_interval, on_load=self._loaded)
 
@@ -202,7 +202,8 @@ class PolicyAdmin:
         await self._ahead({"action": "policy_validate", "sub": sub, "version": version})
         try:
             async with self._validating:
-                result = await validate(BundleFiles(files=bundle.files), bound=self.bound)
+                result = await validate(BundleFiles(files=bundle.files), bound=self.bound,
+                                          timeout=self.cfg.validation_timeout)
             if result.ok and result.version != version:
                 result = Validation(ok=False, version=result.version, summary=result.summary, problems=[
                     problem("compile", f"the compiled version {result.version} is not the stored {version}")])

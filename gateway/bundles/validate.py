@@ -5,17 +5,23 @@ its own ``test_*`` rules all pass (and it has some), the gateway-owned
 invariant suite passes, every fixed sample input gives a decision that parses
 (the decision schema) and no sample evaluation exceeds the time bound.
 
-The check runs in a worker thread: it takes ~0.5 s of CPU for the broker
-bundle and the event loop keeps serving meanwhile. regorus objects are
-unsendable between threads (pyo3), so everything regorus stays inside the
-thread: only plain data (`Validation`) comes back.
+The check runs in a child process (``python -m gateway.bundles.validate``,
+the files as JSON on stdin, the report as JSON on stdout): it takes ~0.5 s of
+CPU for the broker bundle while the event loop keeps serving, a bundle that
+never finishes (a Rego test cannot be preempted) is killed after
+``timeout`` seconds, and no regorus object of an untrusted bundle ever lives
+in the gateway process (regorus objects are also unsendable between threads).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from gateway.bundles.files import BundleFiles, materialized, problem
 from gateway.policy.check import CheckReport, check_bundle
@@ -84,7 +90,7 @@ def _summary(report: CheckReport) -> dict[str, Any]:
 
 
 def validate_sync(bundle: BundleFiles, *, bound: float) -> Validation:
-    """Run the full check on a private copy of the files (any thread; regorus never leaves it)."""
+    """Run the full check on a private copy of the files (in the validator child process)."""
     with materialized(bundle) as root:
         report = check_bundle(root, bound=bound)
         problems = _problems(report)
@@ -92,10 +98,53 @@ def validate_sync(bundle: BundleFiles, *, bound: float) -> Validation:
                             problems=problems[:MAX_PROBLEMS], summary=_summary(report))
         if len(problems) > MAX_PROBLEMS:
             result.summary["problems_not_shown"] = len(problems) - MAX_PROBLEMS
-        del report  # drop every regorus object in this thread
     return result
 
 
-async def validate(bundle: BundleFiles, *, bound: float) -> Validation:
-    """`validate_sync` in a worker thread."""
-    return await asyncio.to_thread(validate_sync, bundle, bound=bound)
+def _failed(message: str) -> Validation:
+    return Validation(ok=False, version=None, problems=[problem("validate", message)])
+
+
+async def validate(bundle: BundleFiles, *, bound: float, timeout: float = 60.0) -> Validation:
+    """`validate_sync` in a child process, killed after `timeout` seconds."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.bundles.validate", "--bound", repr(bound),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(orjson.dumps({"files": dict(bundle.files)})), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return _failed(f"validation did not finish within {timeout:g} s (a test or rule that never ends?)")
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return _failed(f"the validator exited with status {proc.returncode}: {tail[0][:300]}")
+    try:
+        doc = orjson.loads(out)
+        return Validation(ok=bool(doc["ok"]), version=doc["version"], problems=list(doc["problems"]),
+                          summary=dict(doc["summary"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return _failed(f"the validator's report is unreadable: {exc}")
+
+
+def main() -> int:
+    """Child process: {"files": {...}} on stdin, the `Validation` report on stdout."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m gateway.bundles.validate")
+    parser.add_argument("--bound", type=float, required=True, help="seconds per sample evaluation")
+    args = parser.parse_args()
+    files = orjson.loads(sys.stdin.buffer.read())["files"]
+    result = validate_sync(BundleFiles(files=files), bound=args.bound)
+    sys.stdout.buffer.write(orjson.dumps(result.report()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

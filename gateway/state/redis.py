@@ -395,6 +395,11 @@ class _RedisSubscription(Subscription):
                     return None
                 detail = str(exc) or type(exc).__name__
                 raise StateUnavailable(f"Redis at {self._store._where}: subscription lost: {detail}") from exc
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py's read timeout can swallow a cancellation that lands with it (3.11's
+                # asyncio.timeout): honour it here, or the caller's task never stops.
+                raise asyncio.CancelledError
             if msg is not None and msg.get("type") == "message":
                 data = msg["data"]
                 return bytes(data) if not isinstance(data, bytes) else data

@@ -32,6 +32,8 @@ def base_record(ctx: RequestContext, kind: str) -> dict[str, Any]:
         "path": ctx.path,
         "client_ip": ctx.client_ip,
         "device_id": ctx.device_id,
+        # A policy denial is audited from here (not decision_record): it names its bundle too.
+        "policy_version": ctx.decision.policy_version if ctx.decision is not None else None,
     }
 
 
