@@ -10,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -166,10 +167,14 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     keys = ensure_demo_keys(Path(args.keys_dir) if args.keys_dir else demo_dir())
     accounts = [a for part in args.accounts for a in part.split(",") if a]
+    now = int(time.time())
+    # auth_time: when the holder authenticated (default: now, a fresh step-up for the policy admin API).
+    auth_time = args.auth_time if args.auth_time is not None else now - (args.auth_age or 0)
     token = mint_token(keys, sub=args.sub, accounts=accounts, roles=args.role or ["client"],
-                       ttl=args.ttl)
+                       ttl=args.ttl, acr=args.acr, extra={"auth_time": auth_time}, now=now)
     print(f"# demo token for {args.sub} (accounts: {', '.join(accounts) or 'none'}; "
-          f"roles: {', '.join(args.role or ['client'])}; expires in {args.ttl}s)", file=sys.stderr)
+          f"roles: {', '.join(args.role or ['client'])}; acr {args.acr}; authenticated {now - auth_time}s ago; "
+          f"expires in {args.ttl}s)", file=sys.stderr)
     print(token)
     return 0
 
@@ -214,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="account id(s); repeat or comma-separate")
     t.add_argument("--role", action="append", help="role (client, advisor, compliance, admin)")
     t.add_argument("--ttl", type=int, default=900)
+    t.add_argument("--acr", default="urn:portcullis:acr:pwd",
+                   help="authentication context class (the policy admin API needs urn:portcullis:acr:mfa or above)")
+    age = t.add_mutually_exclusive_group()
+    age.add_argument("--auth-time", type=int, help="auth_time claim, epoch seconds (default: now)")
+    age.add_argument("--auth-age", type=int, help="auth_time this many seconds ago (e.g. 600: a stale step-up)")
     t.add_argument("--keys-dir", help="demo key folder (default: var/demo in the checkout)")
     t.set_defaults(func=cmd_token)
 
