@@ -374,13 +374,9 @@ deny contains {"code": "price_outside_band", "message": "The limit price is outs
 # conflicts), but stops at the first true branch of a chain.
 quote_obj := input.quote if is_object(input.quote) else := {} if input.quote == null
 
-reference_candidates := [object.get(q, "ask", null), object.get(q, "bid", null), object.get(q, "last", null), prev_close] if {
-	input.order.side == "buy"
-	q := quote_obj
-} else := [object.get(q, "bid", null), object.get(q, "ask", null), object.get(q, "last", null), prev_close] if {
-	input.order.side == "sell"
-	q := quote_obj
-}
+# The candidates in order: the quote's first and second side for the order's
+# side, then last, then the previous close.
+reference_sides := ["ask", "bid"] if input.order.side == "buy" else := ["bid", "ask"] if input.order.side == "sell"
 
 # A usable price is a number > 0; an absent one is null or 0.
 absent_price(v) if v == null
@@ -389,28 +385,38 @@ absent_price(v) if v == 0
 
 # The first usable candidate, provided every candidate before it is absent
 # (the four branches exclude each other; the first one is the usual case).
-reference := c[0] if {
-	c := reference_candidates
-	is_number(c[0])
-	c[0] > 0
-} else := c[1] if {
-	c := reference_candidates
-	absent_price(c[0])
-	is_number(c[1])
-	c[1] > 0
-} else := c[2] if {
-	c := reference_candidates
-	absent_price(c[0])
-	absent_price(c[1])
-	is_number(c[2])
-	c[2] > 0
-} else := c[3] if {
-	c := reference_candidates
-	absent_price(c[0])
-	absent_price(c[1])
-	absent_price(c[2])
-	is_number(c[3])
-	c[3] > 0
+# Every branch needs the previous close (the last candidate) to be valid, as
+# the reference is only defined with a complete list of candidates.
+reference := v if {
+	prev_close > 0
+	sides := reference_sides
+	v := object.get(quote_obj, sides[0], null)
+	is_number(v)
+	v > 0
+} else := v if {
+	prev_close > 0
+	sides := reference_sides
+	q := quote_obj
+	absent_price(object.get(q, sides[0], null))
+	v := object.get(q, sides[1], null)
+	is_number(v)
+	v > 0
+} else := v if {
+	prev_close > 0
+	sides := reference_sides
+	q := quote_obj
+	absent_price(object.get(q, sides[0], null))
+	absent_price(object.get(q, sides[1], null))
+	v := object.get(q, "last", null)
+	is_number(v)
+	v > 0
+} else := prev_close if {
+	prev_close > 0
+	sides := reference_sides
+	q := quote_obj
+	absent_price(object.get(q, sides[0], null))
+	absent_price(object.get(q, sides[1], null))
+	absent_price(object.get(q, "last", null))
 }
 
 reference_ticks := round(reference / tick)
