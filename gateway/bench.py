@@ -244,8 +244,11 @@ def toml_dumps(data: Mapping[str, Any]) -> str:
 
 def proxy_config(example: Mapping[str, Any], *, security: bool, port: int, backend_url: str,
                  issuer_jwks: Path, identity_key: Path, identity_hmac: Path,
-                 audit_dir: Path) -> dict[str, Any]:
-    """The example (production-like) configuration, re-pointed at the bench's ports and keys."""
+                 audit_dir: Path, engine: str | None = None) -> dict[str, Any]:
+    """The example (production-like) configuration, re-pointed at the bench's ports and keys.
+
+    ``engine`` overrides ``[policy] engine`` (None keeps the example's choice).
+    """
     cfg: dict[str, Any] = json.loads(json.dumps(example))  # a deep copy of plain data
     cfg.setdefault("gateway", {}).update({"security": security, "access_log": security})
     cfg.setdefault("listeners", {})
@@ -259,7 +262,9 @@ def proxy_config(example: Mapping[str, Any], *, security: bool, port: int, backe
         upstream["url"] = backend_url
         if "identity_hmac_key" in upstream:
             upstream["identity_hmac_key"] = str(identity_hmac)
-    policy = cfg.get("policy", {})
+    policy = cfg.setdefault("policy", {})
+    if engine is not None:
+        policy["engine"] = engine
     if "bundle" in policy:  # relative to the example's folder, not the bench's temporary one
         policy["bundle"] = str((EXAMPLE_CONFIG.parent / policy["bundle"]).resolve())
     cfg["state"] = {**cfg.get("state", {}), "backend": "memory"}
@@ -478,7 +483,8 @@ class Target:
     pids: Mapping[str, int]  # role ("proxy", "backend") -> pid, for CPU accounting
 
 
-def _start_stack(tmp: Path, children: Children, total_seconds: float, path: str) -> list[Target]:
+def _start_stack(tmp: Path, children: Children, total_seconds: float, path: str,
+                 engine: str | None = None) -> list[Target]:
     from gateway.config import parse
     from gateway.demo_keys import ensure_demo_keys, mint_token
     from gateway.routing import Router
@@ -497,7 +503,8 @@ def _start_stack(tmp: Path, children: Children, total_seconds: float, path: str)
     for name, security in (("bare", False), ("gateway", True)):
         cfg = proxy_config(example, security=security, port=ports[name], backend_url=backend_url,
                            issuer_jwks=keys.issuer_jwks, identity_key=keys.identity_key,
-                           identity_hmac=keys.identity_hmac, audit_dir=tmp / f"audit-{name}")
+                           identity_hmac=keys.identity_hmac, audit_dir=tmp / f"audit-{name}",
+                           engine=engine)
         configs[name] = cfg
         cfg_path = tmp / f"{name}.toml"
         cfg_path.write_text(toml_dumps(cfg), "utf-8")
@@ -583,7 +590,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         _progress(f"load generator: {tool.name}")
         children = Children(pin, tmp / "logs")
         try:
-            targets = _start_stack(tmp, children, total, path)
+            targets = _start_stack(tmp, children, total, path, getattr(args, "engine", None))
             rounds = []
             for i in range(n_rounds):
                 _progress(f"round {i + 1} of {n_rounds}")
@@ -598,8 +605,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             raise
         finally:
             children.stop_all()
-    return summary(tool=tool.name, path=path, duration_s=duration, connections=connections,
-                   machine=machine_info(), targets=results, pinned=pin, rounds=rounds)
+    out = summary(tool=tool.name, path=path, duration_s=duration, connections=connections,
+                  machine=machine_info(), targets=results, pinned=pin, rounds=rounds)
+    example_engine = tomllib.loads(EXAMPLE_CONFIG.read_text("utf-8")).get("policy", {}).get("engine")
+    out["engine"] = getattr(args, "engine", None) or example_engine or "baseline"
+    return out
 
 
 @contextlib.contextmanager

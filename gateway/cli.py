@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate", type=int, default=500, help="requests/s for the fixed-load latency run")
     b.add_argument("--path", default="/api/quotes/600519.SH")
     b.add_argument("--tool", choices=("auto", "wrk", "locust"), default="auto")
+    b.add_argument("--engine", choices=("baseline", "rego"), default=None,
+                   help="override the example's [policy] engine for the gateway target")
     b.set_defaults(func=cmd_bench)
 
     pol = sub.add_parser("policy", help="test and check a Rego policy bundle")

@@ -10,24 +10,36 @@ gateway.server.Gateway._build_pipelines assembles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from gateway.context import RequestContext
 
 
 class Step(Protocol):
+    """``__call__`` is a coroutine function when the step does I/O, a plain function when pure.
+
+    Pure steps (role and account checks, the step-up challenge...) are plain
+    functions: a coroutine per step per request is overhead the hot path does
+    not need. The pipeline awaits only the steps that are coroutine functions.
+    """
+
     name: str
 
-    async def __call__(self, ctx: RequestContext) -> None: ...
+    def __call__(self, ctx: RequestContext) -> Awaitable[None] | None: ...
 
 
 class Pipeline:
-    __slots__ = ("steps",)
+    __slots__ = ("steps", "_calls")
 
     def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = tuple(steps)
+        self._calls = tuple((step, inspect.iscoroutinefunction(step.__call__)) for step in self.steps)
 
     async def run(self, ctx: RequestContext) -> None:
-        for step in self.steps:
-            await step(ctx)
+        for step, is_async in self._calls:
+            if is_async:
+                await step(ctx)  # type: ignore[misc]
+            else:
+                step(ctx)

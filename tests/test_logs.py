@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import aiohttp
+import pytest
 from harness import run_stack
 
 
@@ -32,3 +33,15 @@ async def test_access_log_is_json_with_request_id_and_no_secrets(tmp_path: Path)
     text = stream.getvalue().decode()
     assert token not in text and token.split(".")[1] not in text
     assert "secret-order-note" not in text
+
+
+
+def test_default_access_log_buffers_stderr_lines_until_flushed(capfd: pytest.CaptureFixture[str]) -> None:
+    from gateway.logs import AccessLog
+
+    log = AccessLog(flush_interval=3600)
+    log.write(request_id="r1", route="quotes", status=200)
+    assert capfd.readouterr().err == ""  # no system call per line
+    log.flush()
+    line = json.loads(capfd.readouterr().err)
+    assert (line["request_id"], line["status"]) == ("r1", 200)

@@ -48,25 +48,25 @@ def test_requested_accounts_from_path_and_every_query_value() -> None:
     assert requested_accounts(ctx) == ["A1", "A2", "A3"]
 
 
-async def test_bind_account_allows_own_accounts() -> None:
-    await BindAccount()(_ctx(_route(), {"account": "A1"}, query="account=A1"))
+def test_bind_account_allows_own_accounts() -> None:
+    BindAccount()(_ctx(_route(), {"account": "A1"}, query="account=A1"))
 
 
 @pytest.mark.parametrize(("params", "query"), [
     ({"account": "B9"}, ""), ({"account": "A1"}, "account=B9"), ({"account": "A1"}, "account="),
     ({"account": "a1"}, ""),
 ])
-async def test_bind_account_refuses_foreign_accounts(params: dict[str, str], query: str) -> None:
+def test_bind_account_refuses_foreign_accounts(params: dict[str, str], query: str) -> None:
     with pytest.raises(GatewayError) as err:
-        await BindAccount()(_ctx(_route(), params, query=query))
+        BindAccount()(_ctx(_route(), params, query=query))
     assert (err.value.status, err.value.code) == (403, "account_forbidden")
 
 
-async def test_bind_account_without_subject_refuses() -> None:
+def test_bind_account_without_subject_refuses() -> None:
     ctx = _ctx(_route(), {"account": "A1"})
     ctx.subject = None
     with pytest.raises(GatewayError):
-        await BindAccount()(ctx)
+        BindAccount()(ctx)
 
 
 async def test_device_proof_header_alone_counts_for_nothing() -> None:
@@ -112,3 +112,22 @@ def test_policy_input_document() -> None:
     assert doc["subject"]["accounts"] == ["A1"] and doc["network"] == {"ip": "198.51.100.7"}
     assert doc["device"] == {"id": None, "user_agent": "app/1"}
     assert doc["risk"] is None and doc["order"] is None and doc["body_accounts"] == []
+
+
+def test_decision_record_carries_every_base_field() -> None:
+    from gateway.steps.audit import base_record, decision_record
+
+    ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1"})
+    record = decision_record(ctx)
+    base = base_record(ctx, "decision")
+    assert {k: record[k] for k in base} == base
+    assert record["decision"] == "allow" and record["reasons"] == []
+
+
+async def test_automation_user_agents_are_flagged_each_time() -> None:
+    headless = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "HeadlessChrome/120"})
+    plain = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1"})
+    scorer = SignalScorer()
+    for _ in range(2):  # the second time from the user-agent memo
+        assert "automation_client" in [f.code for f in (await scorer.score(headless)).factors]
+        assert "automation_client" not in [f.code for f in (await scorer.score(plain)).factors]

@@ -42,15 +42,29 @@ class RiskScorer(Protocol):
 _AUTOMATION = re.compile(r"headless|phantomjs|selenium|puppeteer|playwright|python-requests|curl/|wget/", re.I)
 
 
+_AUTOMATION_FACTOR = Factor("automation_client", 20)
+_UA_MEMO: dict[str, bool] = {}
+_UA_MEMO_MAX = 4096  # user agents are client-chosen: the memo is bounded, then starts over
+
+
 def automation_client(ctx: RequestContext, clock: Callable[[], float]) -> Factor | None:
     """Headless browsers and scripting clients are how credential-stuffing and bots arrive."""
     ua = ctx.headers.get("User-Agent") or ""
-    return Factor("automation_client", 20) if _AUTOMATION.search(ua) else None
+    hit = _UA_MEMO.get(ua)
+    if hit is None:  # a few distinct user agents carry nearly all traffic: match each once
+        if len(_UA_MEMO) >= _UA_MEMO_MAX:
+            _UA_MEMO.clear()
+        hit = _UA_MEMO[ua] = _AUTOMATION.search(ua) is not None
+    return _AUTOMATION_FACTOR if hit else None
+
+
+_NO_UA_FACTOR = Factor("missing_user_agent", 10)
+_NO_DEVICE_FACTOR = Factor("missing_device_proof", 15)
 
 
 def missing_user_agent(ctx: RequestContext, clock: Callable[[], float]) -> Factor | None:
     """Every real app and browser sends a User-Agent; its absence marks a raw script."""
-    return None if ctx.headers.get("User-Agent") else Factor("missing_user_agent", 10)
+    return None if ctx.headers.get("User-Agent") else _NO_UA_FACTOR
 
 
 def missing_device_proof(ctx: RequestContext, clock: Callable[[], float]) -> Factor | None:
@@ -58,7 +72,7 @@ def missing_device_proof(ctx: RequestContext, clock: Callable[[], float]) -> Fac
 
     Only a verified proof sets ctx.device_id; the mere presence of a header counts for nothing.
     """
-    return None if ctx.device_id else Factor("missing_device_proof", 15)
+    return None if ctx.device_id else _NO_DEVICE_FACTOR
 
 
 BASE_SIGNALS: tuple[Signal, ...] = (automation_client, missing_user_agent, missing_device_proof)
@@ -85,13 +99,24 @@ class SignalScorer:
         self._top = top
 
     async def score(self, ctx: RequestContext) -> RiskResult:
+        clock, weights = self._clock, self._weights
         factors: list[Factor] = []
+        total = 0
         for signal in self._signals:
-            f = signal(ctx, self._clock)
+            f = signal(ctx, clock)
             if f is not None:
-                w = self._weights.get(f.code, 1.0)
-                if w:
-                    factors.append(Factor(f.code, round(f.points * w)))
-        factors.sort(key=lambda f: -f.points)
-        score = min(100, max(0, sum(f.points for f in factors)))
+                if weights:
+                    w = weights.get(f.code, 1.0)
+                    if not w:
+                        continue
+                    f = Factor(f.code, round(f.points * w))
+                factors.append(f)
+                total += f.points
+        if len(factors) > 1:
+            factors.sort(key=_neg_points)
+        score = min(100, max(0, total))
         return RiskResult(score, level_for(score, self._levels), tuple(factors[: self._top]))
+
+
+def _neg_points(f: Factor) -> int:
+    return -f.points

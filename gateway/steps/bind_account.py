@@ -34,7 +34,7 @@ class RequireRole:
 
     name = "require_role"
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> None:
         needed = required_roles(ctx.route.tier, ctx.route.roles)
         if not needed:
             return
@@ -46,7 +46,7 @@ class RequireRole:
 class BindAccount:
     name = "bind_account"
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> None:
         wanted = requested_accounts(ctx)
         if not wanted:
             return

@@ -15,6 +15,6 @@ from gateway.proxy import is_envelope
 class Decrypt:
     name = "decrypt"
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> None:
         if is_envelope(ctx.headers.get("Content-Type", "")):
             raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "encrypted payloads are not enabled on this gateway")

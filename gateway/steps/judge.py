@@ -75,7 +75,7 @@ class StepUpChallenge:
 
     name = "step_up"
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> None:
         decision = ctx.decision
         if decision is None or decision.step_up is None:
             return
