@@ -111,6 +111,7 @@ class AuditConfig:
     sink: Literal["file"] = "file"
     path: Path = Path("var/audit")
     fsync_interval_ms: float = 5.0
+    sync_interval_ms: float = 200.0
     write_timeout: float = 2.0
 
 
@@ -546,6 +547,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         sink=_choice(at, "sink", ("file",), "file"),  # type: ignore[arg-type]
         path=_path(at, "path", base, "var/audit") or base / "var/audit",
         fsync_interval_ms=_number(at, "fsync_interval_ms", 5.0),
+        sync_interval_ms=_number(at, "sync_interval_ms", 200.0),
         write_timeout=_number(at, "write_timeout", 2.0),
     )
     at.finish()

@@ -142,7 +142,8 @@ class Gateway:
         self.upstreams = Upstreams(config)
         self.state = state or build_store(config.state)
         self.audit: AuditSink = audit_sink or FileAuditSink(
-            config.audit.path, fsync_interval=config.audit.fsync_interval_ms / 1000)
+            config.audit.path, fsync_interval=config.audit.fsync_interval_ms / 1000,
+            sync_interval=config.audit.sync_interval_ms / 1000)
         self.notifier = notifier or build_notifier(config.notifier)
         # Swappable: an approved bundle replaces the engine while requests run (gateway/bundles).
         self.policy = ActivePolicy(policy or build_policy(config))
