@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,7 +105,11 @@ class HmacIdentitySigner(AssertionSigner):
     def __init__(self, key: bytes, *, issuer: str, audience: str, ttl: int) -> None:
         if len(key) < MIN_HMAC_KEY_BYTES:
             raise ValueError(f"the HMAC key must have at least {MIN_HMAC_KEY_BYTES} bytes")
-        self._mac_key = key
+        # RFC 2104 with the padded key's inner and outer SHA-256 states computed once:
+        # a copy of each per request costs half of hmac.digest's one-shot (~0.7 vs 1.5 us).
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
         # The kid names the key without revealing it: a truncated hash of a 256-bit secret.
         super().__init__("hs-" + b64url(hashlib.sha256(b"portcullis-kid:" + key).digest()[:12]),
                          issuer=issuer, audience=audience, ttl=ttl)
@@ -116,7 +119,11 @@ class HmacIdentitySigner(AssertionSigner):
         return cls(load_hmac_key(path), issuer=issuer, audience=audience, ttl=ttl)
 
     def _signature(self, signing_input: bytes) -> bytes:
-        return hmac.digest(self._mac_key, signing_input, "sha256")
+        inner = self._inner.copy()
+        inner.update(signing_input)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 
@@ -128,7 +135,16 @@ def terminal_info(*, client_ip: str, client_port: int | None, device_id: str | N
     values are sanitised (no ';', '=', control or non-ASCII bytes) so the
     backend can split it safely. Missing values are empty, never omitted.
     """
+    ua = _UA_MEMO.get(user_agent or "")
+    if ua is None:  # a few user agents carry nearly all traffic: sanitise each once
+        if len(_UA_MEMO) >= _UA_MEMO_MAX:
+            _UA_MEMO.clear()
+        ua = _UA_MEMO[user_agent or ""] = sanitise_value(user_agent or "", 160)
     return (
         f"TYPE=API;IIP={sanitise_value(client_ip, 64)};IPORT={client_port or ''};"
-        f"DEVID={sanitise_value(device_id or '', 128)};UA={sanitise_value(user_agent or '', 160)}"
+        f"DEVID={sanitise_value(device_id or '', 128)};UA={ua}"
     )
+
+
+_UA_MEMO: dict[str, str] = {}
+_UA_MEMO_MAX = 4096  # client-chosen strings: bounded, then starts over

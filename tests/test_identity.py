@@ -48,6 +48,28 @@ def test_hs256_assertion_verifies_with_the_upstream_key(tmp_path: Path) -> None:
         _claims(token, b"x" * 32, "HS256")
 
 
+@pytest.mark.parametrize("size", [32, 64, 65, 100])
+def test_hs256_assertion_verifies_for_keys_shorter_and_longer_than_the_block(size: int) -> None:
+    import secrets
+    import time
+
+    key = secrets.token_bytes(size)  # over 64 bytes, RFC 2104 hashes the key first
+    signer = HmacIdentitySigner(key, issuer="portcullis-gateway", audience="portcullis-upstream", ttl=30)
+    for rid in ("r1", "r2"):  # the precomputed pad states are copied, never consumed
+        token = signer.sign(sub="bob", accounts=["B9"], roles=["client"], acr=None, risk="low",
+                            request_id=rid, now=int(time.time()))
+        assert _claims(token, key, "HS256")["rid"] == rid
+
+
+def test_terminal_information_is_sanitised_each_time() -> None:
+    from gateway.identity import terminal_info
+
+    for _ in range(2):  # the second from the user-agent memo
+        value = terminal_info(client_ip="198.51.100.7", client_port=443, device_id=None,
+                              user_agent="evil;UA=forged\r\n")
+        assert value.endswith(";UA=evil_UA_forged__") and value.count(";") == 4
+
+
 def test_short_hmac_key_refused(tmp_path: Path) -> None:
     short = tmp_path / "short.key"
     short.write_text(base64.urlsafe_b64encode(b"k" * 16).decode())
