@@ -329,6 +329,65 @@ async def test_zadd_window_gives_each_concurrent_event_its_own_count(
 # Misuse
 
 
+# --------------------------------------------------------------------------
+# Hashes and capped lists: counters aggregated across replicas, bounded samples
+
+
+async def test_hincrby_adds_to_fields_and_hgetall_reads_them_as_decimal_bytes(store: StateStore) -> None:
+    assert await store.hincrby("h", "a") == 1
+    assert await store.hincrby("h", "a", 4) == 5
+    assert await store.hincrby("h", "b", -2, ttl=LONG) == -2
+    assert await store.hgetall("h") == {"a": b"5", "b": b"-2"}
+    assert await store.hgetall("missing") == {}
+
+
+async def test_hincrby_ttl_expires_the_hash(backend: Backend) -> None:
+    store = backend.store
+    await store.hincrby("h", "a", 1, ttl=backend.short)
+    await backend.pass_short()
+    assert await store.hgetall("h") == {}
+
+
+async def test_hincrby_counts_every_concurrent_increment(store: StateStore) -> None:
+    await asyncio.gather(*(store.hincrby("h", "n", 2, ttl=LONG) for _ in range(50)))
+    assert await store.hgetall("h") == {"n": b"100"}
+
+
+async def test_push_capped_keeps_the_newest_elements(store: StateStore) -> None:
+    for i in range(5):
+        length = await store.push_capped("l", str(i).encode(), 3, ttl=LONG)
+    assert length == 3
+    assert await store.lrange("l") == [b"2", b"3", b"4"]
+    assert await store.lrange("missing") == []
+
+
+async def test_push_capped_ttl_expires_the_list(backend: Backend) -> None:
+    store = backend.store
+    await store.push_capped("l", b"x", 2, ttl=backend.short)
+    await backend.pass_short()
+    assert await store.lrange("l") == []
+
+
+@pytest.mark.parametrize("cap", [0, -1, True, 1.5])
+async def test_push_capped_needs_a_positive_integer_cap(store: StateStore, cap: Any) -> None:
+    with pytest.raises(ValueError):
+        await store.push_capped("l", b"x", cap)
+    with pytest.raises(ValueError):
+        store.batch().push_capped("l", b"x", cap)
+
+
+async def test_hash_and_list_operations_run_in_a_batch(store: StateStore) -> None:
+    async with store.batch() as b:
+        b.hincrby("h", "a", 2, ttl=LONG)
+        b.hincrby("h", "b")
+        b.push_capped("l", b"s1", 2, ttl=LONG)
+        b.push_capped("l", b"s2", 2, ttl=LONG)
+        counts = b.hgetall("h")
+        samples = b.lrange("l")
+    assert counts.value == {"a": b"2", "b": b"1"}
+    assert samples.value == [b"s1", b"s2"]
+
+
 @pytest.mark.parametrize(
     "misuse",
     [
@@ -341,6 +400,10 @@ async def test_zadd_window_gives_each_concurrent_event_its_own_count(
         pytest.param(lambda s: s.scard("string"), id="scard-on-string"),
         pytest.param(lambda s: s.sismember("string", "m"), id="sismember-on-string"),
         pytest.param(lambda s: s.zadd_window("string", "m", 1.0, 1.0), id="window-on-string"),
+        pytest.param(lambda s: s.hincrby("string", "f"), id="hincrby-on-string"),
+        pytest.param(lambda s: s.hgetall("set"), id="hgetall-on-set"),
+        pytest.param(lambda s: s.push_capped("set", b"x", 2), id="push-on-set"),
+        pytest.param(lambda s: s.lrange("string"), id="lrange-on-string"),
     ],
 )
 async def test_wrong_kind_of_key_raises_state_type_error(

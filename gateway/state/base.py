@@ -9,7 +9,9 @@ tests hand in a memory store with a fake clock.
 The operations are the few the gateway needs, each atomic on its own
 (``set_if_absent`` for replay caches, ``getdel`` for single-use tokens,
 ``incr`` with a TTL set only on creation, ``zadd_window`` for sliding-window
-rate counters). The design budget is one Redis round trip per request on read
+rate counters, ``hincrby``/``hgetall`` for counters aggregated across
+replicas, ``push_capped``/``lrange`` for bounded sample lists).
+The design budget is one Redis round trip per request on read
 routes, two on trade routes: :meth:`StateStore.batch` queues several
 operations and sends them in one round trip, returning typed handles::
 
@@ -59,6 +61,7 @@ __all__ = [
     "StateUnavailable",
     "QueueSubscription",
     "Subscription",
+    "check_cap",
     "check_score",
     "ttl_ms",
 ]
@@ -93,6 +96,12 @@ def ttl_ms(ttl: float | None) -> int | None:
     if not math.isfinite(ttl) or ttl <= 0:
         raise ValueError(f"ttl must be a positive number of seconds (got {ttl!r})")
     return max(1, math.ceil(ttl * 1000))
+
+
+def check_cap(cap: int) -> None:
+    """A capped list keeps at least one element."""
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"cap must be a positive integer (got {cap!r})")
 
 
 def check_score(score: float, window: float) -> None:
@@ -197,6 +206,21 @@ class Batch(ABC):
     def zadd_window(self, key: str, member: str, score: float, window: float) -> Pending[int]:
         check_score(score, window)
         return self._queue("zadd_window", key, member, score, window)
+
+    def hincrby(self, key: str, field: str, amount: int = 1, ttl: float | None = None) -> Pending[int]:
+        ttl_ms(ttl)
+        return self._queue("hincrby", key, field, amount, ttl)
+
+    def hgetall(self, key: str) -> Pending[dict[str, bytes]]:
+        return self._queue("hgetall", key)
+
+    def push_capped(self, key: str, value: bytes, cap: int, ttl: float | None = None) -> Pending[int]:
+        check_cap(cap)
+        ttl_ms(ttl)
+        return self._queue("push_capped", key, value, cap, ttl)
+
+    def lrange(self, key: str) -> Pending[list[bytes]]:
+        return self._queue("lrange", key)
 
     async def execute(self) -> list[Any]:
         """Run every queued operation in one round trip; return their results."""
@@ -369,6 +393,22 @@ class StateStore(Protocol):
         left, and lets the key expire after ``window`` seconds of quiet.
         Members must be unique per event (a request id): re-adding one moves it.
         """
+        ...
+
+    async def hincrby(self, key: str, field: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add to one field of a hash (created at 0); return its new value. A TTL is refreshed."""
+        ...
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        """Every field of a hash and its value as bytes (counters as decimal text); {} when absent."""
+        ...
+
+    async def push_capped(self, key: str, value: bytes, cap: int, ttl: float | None = None) -> int:
+        """Append to a list and keep only its newest ``cap`` elements; return its length. A TTL is refreshed."""
+        ...
+
+    async def lrange(self, key: str) -> list[bytes]:
+        """Every element of a list, oldest first; [] when absent."""
         ...
 
     async def publish(self, channel: str, message: bytes) -> int:

@@ -28,7 +28,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.state.base import Batch, Op, QueueSubscription, StateTypeError, Subscription, check_score, ttl_ms
+from gateway.state.base import (
+    Batch,
+    Op,
+    QueueSubscription,
+    StateTypeError,
+    Subscription,
+    check_cap,
+    check_score,
+    ttl_ms,
+)
 
 __all__ = ["Keyspace", "MemoryStore"]
 
@@ -36,7 +45,18 @@ _SWEEP_BUDGET = 64
 _INT = re.compile(rb"-?(0|[1-9][0-9]*)")
 _INT64 = (-(2**63), 2**63 - 1)
 
-_Value = bytes | set[str] | dict[str, float]
+
+
+class _Hash:
+    """A hash's fields (kept apart from a sliding window's dict so the two kinds never mix)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self) -> None:
+        self.fields: dict[str, bytes] = {}
+
+
+_Value = bytes | set[str] | dict[str, float] | _Hash | list[bytes]
 
 
 class Keyspace:
@@ -192,7 +212,7 @@ class MemoryStore:
     def _op_zadd_window(self, key: str, member: str, score: float, window: float) -> int:
         check_score(score, window)
         value = self.keyspace.live(self._k(key))
-        if value is not None and not isinstance(value, dict):
+        if value is not None and type(value) is not dict:
             raise StateTypeError(f"key {key!r} does not hold a sliding window")
         events: dict[str, float] = value if value is not None else {}
         events[member] = score
@@ -202,6 +222,54 @@ class MemoryStore:
             del events[old]
         self.keyspace.put(self._k(key), events, window)
         return len(events)
+
+    def _hash(self, key: str) -> _Hash | None:
+        value = self.keyspace.live(self._k(key))
+        if value is None or isinstance(value, _Hash):
+            return value
+        raise StateTypeError(f"key {key!r} does not hold a hash")
+
+    def _list(self, key: str) -> list[bytes] | None:
+        value = self.keyspace.live(self._k(key))
+        if value is None or isinstance(value, list):
+            return value
+        raise StateTypeError(f"key {key!r} does not hold a list")
+
+    def _op_hincrby(self, key: str, field: str, amount: int, ttl: float | None) -> int:
+        h = self._hash(key)
+        if h is None:
+            h = _Hash()
+            self.keyspace.values[self._k(key)] = h
+        current = h.fields.get(field)
+        if current is not None and not _INT.fullmatch(current):
+            raise StateTypeError(f"field {field!r} of {key!r} does not hold an integer")
+        total = (int(current) if current is not None else 0) + amount
+        if not _INT64[0] <= total <= _INT64[1]:
+            raise StateTypeError(f"incrementing {field!r} of {key!r} would overflow a 64-bit integer")
+        h.fields[field] = str(total).encode()
+        if ttl is not None:
+            self.keyspace.expire(self._k(key), ttl)
+        return total
+
+    def _op_hgetall(self, key: str) -> dict[str, bytes]:
+        h = self._hash(key)
+        return dict(h.fields) if h is not None else {}
+
+    def _op_push_capped(self, key: str, value: bytes, cap: int, ttl: float | None) -> int:
+        check_cap(cap)
+        items = self._list(key)
+        if items is None:
+            items = []
+            self.keyspace.values[self._k(key)] = items
+        items.append(bytes(value))
+        del items[:-cap]
+        if ttl is not None:
+            self.keyspace.expire(self._k(key), ttl)
+        return len(items)
+
+    def _op_lrange(self, key: str) -> list[bytes]:
+        items = self._list(key)
+        return list(items) if items is not None else []
 
     def _call(self, name: str, args: tuple[Any, ...]) -> Any:
         self.keyspace.sweep()
@@ -257,6 +325,25 @@ class MemoryStore:
     async def zadd_window(self, key: str, member: str, score: float, window: float) -> int:
         self.keyspace.sweep()
         return self._op_zadd_window(key, member, score, window)
+
+    async def hincrby(self, key: str, field: str, amount: int = 1, ttl: float | None = None) -> int:
+        ttl_ms(ttl)
+        self.keyspace.sweep()
+        return self._op_hincrby(key, field, amount, ttl)
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        self.keyspace.sweep()
+        return self._op_hgetall(key)
+
+    async def push_capped(self, key: str, value: bytes, cap: int, ttl: float | None = None) -> int:
+        check_cap(cap)
+        ttl_ms(ttl)
+        self.keyspace.sweep()
+        return self._op_push_capped(key, value, cap, ttl)
+
+    async def lrange(self, key: str) -> list[bytes]:
+        self.keyspace.sweep()
+        return self._op_lrange(key)
 
     async def publish(self, channel: str, message: bytes) -> int:
         subscribers = list(self.keyspace.channels.get(self._k(channel), ()))

@@ -49,6 +49,7 @@ from gateway.state.base import (
     StateTypeError,
     StateUnavailable,
     Subscription,
+    check_cap,
     check_score,
     ttl_ms,
 )
@@ -81,6 +82,21 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return redis.call('ZCARD', KEYS[1])
 """
 
+# KEYS[1] hash; ARGV[1] field, ARGV[2] amount, ARGV[3] ttl in ms.
+_HINCRBY_TTL = """
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return n
+"""
+
+# KEYS[1] list; ARGV[1] value, ARGV[2] cap, ARGV[3] ttl in ms (0: none).
+_PUSH_CAPPED = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return redis.call('LLEN', KEYS[1])
+"""
+
 
 _PUBSUB_HEALTH = 10.0
 """Seconds of quiet after which a subscription's connection is pinged."""
@@ -106,6 +122,11 @@ def _as_is(raw: Any) -> Any:
 
 def _as_list(raw: Any) -> list[bytes | None]:
     return list(raw)
+
+
+def _as_hash(raw: Any) -> dict[str, bytes]:
+    items = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in items}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +197,23 @@ class _Commands:
         ms = ttl_ms(window)
         args = (repr(float(score)), member, repr(float(score - window)), ms)
         return _Cmd(("EVAL", _ZADD_WINDOW, 1, self.prefix + key, *args), _as_int)
+
+    def hincrby(self, key: str, field: str, amount: int, ttl: float | None) -> _Cmd:
+        ms = ttl_ms(ttl)
+        if ms is None:
+            return _Cmd(("HINCRBY", self.prefix + key, field, amount), _as_int)
+        return _Cmd(("EVAL", _HINCRBY_TTL, 1, self.prefix + key, field, amount, ms), _as_int)
+
+    def hgetall(self, key: str) -> _Cmd:
+        return _Cmd(("HGETALL", self.prefix + key), _as_hash)
+
+    def push_capped(self, key: str, value: bytes, cap: int, ttl: float | None) -> _Cmd:
+        check_cap(cap)
+        ms = ttl_ms(ttl) or 0
+        return _Cmd(("EVAL", _PUSH_CAPPED, 1, self.prefix + key, value, cap, ms), _as_int)
+
+    def lrange(self, key: str) -> _Cmd:
+        return _Cmd(("LRANGE", self.prefix + key, 0, -1), _as_list)
 
 
 def _redacted(url: str) -> str:
@@ -297,6 +335,22 @@ class RedisStore:
 
     async def zadd_window(self, key: str, member: str, score: float, window: float) -> int:
         result: int = await self._one(self._cmds.zadd_window(key, member, score, window))
+        return result
+
+    async def hincrby(self, key: str, field: str, amount: int = 1, ttl: float | None = None) -> int:
+        result: int = await self._one(self._cmds.hincrby(key, field, amount, ttl))
+        return result
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        result: dict[str, bytes] = await self._one(self._cmds.hgetall(key))
+        return result
+
+    async def push_capped(self, key: str, value: bytes, cap: int, ttl: float | None = None) -> int:
+        result: int = await self._one(self._cmds.push_capped(key, value, cap, ttl))
+        return result
+
+    async def lrange(self, key: str) -> list[bytes]:
+        result: list[bytes] = await self._one(self._cmds.lrange(key))
         return result
 
     async def publish(self, channel: str, message: bytes) -> int:
