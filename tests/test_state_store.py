@@ -272,6 +272,32 @@ async def test_scard_and_sismember_of_missing_set(store: StateStore) -> None:
     assert await store.sismember("none", "x") is False
 
 
+async def test_smembers_lists_members_sorted(store: StateStore) -> None:
+    assert await store.smembers("frozen") == []
+    for member in ("B9", "A1", "C3"):
+        await store.sadd("frozen", member)
+    assert await store.smembers("frozen") == ["A1", "B9", "C3"]
+
+
+async def test_srem_removes_one_member_and_an_emptied_set(store: StateStore) -> None:
+    await store.sadd("frozen", "A1")
+    await store.sadd("frozen", "B9")
+    assert await store.srem("frozen", "A1") == 1
+    assert await store.srem("frozen", "A1") == 0
+    assert await store.srem("none", "A1") == 0
+    assert await store.smembers("frozen") == ["B9"]
+    assert await store.srem("frozen", "B9") == 1
+    assert await store.delete("frozen") == 0  # gone, as in Redis
+
+
+async def test_smembers_and_srem_in_a_batch(store: StateStore) -> None:
+    await store.sadd("frozen", "A1")
+    async with store.batch() as b:
+        removed = b.srem("frozen", "A1")
+        left = b.smembers("frozen")
+    assert (removed.value, left.value) == (1, [])
+
+
 async def test_sadd_ttl_expires_the_set(backend: Backend) -> None:
     await backend.store.sadd("s", "a", ttl=backend.short)
     await backend.pass_short()
@@ -399,6 +425,8 @@ async def test_hash_and_list_operations_run_in_a_batch(store: StateStore) -> Non
         pytest.param(lambda s: s.sadd("string", "m", ttl=LONG), id="sadd-ttl-on-string"),
         pytest.param(lambda s: s.scard("string"), id="scard-on-string"),
         pytest.param(lambda s: s.sismember("string", "m"), id="sismember-on-string"),
+        pytest.param(lambda s: s.smembers("string"), id="smembers-on-string"),
+        pytest.param(lambda s: s.srem("string", "m"), id="srem-on-string"),
         pytest.param(lambda s: s.zadd_window("string", "m", 1.0, 1.0), id="window-on-string"),
         pytest.param(lambda s: s.hincrby("string", "f"), id="hincrby-on-string"),
         pytest.param(lambda s: s.hgetall("set"), id="hgetall-on-set"),

@@ -10,7 +10,8 @@ The operations are the few the gateway needs, each atomic on its own
 (``set_if_absent`` for replay caches, ``getdel`` for single-use tokens,
 ``incr`` with a TTL set only on creation, ``zadd_window`` for sliding-window
 rate counters, ``hincrby``/``hgetall`` for counters aggregated across
-replicas, ``push_capped``/``lrange`` for bounded sample lists).
+replicas, ``push_capped``/``lrange`` for bounded sample lists,
+``smembers``/``srem`` for small indexes such as the frozen accounts).
 The design budget is one Redis round trip per request on read
 routes, two on trade routes: :meth:`StateStore.batch` queues several
 operations and sends them in one round trip, returning typed handles::
@@ -203,6 +204,12 @@ class Batch(ABC):
     def sismember(self, key: str, member: str) -> Pending[bool]:
         return self._queue("sismember", key, member)
 
+    def smembers(self, key: str) -> Pending[list[str]]:
+        return self._queue("smembers", key)
+
+    def srem(self, key: str, member: str) -> Pending[int]:
+        return self._queue("srem", key, member)
+
     def zadd_window(self, key: str, member: str, score: float, window: float) -> Pending[int]:
         check_score(score, window)
         return self._queue("zadd_window", key, member, score, window)
@@ -383,6 +390,14 @@ class StateStore(Protocol):
 
     async def sismember(self, key: str, member: str) -> bool:
         """Whether ``member`` is in the set."""
+        ...
+
+    async def smembers(self, key: str) -> list[str]:
+        """Every member of a set, sorted; [] when absent. For small sets (an index), not for hot paths."""
+        ...
+
+    async def srem(self, key: str, member: str) -> int:
+        """Remove a member from a set; return 1 if it was there, else 0. An emptied set is deleted."""
         ...
 
     async def zadd_window(self, key: str, member: str, score: float, window: float) -> int:

@@ -209,6 +209,19 @@ class MemoryStore:
         members = self._set_of(key)
         return members is not None and member in members
 
+    def _op_smembers(self, key: str) -> list[str]:
+        members = self._set_of(key)
+        return sorted(members) if members is not None else []
+
+    def _op_srem(self, key: str, member: str) -> int:
+        members = self._set_of(key)
+        if members is None or member not in members:
+            return 0
+        members.discard(member)
+        if not members:  # like Redis: an empty set does not exist
+            self.keyspace.drop(self._k(key))
+        return 1
+
     def _op_zadd_window(self, key: str, member: str, score: float, window: float) -> int:
         check_score(score, window)
         value = self.keyspace.live(self._k(key))
@@ -321,6 +334,14 @@ class MemoryStore:
     async def sismember(self, key: str, member: str) -> bool:
         self.keyspace.sweep()
         return self._op_sismember(key, member)
+
+    async def smembers(self, key: str) -> list[str]:
+        self.keyspace.sweep()
+        return self._op_smembers(key)
+
+    async def srem(self, key: str, member: str) -> int:
+        self.keyspace.sweep()
+        return self._op_srem(key, member)
 
     async def zadd_window(self, key: str, member: str, score: float, window: float) -> int:
         self.keyspace.sweep()

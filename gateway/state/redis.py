@@ -124,6 +124,10 @@ def _as_list(raw: Any) -> list[bytes | None]:
     return list(raw)
 
 
+def _as_members(raw: Any) -> list[str]:
+    return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in raw)
+
+
 def _as_hash(raw: Any) -> dict[str, bytes]:
     items = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
     return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in items}
@@ -191,6 +195,12 @@ class _Commands:
 
     def sismember(self, key: str, member: str) -> _Cmd:
         return _Cmd(("SISMEMBER", self.prefix + key, member), _as_bool)
+
+    def smembers(self, key: str) -> _Cmd:
+        return _Cmd(("SMEMBERS", self.prefix + key), _as_members)
+
+    def srem(self, key: str, member: str) -> _Cmd:
+        return _Cmd(("SREM", self.prefix + key, member), _as_int)
 
     def zadd_window(self, key: str, member: str, score: float, window: float) -> _Cmd:
         check_score(score, window)
@@ -331,6 +341,14 @@ class RedisStore:
 
     async def sismember(self, key: str, member: str) -> bool:
         result: bool = await self._one(self._cmds.sismember(key, member))
+        return result
+
+    async def smembers(self, key: str) -> list[str]:
+        result: list[str] = await self._one(self._cmds.smembers(key))
+        return result
+
+    async def srem(self, key: str, member: str) -> int:
+        result: int = await self._one(self._cmds.srem(key, member))
         return result
 
     async def zadd_window(self, key: str, member: str, score: float, window: float) -> int:
