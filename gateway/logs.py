@@ -70,7 +70,7 @@ class AccessLog:
         line = {"ts": now, "level": "info", "logger": "portcullis.access", "event": "request"}
         line.update(fields)
         try:
-            self.stream.write(orjson.dumps(line, default=str) + b"\n")
+            self.stream.write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
         except (OSError, ValueError):
             return  # a broken log stream never turns a served request into an error
         mono = time.monotonic()

@@ -131,3 +131,14 @@ async def test_automation_user_agents_are_flagged_each_time() -> None:
     for _ in range(2):  # the second time from the user-agent memo
         assert "automation_client" in [f.code for f in (await scorer.score(headless)).factors]
         assert "automation_client" not in [f.code for f in (await scorer.score(plain)).factors]
+
+
+async def test_scorer_results_are_the_same_for_the_same_signals() -> None:
+    scorer = SignalScorer()
+    quiet = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1"})
+    bot = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "curl/8.0"})
+    first, again = await scorer.score(quiet), await scorer.score(quiet)
+    assert first == again and first.score == 15
+    flagged = await scorer.score(bot)  # a different factor set is scored on its own
+    assert (flagged.score, [f.code for f in flagged.factors]) == (
+        35, ["automation_client", "missing_device_proof"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 
@@ -68,4 +69,8 @@ class BaselinePolicy:
         if needed and not roles & needed:
             reason = Reason("role_forbidden", f"requires one of the roles: {', '.join(sorted(needed))}")
             return Decision(allow=False, deny=(reason,), policy_version=self.version)
-        return Decision(allow=True, policy_version=self.version)
+        return _BASELINE_ALLOW  # frozen: one shared instance
+
+
+# Shared by every baseline allow: frozen, and its obligations map is read-only.
+_BASELINE_ALLOW = Decision(allow=True, obligations=MappingProxyType({}), policy_version=BaselinePolicy.version)

@@ -97,6 +97,7 @@ class SignalScorer:
         self._levels = tuple(sorted(levels, reverse=True))
         self._clock = clock or time.time
         self._top = top
+        self._results: dict[tuple[Factor, ...], RiskResult] = {}
 
     async def score(self, ctx: RequestContext) -> RiskResult:
         clock, weights = self._clock, self._weights
@@ -112,10 +113,20 @@ class SignalScorer:
                     f = Factor(f.code, round(f.points * w))
                 factors.append(f)
                 total += f.points
-        if len(factors) > 1:
-            factors.sort(key=_neg_points)
-        score = min(100, max(0, total))
-        return RiskResult(score, level_for(score, self._levels), tuple(factors[: self._top]))
+        key = tuple(factors)
+        result = self._results.get(key)
+        if result is None:  # few distinct factor sets occur: each result is built once
+            if len(factors) > 1:
+                factors.sort(key=_neg_points)
+            score = min(100, max(0, total))
+            result = RiskResult(score, level_for(score, self._levels), tuple(factors[: self._top]))
+            if len(self._results) >= _RESULTS_MAX:
+                self._results.clear()
+            self._results[key] = result
+        return result
+
+
+_RESULTS_MAX = 4096  # factor sets: bounded even when signals carry many distinct points
 
 
 def _neg_points(f: Factor) -> int:
