@@ -29,6 +29,7 @@ from gateway.errors import (
     INVALID_JSON,
     PROPOSAL_NOT_FOUND,
     ROLE_FORBIDDEN,
+    SHADOW_NOT_FOUND,
     STEP_UP_REQUIRED,
     UNSUPPORTED_MEDIA_TYPE,
     GatewayError,
@@ -40,6 +41,7 @@ AUTH_TIME_LEEWAY = 60
 """Seconds an auth_time may lie in the future (clock skew with the identity provider)."""
 _VERSION = re.compile(r"[0-9a-f]{16}")
 _PROPOSAL_ID = re.compile(r"[0-9]{1,18}")
+_SESSION_ID = _PROPOSAL_ID
 
 
 def require_recent_step_up(subject: Subject, cfg: PolicyAdminConfig, now: float) -> None:
@@ -199,6 +201,39 @@ async def break_glass(request: web.Request) -> web.Response:
                 "alerted": list(admin.cfg.officers), "serving": admin.active.status()})
 
 
+def _sample_rate(body: dict[str, Any]) -> float | None:
+    rate = body.get("sample_rate")
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise GatewayError(BAD_REQUEST, "sample_rate must be a number in (0, 1]")
+    return float(rate)
+
+
+async def shadow_start(request: web.Request) -> web.Response:
+    admin, subject = await _officer(request)
+    body = await _small_json(request)
+    version = _target(body)
+    session, published = await admin.start_shadow(subject.sub, version, _sample_rate(body),
+                                                  reason_text(body.get("reason"), required=False))
+    return _ok({"session": session.public(), "notified_processes": published}, status=201)
+
+
+async def shadow_stop(request: web.Request) -> web.Response:
+    admin, subject = await _officer(request)
+    body = await _small_json(request)
+    session, published = await admin.stop_shadow(subject.sub, reason_text(body.get("reason"), required=False))
+    return _ok({"session": session.public(), "notified_processes": published})
+
+
+async def shadow_report(request: web.Request) -> web.Response:
+    admin, _ = await _officer(request)
+    raw = request.match_info.get("session")
+    if raw is not None and not _SESSION_ID.fullmatch(raw):
+        raise GatewayError(SHADOW_NOT_FOUND, "a shadow session id is a number")
+    return _ok(await admin.shadow_report(int(raw) if raw is not None else None))
+
+
 def add_policy_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/admin/policy", overview)
@@ -211,3 +246,7 @@ def add_policy_routes(app: web.Application) -> None:
     r.add_post("/admin/policy/proposals/{proposal}/approve", approve)
     r.add_post("/admin/policy/rollback", rollback)
     r.add_post("/admin/policy/break-glass", break_glass)
+    r.add_get("/admin/policy/shadow", shadow_report)
+    r.add_post("/admin/policy/shadow", shadow_start)
+    r.add_post("/admin/policy/shadow/stop", shadow_stop)
+    r.add_get("/admin/policy/shadow/{session}", shadow_report)

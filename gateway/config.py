@@ -170,6 +170,18 @@ class PolicyAdminConfig:
     """Seconds the validator child process may run before it is killed (the bundle is then invalid)."""
     officers: tuple[str, ...] = ()
     """Every compliance officer's subject: who a break-glass rollback alerts."""
+    shadow_sample_rate: float = 1.0
+    """Share of judged requests a shadow session evaluates when its start does not say (0 < rate <= 1)."""
+    shadow_mode: Literal["deferred", "inline"] = "deferred"
+    """deferred: the candidate runs after the request's coroutine yields (off its critical path); inline: at once."""
+    shadow_samples: int = 10
+    """Samples kept per bucket (kind of change, reason code) of a shadow report."""
+    shadow_flush_interval: float = 1.0
+    """Seconds between flushes of a process's shadow counts to the state store (one pipelined round trip)."""
+    shadow_queue: int = 1024
+    """Deferred shadow evaluations waiting at most; beyond it a request is not shadowed (counted as dropped)."""
+    shadow_retention: float = 7 * 86_400.0
+    """Seconds the state store keeps a session's counts and samples after its last update."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,6 +679,9 @@ def _policy_admin(t: _Table) -> PolicyAdminConfig:
     officers = _strs(t, "officers", [])
     if len(set(officers)) != len(officers):
         raise ConfigError(f"{t.key('officers')}: lists a subject twice")
+    rate = _number(t, "shadow_sample_rate", 1.0, minimum=0.0001)
+    if rate > 1.0:
+        raise ConfigError(f"{t.key('shadow_sample_rate')}: a share of requests, at most 1 (got {rate:g})")
     pa = PolicyAdminConfig(
         repository=repository,  # type: ignore[arg-type]
         postgres_dsn=dsn,
@@ -681,6 +696,12 @@ def _policy_admin(t: _Table) -> PolicyAdminConfig:
         poll_interval=_number(t, "poll_interval", 5.0, minimum=0.05),
         validation_timeout=_number(t, "validation_timeout", 60.0, minimum=1.0),
         officers=officers,
+        shadow_sample_rate=rate,
+        shadow_mode=_choice(t, "shadow_mode", ("deferred", "inline"), "deferred"),  # type: ignore[arg-type]
+        shadow_samples=_int(t, "shadow_samples", 10, 1, 100),
+        shadow_flush_interval=_number(t, "shadow_flush_interval", 1.0, minimum=0.01),
+        shadow_queue=_int(t, "shadow_queue", 1024, 1, 1_000_000),
+        shadow_retention=_number(t, "shadow_retention", 7 * 86_400.0, minimum=60.0),
     )
     t.finish()
     return pa

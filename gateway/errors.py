@@ -16,12 +16,13 @@ Tree (status: codes)::
     │                             token_revoked, insufficient_user_authentication
     ├── 403 forbidden ........... account_forbidden, policy_denied, role_forbidden,
     │                             self_approval
-    ├── 404 not found ........... route_not_found, bundle_not_found, proposal_not_found
+    ├── 404 not found ........... route_not_found, bundle_not_found, proposal_not_found,
+    │                             shadow_not_found
     ├── 405 method not allowed .. method_not_allowed
     ├── 408 request timeout ..... body_timeout
     ├── 409 conflict ............ bundle_exists, bundle_not_validated, bundle_already_active,
     │                             bundle_never_active, proposal_exists, proposal_not_pending,
-    │                             proposal_expired
+    │                             proposal_expired, shadow_running, shadow_not_running
     ├── 413 too large ........... body_too_large, bundle_too_large
     ├── 415 media type .......... unsupported_media_type
     ├── 422 unprocessable ....... bundle_invalid
@@ -137,6 +138,10 @@ NOTIFY_UNAVAILABLE = _kind(
 BREAK_GLASS_UNAVAILABLE = _kind(
     "break_glass_unavailable", 503, "break-glass needs compliance officers to alert (policy_admin.officers)"
 )
+# Shadow mode (docs/POLICIES.md "Shadow mode").
+SHADOW_NOT_FOUND = _kind("shadow_not_found", 404, "no shadow session has this id")
+SHADOW_RUNNING = _kind("shadow_running", 409, "a shadow session is already running: stop it first")
+SHADOW_NOT_RUNNING = _kind("shadow_not_running", 409, "no shadow session is running")
 
 
 def catalogue() -> dict[str, ErrorKind]:

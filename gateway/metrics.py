@@ -24,6 +24,9 @@ class Metrics:
         self.decisions = Counter(
             "portcullis_decisions", "Policy decisions by route, tier and decision",
             ["route", "tier", "decision"], registry=r)
+        self.shadow_decisions = Counter(
+            "portcullis_shadow_decisions", "Shadow-mode evaluations of a candidate bundle by outcome "
+            "(same, differs, error: docs/POLICIES.md 'Shadow mode')", ["outcome"], registry=r)
         self.gateway_seconds = Histogram(
             "portcullis_gateway_seconds", "Time spent in the gateway itself (excluding upstream)",
             ["tier"], buckets=_BUCKETS, registry=r)

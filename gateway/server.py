@@ -168,7 +168,7 @@ class Gateway:
         self.signers = build_signers(config) if g.security else {}
         self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout)
         self.bundles = PolicyAdmin(config, policy=self.policy, state=self.state, notifier=self.notifier,
-                                   audit=self.audit)
+                                   audit=self.audit, metrics=self.metrics)
         self.pipelines = self._build_pipelines()
 
     # -- assembly ---------------------------------------------------------

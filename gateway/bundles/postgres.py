@@ -1,6 +1,6 @@
 """The bundle repository on PostgreSQL: durable, shared by every gateway process.
 
-Three tables in the configured schema (created on start if missing)::
+Four tables in the configured schema (created on start if missing)::
 
     policy_bundles      version (pk), seq, digest, files_digest, files (bytea: canonical JSON),
                         description, uploaded_by/at, status, validated_by/at, report (jsonb)
@@ -9,6 +9,8 @@ Three tables in the configured schema (created on start if missing)::
                         at most one pending proposal per version (partial unique index)
     policy_activations  generation (pk, grows by one), version -> bundles, kind,
                         proposal_id, activated_by, approved_by, activated_at, reason
+    policy_shadow_sessions  id, version -> bundles, sample_rate, started_by/at, reason,
+                        stopped_by/at; at most one running (partial unique index)
 
 Every change runs in one transaction holding a transaction-level advisory
 lock (one per schema), so the rules of `gateway.bundles.repository` are
@@ -40,9 +42,11 @@ from gateway.bundles.repository import (
     NewBundle,
     Proposal,
     ProposalKind,
+    ShadowSession,
     check_approval,
     check_proposal,
     check_rollback_target,
+    check_shadow,
     is_expired,
 )
 from gateway.errors import (
@@ -50,6 +54,8 @@ from gateway.errors import (
     BUNDLE_NOT_FOUND,
     PROPOSAL_NOT_FOUND,
     REPOSITORY_UNAVAILABLE,
+    SHADOW_NOT_FOUND,
+    SHADOW_NOT_RUNNING,
     GatewayError,
 )
 
@@ -98,6 +104,18 @@ CREATE TABLE IF NOT EXISTS {s}.policy_activations (
     activated_at  double precision NOT NULL,
     reason        text NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS {s}.policy_shadow_sessions (
+    id           bigserial PRIMARY KEY,
+    version      text NOT NULL REFERENCES {s}.policy_bundles (version),
+    sample_rate  double precision NOT NULL CHECK (sample_rate > 0 AND sample_rate <= 1),
+    started_by   text NOT NULL,
+    started_at   double precision NOT NULL,
+    reason       text NOT NULL DEFAULT '',
+    stopped_by   text,
+    stopped_at   double precision
+);
+CREATE UNIQUE INDEX IF NOT EXISTS policy_shadow_one_running
+    ON {s}.policy_shadow_sessions ((true)) WHERE stopped_at IS NULL;
 """
 
 _INFO_COLUMNS = """b.version, b.seq, b.digest, b.files_digest, b.file_count, b.size, b.description, b.uploaded_by,
@@ -118,6 +136,12 @@ def _proposal(row: Mapping[str, Any]) -> Proposal:
     return Proposal(id=row["id"], kind=row["kind"], version=row["version"], proposed_by=row["proposed_by"],
                     proposed_at=row["proposed_at"], reason=row["reason"], status=row["status"],
                     decided_by=row["decided_by"], decided_at=row["decided_at"])
+
+
+def _shadow(row: Mapping[str, Any]) -> ShadowSession:
+    return ShadowSession(id=row["id"], version=row["version"], sample_rate=row["sample_rate"],
+                         started_by=row["started_by"], started_at=row["started_at"], reason=row["reason"],
+                         stopped_by=row["stopped_by"], stopped_at=row["stopped_at"])
 
 
 def _activation(row: Mapping[str, Any]) -> Activation:
@@ -328,5 +352,44 @@ class PostgresBundleRepository:
             rows = await conn.fetch(f"SELECT * FROM {self._s}.policy_activations ORDER BY generation DESC "
                                     "LIMIT $1", limit)
             return [_activation(r) for r in rows]
+
+        return await self._run(work, write=False)
+
+    async def _latest_shadow(self, conn: asyncpg.Connection) -> ShadowSession | None:
+        row = await conn.fetchrow(f"SELECT * FROM {self._s}.policy_shadow_sessions ORDER BY id DESC LIMIT 1")
+        return _shadow(row) if row is not None else None
+
+    async def start_shadow(self, version: str, *, by: str, at: float, sample_rate: float,
+                           reason: str) -> ShadowSession:
+        async def work(conn: asyncpg.Connection) -> ShadowSession:
+            check_shadow(await self._info_row(conn, version), await self._active_row(conn),
+                         await self._latest_shadow(conn))
+            row = await conn.fetchrow(
+                f"INSERT INTO {self._s}.policy_shadow_sessions (version, sample_rate, started_by, started_at, "
+                "reason) VALUES ($1, $2, $3, $4, $5) RETURNING *", version, sample_rate, by, at, reason)
+            assert row is not None
+            return _shadow(row)
+
+        return await self._run(work, write=True)
+
+    async def stop_shadow(self, *, by: str, at: float) -> ShadowSession:
+        async def work(conn: asyncpg.Connection) -> ShadowSession:
+            row = await conn.fetchrow(
+                f"UPDATE {self._s}.policy_shadow_sessions SET stopped_by = $1, stopped_at = $2 "
+                "WHERE stopped_at IS NULL RETURNING *", by, at)
+            if row is None:
+                raise GatewayError(SHADOW_NOT_RUNNING)
+            return _shadow(row)
+
+        return await self._run(work, write=True)
+
+    async def shadow(self, session_id: int | None = None) -> ShadowSession | None:
+        async def work(conn: asyncpg.Connection) -> ShadowSession | None:
+            if session_id is None:
+                return await self._latest_shadow(conn)
+            row = await conn.fetchrow(f"SELECT * FROM {self._s}.policy_shadow_sessions WHERE id = $1", session_id)
+            if row is None:
+                raise GatewayError(SHADOW_NOT_FOUND, f"no shadow session has id {session_id}")
+            return _shadow(row)
 
         return await self._run(work, write=False)

@@ -14,6 +14,7 @@ Lifecycle::
     pending --approve (officer B != A, != uploader)--> activation (kind activate)
     previously active version --rollback proposal (A)--> approve (B != A) --> activation (kind rollback)
     previously active version --break-glass (one officer, alerts all)--> activation (kind break_glass)
+    validated, not active version --start shadow (one officer)--> shadow session running --stop--> stopped
 
 The active version is the one of the latest activation (its ``generation``
 grows by one with each activation): every gateway process polls it.
@@ -36,6 +37,9 @@ from gateway.errors import (
     PROPOSAL_NOT_FOUND,
     PROPOSAL_NOT_PENDING,
     SELF_APPROVAL,
+    SHADOW_NOT_FOUND,
+    SHADOW_NOT_RUNNING,
+    SHADOW_RUNNING,
     GatewayError,
 )
 
@@ -125,6 +129,29 @@ class Activation:
                 "proposal": self.proposal_id, "approved_by": self.approved_by, "reason": self.reason}
 
 
+@dataclass(frozen=True)
+class ShadowSession:
+    """A candidate bundle judged beside the active one (docs/POLICIES.md, "Shadow mode")."""
+
+    id: int
+    version: str
+    sample_rate: float
+    started_by: str
+    started_at: float
+    reason: str = ""
+    stopped_by: str | None = None
+    stopped_at: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.stopped_at is None
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "version": self.version, "sample_rate": self.sample_rate,
+                "started_by": self.started_by, "started_at": self.started_at, "reason": self.reason,
+                "stopped_by": self.stopped_by, "stopped_at": self.stopped_at, "running": self.running}
+
+
 class BundleRepository(Protocol):
     """Storage of bundles and of the four-eyes workflow; every method is atomic."""
 
@@ -182,6 +209,19 @@ class BundleRepository(Protocol):
         """Activations, newest first."""
         ...
 
+    async def start_shadow(self, version: str, *, by: str, at: float, sample_rate: float,
+                           reason: str) -> ShadowSession:
+        """Start shadowing a validated, not active version (see `check_shadow`); one session at a time."""
+        ...
+
+    async def stop_shadow(self, *, by: str, at: float) -> ShadowSession:
+        """Stop the running session; 409 shadow_not_running when there is none."""
+        ...
+
+    async def shadow(self, session_id: int | None = None) -> ShadowSession | None:
+        """One session (404 shadow_not_found when unknown) or, without an id, the latest one (None: never)."""
+        ...
+
 
 # -- the rules, shared by every implementation ---------------------------------------
 
@@ -230,6 +270,18 @@ def check_approval(proposal: Proposal, info: BundleInfo, active: Activation | No
         check_rollback_target(info, active)
 
 
+def check_shadow(info: BundleInfo, active: Activation | None, latest: ShadowSession | None) -> None:
+    """May `info` be shadowed? Only a validated bundle (an invalid one never runs on live traffic)."""
+    if info.status != "validated":
+        raise GatewayError(BUNDLE_NOT_VALIDATED, f"version {info.version} is {info.status}: only a validated "
+                                                 "bundle can be shadowed")
+    if active is not None and active.version == info.version:
+        raise GatewayError(BUNDLE_ALREADY_ACTIVE, f"version {info.version} is the active version: nothing to compare")
+    if latest is not None and latest.running:
+        raise GatewayError(SHADOW_RUNNING, f"shadow session {latest.id} (version {latest.version}) is running",
+                           extra={"session": latest.id})
+
+
 # -- in memory -----------------------------------------------------------------------
 
 
@@ -243,6 +295,7 @@ class MemoryBundleRepository:
         self._bundles: dict[str, Bundle] = {}
         self._proposals: dict[int, Proposal] = {}
         self._activations: list[Activation] = []
+        self._shadows: list[ShadowSession] = []
 
     async def start(self) -> None:
         pass
@@ -349,5 +402,27 @@ class MemoryBundleRepository:
 
     async def history(self, limit: int = 20) -> list[Activation]:
         return list(reversed(self._activations))[:limit]
+
+    async def start_shadow(self, version: str, *, by: str, at: float, sample_rate: float,
+                           reason: str) -> ShadowSession:
+        latest = self._shadows[-1] if self._shadows else None
+        check_shadow(self._info(version), self._active(), latest)
+        session = ShadowSession(id=len(self._shadows) + 1, version=version, sample_rate=sample_rate,
+                                started_by=by, started_at=at, reason=reason)
+        self._shadows.append(session)
+        return session
+
+    async def stop_shadow(self, *, by: str, at: float) -> ShadowSession:
+        if not self._shadows or not self._shadows[-1].running:
+            raise GatewayError(SHADOW_NOT_RUNNING)
+        self._shadows[-1] = replace(self._shadows[-1], stopped_by=by, stopped_at=at)
+        return self._shadows[-1]
+
+    async def shadow(self, session_id: int | None = None) -> ShadowSession | None:
+        if session_id is None:
+            return self._shadows[-1] if self._shadows else None
+        if not 1 <= session_id <= len(self._shadows):
+            raise GatewayError(SHADOW_NOT_FOUND, f"no shadow session has id {session_id}")
+        return self._shadows[session_id - 1]
 
 

@@ -34,17 +34,20 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway import logs
 from gateway.bundles.files import BundleFiles, materialized
-from gateway.bundles.repository import Activation, BundleRepository
+from gateway.bundles.repository import Activation, BundleRepository, ShadowSession
 from gateway.errors import GatewayError
 from gateway.policy.engine import Decision, PolicyEngine
 from gateway.policy.rego import PolicyBundleError, RegoPolicy
 from gateway.state.base import StateStore, StateUnavailable, Subscription
+
+if TYPE_CHECKING:
+    from gateway.bundles.shadow import ShadowRunner
 
 log = logging.getLogger("portcullis.policy")
 
@@ -57,6 +60,8 @@ class ActivePolicy:
 
     def __init__(self, engine: PolicyEngine) -> None:
         self.engine = engine
+        self.shadow: ShadowRunner | None = None
+        """Set while a shadow session runs here: it judges each request's input with the candidate too."""
         self.version: str = engine.version
         self.generation = 0
         """The repository activation being served (0: the configured engine, nothing activated yet)."""
@@ -65,7 +70,10 @@ class ActivePolicy:
 
     def evaluate(self, policy_input: Mapping[str, Any]) -> Coroutine[Any, Any, Decision]:
         # One read of self.engine: this request is judged by that engine from start to finish.
-        return self.engine.evaluate(policy_input)
+        shadow = self.shadow
+        if shadow is None:
+            return self.engine.evaluate(policy_input)
+        return shadow.beside(self.engine, policy_input)
 
     def swap(self, engine: PolicyEngine, generation: int, trigger: str) -> None:
         self.engine = engine  # the swap: no await between these assignments
@@ -110,8 +118,10 @@ class PolicyWatcher:
     """Keeps `active` on the repository's active version (start, pub/sub hint, periodic poll)."""
 
     def __init__(self, repo: BundleRepository, state: StateStore, active: ActivePolicy, *, time_budget: float,
-                 poll_interval: float, on_load: Callable[[Activation, str], None] | None = None) -> None:
+                 poll_interval: float, on_load: Callable[[Activation, str], None] | None = None,
+                 shadow: ShadowRunner | None = None) -> None:
         self.repo = repo
+        self.shadow = shadow
         self.state = state
         self.active = active
         self.time_budget = time_budget
@@ -127,6 +137,7 @@ class PolicyWatcher:
     async def start(self) -> None:
         """Load the active version now (errors propagate: the process must not start on a guess), then watch."""
         await self.sync("start", strict=True)
+        await self.refresh_shadow("start")  # a candidate that cannot load here never stops the gateway
         self._tasks = [asyncio.create_task(self._listen(), name="policy-listen"),
                        asyncio.create_task(self._poll(), name="policy-poll")]
 
@@ -157,11 +168,8 @@ class PolicyWatcher:
             if engine is None and activation.version == self.active.version:
                 engine = self.active.engine  # e.g. the bootstrap of the bundle already running
             if engine is None:
-                bundle = await self.repo.get(activation.version)
                 try:
-                    engine = compile_bundle(bundle.files, expect_digest=bundle.info.digest,
-                                            expect_files_digest=bundle.info.files_digest,
-                                            time_budget=self.time_budget)
+                    engine = await self._compile(activation.version)
                 except PolicyLoadError as exc:
                     self.failures += 1
                     logs.event(log, "policy_load_failed", logging.ERROR, version=activation.version,
@@ -178,11 +186,54 @@ class PolicyWatcher:
             self._on_load(activation, trigger)
         return True
 
+    async def _compile(self, version: str) -> RegoPolicy:
+        bundle = await self.repo.get(version)
+        return compile_bundle(bundle.files, expect_digest=bundle.info.digest,
+                              expect_files_digest=bundle.info.files_digest, time_budget=self.time_budget)
+
+    async def sync_shadow(self, trigger: str) -> bool:
+        """Shadow the repository's running session, or stop shadowing; True when this call changed it."""
+        runner = self.shadow
+        if runner is None:
+            return False
+        async with self._lock:
+            latest = await self.repo.shadow()
+            want: ShadowSession | None = latest if latest is not None and latest.running else None
+            current = runner.session
+            if want is None:
+                if current is None:
+                    return False
+                self.active.shadow = None
+                runner.end()
+                return True
+            if current is not None and current.id == want.id:
+                return False
+            cached = self._compiled.get(want.version)
+            try:
+                engine = cached if isinstance(cached, RegoPolicy) else await self._compile(want.version)
+            except PolicyLoadError as exc:
+                self.failures += 1
+                logs.event(log, "policy_shadow_load_failed", logging.ERROR, session=want.id, version=want.version,
+                           error=str(exc))
+                return False
+            self.remember(engine)
+            runner.begin(want, engine)
+            self.active.shadow = runner
+        logs.event(log, "policy_shadow_loaded", session=want.id, version=want.version, trigger=trigger)
+        return True
+
     async def refresh(self, trigger: str) -> None:
         try:
             await self.sync(trigger)
         except GatewayError as exc:  # repository_unavailable: the next poll retries
             logs.event(log, "policy_sync_failed", logging.WARNING, trigger=trigger, error=exc.message)
+        await self.refresh_shadow(trigger)
+
+    async def refresh_shadow(self, trigger: str) -> None:
+        try:
+            await self.sync_shadow(trigger)
+        except GatewayError as exc:
+            logs.event(log, "policy_shadow_sync_failed", logging.WARNING, trigger=trigger, error=exc.message)
 
     async def _listen(self) -> None:
         delay = 0.1
@@ -211,8 +262,11 @@ class PolicyWatcher:
     def _newer(self, message: bytes) -> bool:
         """Skip hints about what is already served (e.g. our own activation); re-read on anything else."""
         try:
-            generation = orjson.loads(message).get("generation")
+            hint = orjson.loads(message)
+            generation = hint.get("generation")
         except (orjson.JSONDecodeError, AttributeError):
+            return True
+        if "shadow" in hint:
             return True
         return not (isinstance(generation, int) and generation == self.active.generation)
 
@@ -223,7 +277,14 @@ class PolicyWatcher:
 
     async def publish(self, activation: Activation) -> int | None:
         """Tell every process; None when the state store is unreachable (their polls will catch up)."""
-        message = orjson.dumps({"generation": activation.generation, "version": activation.version})
+        return await self._publish(orjson.dumps({"generation": activation.generation,
+                                                 "version": activation.version}))
+
+    async def publish_shadow(self, session: ShadowSession) -> int | None:
+        """Tell every process that a shadow session started or stopped (a hint, like activations)."""
+        return await self._publish(orjson.dumps({"shadow": session.id, "running": session.running}))
+
+    async def _publish(self, message: bytes) -> int | None:
         try:
             return await self.state.publish(CHANNEL, message)
         except StateUnavailable as exc:

@@ -10,7 +10,8 @@ error code) follows as a queued record. A request refused before any change
 Audit ``action`` values: ``policy_upload``, ``policy_validate``,
 ``policy_propose``, ``policy_rollback`` (a rollback proposal),
 ``policy_approve``, ``policy_activate`` (the switch itself, with its kind:
-activate, rollback, break_glass, bootstrap), ``policy_break_glass``, and per
+activate, rollback, break_glass, bootstrap), ``policy_break_glass``,
+``policy_shadow_start`` and ``policy_shadow_stop`` (shadow mode), and per
 process ``policy_loaded`` (this process now serves a version).
 """
 
@@ -32,10 +33,13 @@ from gateway.bundles.repository import (
     MemoryBundleRepository,
     NewBundle,
     Proposal,
+    ShadowSession,
     check_approval,
     check_rollback_target,
+    check_shadow,
 )
 from gateway.bundles.runtime import ActivePolicy, PolicyWatcher
+from gateway.bundles.shadow import ShadowRunner
 from gateway.bundles.validate import Validation, validate
 from gateway.config import Config, PolicyAdminConfig
 from gateway.errors import (
@@ -43,9 +47,12 @@ from gateway.errors import (
     BAD_REQUEST,
     BREAK_GLASS_UNAVAILABLE,
     NOTIFY_UNAVAILABLE,
+    SHADOW_NOT_FOUND,
+    SHADOW_NOT_RUNNING,
     ConfigError,
     GatewayError,
 )
+from gateway.metrics import Metrics
 from gateway.notify import Notifier
 from gateway.policy.rego import RegoPolicy
 from gateway.state.base import StateStore
@@ -78,7 +85,7 @@ class PolicyAdmin:
 
     def __init__(self, config: Config, *, policy: ActivePolicy, state: StateStore, notifier: Notifier,
                  audit: AuditSink, repository: BundleRepository | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
         self.cfg = config.policy_admin
         self._config = config
         self.repo = repository or build_repository(self.cfg)
@@ -89,8 +96,10 @@ class PolicyAdmin:
         self._audit_timeout = config.audit.write_timeout
         self._clock = clock
         self._validating = asyncio.Semaphore(1)  # one validator child (~0.5 s of CPU) at a time per process
+        self.shadow = ShadowRunner(self.cfg, state, time_budget=self.bound, metrics=metrics, clock=clock)
         self.watcher = PolicyWatcher(self.repo, state, policy, time_budget=self.bound,
-                                     poll_interval=self.cfg.poll_interval, on_load=self._loaded)
+                                     poll_interval=self.cfg.poll_interval, on_load=self._loaded,
+                                     shadow=self.shadow)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -99,6 +108,7 @@ class PolicyAdmin:
             await self.repo.start()
             await self._bootstrap()
             await self.watcher.start()
+            self.shadow.start()
         except GatewayError as exc:
             await self.repo.close()
             raise ConfigError(f"policy_admin.repository: {exc.message}") from None
@@ -108,6 +118,7 @@ class PolicyAdmin:
 
     async def stop(self) -> None:
         await self.watcher.stop()
+        await self.shadow.stop()  # the last counts reach the state store
         await self.repo.close()
 
     async def _bootstrap(self) -> None:
@@ -274,3 +285,35 @@ class PolicyAdmin:
         """Serve it here at once, then tell the other processes (their polls catch up if this fails)."""
         await self.watcher.refresh("local")
         return await self.watcher.publish(activation)
+
+    # -- shadow mode ------------------------------------------------------------------
+
+    async def start_shadow(self, sub: str, version: str, sample_rate: float | None,
+                           reason: str) -> tuple[ShadowSession, int | None]:
+        """Judge live traffic with `version` beside the active bundle (no second officer: it decides nothing)."""
+        rate = self.cfg.shadow_sample_rate if sample_rate is None else sample_rate
+        with self._refusals("policy_shadow_start", sub, version=version):
+            check_shadow(await self.repo.info(version), await self.repo.active(), await self.repo.shadow())
+        fields = {"version": version, "sample_rate": rate, "reason": reason}
+        session = await self._step("policy_shadow_start", sub, fields, lambda: self.repo.start_shadow(
+            version, by=sub, at=self._clock(), sample_rate=rate, reason=reason))
+        await self.watcher.refresh_shadow("local")
+        return session, await self.watcher.publish_shadow(session)
+
+    async def stop_shadow(self, sub: str, reason: str) -> tuple[ShadowSession, int | None]:
+        with self._refusals("policy_shadow_stop", sub):
+            latest = await self.repo.shadow()
+            if latest is None or not latest.running:
+                raise GatewayError(SHADOW_NOT_RUNNING)
+        fields = {"session": latest.id, "version": latest.version, "reason": reason}
+        session = await self._step("policy_shadow_stop", sub, fields,
+                                   lambda: self.repo.stop_shadow(by=sub, at=self._clock()))
+        await self.watcher.refresh_shadow("local")
+        return session, await self.watcher.publish_shadow(session)
+
+    async def shadow_report(self, session_id: int | None = None) -> dict[str, Any]:
+        """The diff report of a session (the latest without an id), aggregated over every process."""
+        session = await self.repo.shadow(session_id)
+        if session is None:
+            raise GatewayError(SHADOW_NOT_FOUND, "no shadow session has been started")
+        return await self.shadow.report(session, active_version=self.active.version)

@@ -325,12 +325,19 @@ class RegoPolicy:
 
     # -- evaluation -------------------------------------------------------
 
-    def _execute(self, policy_input: Mapping[str, Any]) -> str:
-        """Serialise, run on the Rvm within the time budget; the result as the engine's JSON text."""
+    @staticmethod
+    def input_text(policy_input: Mapping[str, Any]) -> str:
+        """The input document as the JSON text the Rvm reads (shadow mode reuses it for the candidate)."""
         try:
-            input_json = orjson.dumps(policy_input).decode()
+            return orjson.dumps(policy_input).decode()
         except TypeError as exc:
             raise GatewayError(POLICY_UNAVAILABLE, f"the policy input is not JSON: {exc}") from exc
+
+    def _execute(self, policy_input: Mapping[str, Any]) -> str:
+        """Serialise, run on the Rvm within the time budget; the result as the engine's JSON text."""
+        return self._execute_text(self.input_text(policy_input))
+
+    def _execute_text(self, input_json: str) -> str:
         started = time.perf_counter()
         try:
             result = self._rvm.execute(input_json)
@@ -346,12 +353,12 @@ class RegoPolicy:
         """The decision document as JSON-decoded Python, or `UNDEFINED` (the string) when undefined."""
         return _decode(self._execute(policy_input))
 
-    def _undefined(self, input_json: bytes) -> Decision:
+    def _undefined(self, input_json: bytes, *, diagnose: bool = True) -> Decision:
         if self.has_default:
-            detail = self._interpreter_error(input_json)
+            detail = self._interpreter_error(input_json) if diagnose else None
             raise GatewayError(POLICY_UNAVAILABLE, "the decision is undefined despite `default decision`: "
                                + (detail or "a runtime error (e.g. conflicting rule outputs)"))
-        detail = self._interpreter_error(input_json)
+        detail = self._interpreter_error(input_json) if diagnose else None
         if detail is not None:
             raise GatewayError(POLICY_UNAVAILABLE, f"policy evaluation failed: {detail}")
         return Decision(allow=False, deny=(NO_DECISION,), policy_version=self.version)
@@ -372,13 +379,21 @@ class RegoPolicy:
         return None
 
     def evaluate_sync(self, policy_input: Mapping[str, Any]) -> Decision:
-        result = self._execute(policy_input)
+        return self.evaluate_text(self.input_text(policy_input))
+
+    def evaluate_text(self, input_json: str, *, diagnose: bool = True) -> Decision:
+        """`evaluate_sync` on an input already serialised by `input_text`.
+
+        ``diagnose=False`` (shadow mode) never re-runs an undefined decision on `regorus.Engine`:
+        it is an error with a default decision, else ``no_decision``, at the cost of one evaluation.
+        """
+        result = self._execute_text(input_json)
         if result in PLAIN_ALLOW_TEXTS:
             # The usual answer, recognised by its exact text: what the full path below would return.
             return Decision(allow=True, policy_version=self.version)
         doc = _decode(result)
         if doc == UNDEFINED:
-            return self._undefined(orjson.dumps(policy_input))
+            return self._undefined(input_json.encode(), diagnose=diagnose)
         leak = _find_undefined(doc, "decision")
         if leak is not None:
             raise GatewayError(POLICY_UNAVAILABLE, f"the engine left an undefined value at {leak} "
