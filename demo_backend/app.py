@@ -75,17 +75,17 @@ async def _guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
         unmatched = request.match_info.http_exception
         if unmatched is not None:
             raise unmatched
-        if handler is not healthz:
+        if handler in internal.HANDLERS:
+            # The fact routes answer the gateway's providers alone: only with the token.
             token = request.app.get(INTERNAL_TOKEN)
-            if token is not None and not hmac.compare_digest(
-                request.headers.get(INTERNAL_TOKEN_HEADER, "").encode(), token
-            ):
+            if token is None:
+                raise DemoError(404, "not_found", "no such route")  # never without a token
+            if not hmac.compare_digest(request.headers.get(INTERNAL_TOKEN_HEADER, "").encode(), token):
                 raise DemoError(
                     401, "internal_token_invalid", "the internal token is missing or wrong"
                 )
-            if handler in internal.HANDLERS and token is None:
-                raise DemoError(404, "not_found", "no such route")  # never without a token
-            if handler not in _UNAUTHENTICATED and handler not in internal.HANDLERS:
+        elif handler is not healthz:
+            if handler not in _UNAUTHENTICATED:
                 identity = request.app[VERIFIER].verify(request.headers.get(HEADER))
                 account = request.match_info.get("account")
                 if account is not None and account not in identity.accounts:
@@ -316,9 +316,11 @@ def create_app(
     """The backend application; ``identity_jwks`` holds the gateway's public key(s)
     (ES256 assertions), ``identity_hmac_key`` this backend's own HS256 key.
 
-    ``internal_token``, when set, must also arrive in ``X-Portcullis-Internal-Token``
-    on every route but ``/healthz``, and enables the ``/internal`` fact routes
-    (demo_backend/internal.py) that the gateway's policy providers call. ``clock`` and ``seed`` drive the simulated
+    ``internal_token``, when set, enables the ``/internal`` fact routes
+    (demo_backend/internal.py) that the gateway's policy providers call; they
+    answer only requests carrying it in ``X-Portcullis-Internal-Token``. Client
+    routes trust the identity assertion alone, so the token never travels with
+    client traffic. ``clock`` and ``seed`` drive the simulated
     market and timestamps.
     """
     app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)

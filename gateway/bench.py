@@ -530,10 +530,7 @@ def _start_stack(tmp: Path, children: Children, total_seconds: float, path: str,
                             request_id=secrets.token_hex(12), now=int(time.time()))
     token = mint_token(keys, sub=BENCH_SUB, accounts=BENCH_ACCOUNTS, ttl=ttl)
     ids = {n: p.pid for n, p in procs.items()}
-    # A backend with an internal token wants it on every request; the gateway adds it itself.
     direct_headers = {header: assertion}
-    if "PORTCULLIS_BACKEND_INTERNAL_TOKEN" in os.environ:
-        direct_headers["X-Portcullis-Internal-Token"] = os.environ["PORTCULLIS_BACKEND_INTERNAL_TOKEN"]
     return [
         Target("direct", ports["backend"], direct_headers, {"backend": ids["backend"]}),
         Target("bare", ports["bare"], direct_headers,

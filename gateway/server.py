@@ -35,7 +35,7 @@ from gateway.notify import Notifier, build_notifier
 from gateway.paths import normalise_target
 from gateway.pipeline import Pipeline, Step
 from gateway.policy.engine import BaselinePolicy, PolicyEngine
-from gateway.policy.providers import INTERNAL_TOKEN_HEADER, FactProviders, HttpFactProviders
+from gateway.policy.providers import FactProviders, HttpFactProviders
 from gateway.proxy import Forward, ReadBody, StreamAborted, Upstreams, upstream_ssl_context
 from gateway.responses import error_response
 from gateway.risk.scorer import RiskScorer, SignalScorer
@@ -206,11 +206,6 @@ class Gateway:
         headers[ident.terminal_header.lower()] = terminal_info(
             client_ip=ctx.client_ip, client_port=ctx.client_port, device_id=ctx.device_id,
             user_agent=ctx.headers.get("User-Agent"))
-        pc = self.config.providers
-        if pc is not None and ctx.route.upstream == pc.upstream:
-            # That backend then requires the token on every route (only the gateway may call it);
-            # a client's own X-Portcullis-* headers were stripped before this hook runs.
-            headers[INTERNAL_TOKEN_HEADER.lower()] = pc.internal_token
 
     # -- the public handler ----------------------------------------------
 

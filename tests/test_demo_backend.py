@@ -247,15 +247,26 @@ async def test_wrong_method_is_json_405(client: Client, keys: DemoKeys) -> None:
     await _error(resp, 405, "method_not_allowed")
 
 
-async def test_internal_token_is_required_when_configured(
+async def test_internal_token_guards_the_fact_routes_only(
     aiohttp_client: MakeClient, keys: DemoKeys
 ) -> None:
     client = await aiohttp_client(create_app(keys.identity_jwks, internal_token="s3cret"))
     assert (await client.get("/healthz")).status == 200
-    resp = await client.get("/api/quotes/600519.SH", headers=auth(keys))
-    await _error(resp, 401, "internal_token_invalid")
-    headers = auth(keys) | {"X-Portcullis-Internal-Token": "s3cret"}
-    assert (await client.get("/api/quotes/600519.SH", headers=headers)).status == 200
+    # Client routes trust the identity assertion; the internal token is not theirs.
+    assert (await client.get("/api/quotes/600519.SH", headers=auth(keys))).status == 200
+    await _error(await client.get("/api/quotes/600519.SH"), 401, "identity_assertion_invalid")
+    for wrong in ({}, {"X-Portcullis-Internal-Token": "s3cre"}, auth(keys)):
+        await _error(await client.get("/internal/restricted", headers=wrong), 401, "internal_token_invalid")
+    ok = await client.get("/internal/restricted", headers={"X-Portcullis-Internal-Token": "s3cret"})
+    assert ok.status == 200
+
+
+async def test_fact_routes_do_not_exist_without_an_internal_token(
+    aiohttp_client: MakeClient, keys: DemoKeys
+) -> None:
+    client = await aiohttp_client(create_app(keys.identity_jwks))
+    resp = await client.get("/internal/restricted", headers={"X-Portcullis-Internal-Token": ""})
+    await _error(resp, 404, "not_found")
 
 
 # --------------------------------------------------------------------------

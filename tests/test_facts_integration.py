@@ -45,7 +45,7 @@ async def test_facts_reach_the_policy_input(tmp_path: Path) -> None:
                          gateway_kwargs={"policy": policy}) as stack, aiohttp.ClientSession() as s:
         headers = stack.auth() | {"X-Portcullis-Risk-Acknowledged": "true"}
         async with s.post(stack.url + "/api/accounts/A1/orders", json=ORDER, headers=headers) as resp:
-            assert resp.status == 201, await resp.text()  # forwarded with the internal token
+            assert resp.status == 201, await resp.text()
         doc = policy.inputs[-1]
         assert doc["request"]["route"] == "order_place" and doc["order"]["symbol"] == "600519.SH"
         assert doc["instrument"]["board_lot"] == 100 and doc["instrument"]["limit_up"] == 1595.0
@@ -68,6 +68,11 @@ async def test_facts_reach_the_policy_input(tmp_path: Path) -> None:
             assert resp.status == 200
         read = policy.inputs[-1]
         assert read["account"]["id"] == "A1" and read["instrument"] is None and read["counters"] is None
+
+        # The internal token is the gateway's to the providers alone: never on client traffic.
+        async with s.get(stack.url + "/__debug/echo", headers=stack.auth()) as resp:
+            sent = {name.lower(): value for name, value in (await resp.json())["headers"]}
+        assert "x-portcullis-internal-token" not in sent and TOKEN not in str(sent)
 
         # The backend's internal routes are in no route table of the gateway.
         for path in ("/internal/restricted", "/internal/accounts/A1/facts"):
