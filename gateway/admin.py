@@ -2,9 +2,9 @@
 
 It binds to 127.0.0.1 by default and is never reachable through the public
 listener. Zero trust still applies: every /admin call needs a token from a
-configured issuer carrying the `admin` role (``/admin/policy/...``: the
-`compliance` role and a recent step-up, see gateway/admin_policy.py), and
-every call is audited.
+configured issuer carrying the `admin` role (``/admin/policy/...`` and
+``/admin/freezes/...``: the `compliance` role and a recent step-up, see
+gateway/admin_policy.py and gateway/admin_freezes.py), and every call is audited.
 """
 
 from __future__ import annotations
@@ -118,7 +118,9 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/status", status)
     app.router.add_post("/admin/revocations", revoke)
+    from gateway.admin_freezes import add_freeze_routes
     from gateway.admin_policy import add_policy_routes
 
     add_policy_routes(app)
+    add_freeze_routes(app)
     return app

@@ -53,6 +53,8 @@ class RequestContext:
     """Provider facts and counters for the policy input (the facts step)."""
     degraded: list[str] = field(default_factory=list)
     """Dependencies that failed open on this request (read routes only)."""
+    mask_fields: tuple[tuple[str, ...], ...] | None = None
+    """JSON field paths to mask in the upstream's response (the mask_fields obligation)."""
     request: Any = None
     response: Any = None
     upstream_seconds: float | None = None

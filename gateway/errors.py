@@ -15,9 +15,9 @@ Tree (status: codes)::
     │                             token_alg_not_allowed, token_key_unknown,
     │                             token_revoked, insufficient_user_authentication
     ├── 403 forbidden ........... account_forbidden, policy_denied, role_forbidden,
-    │                             self_approval
+    │                             self_approval, account_frozen
     ├── 404 not found ........... route_not_found, bundle_not_found, proposal_not_found,
-    │                             shadow_not_found
+    │                             shadow_not_found, freeze_not_found
     ├── 405 method not allowed .. method_not_allowed
     ├── 408 request timeout ..... body_timeout
     ├── 409 conflict ............ bundle_exists, bundle_not_validated, bundle_already_active,
@@ -26,12 +26,14 @@ Tree (status: codes)::
     ├── 413 too large ........... body_too_large, bundle_too_large
     ├── 415 media type .......... unsupported_media_type
     ├── 422 unprocessable ....... bundle_invalid
-    ├── 502 bad gateway ......... upstream_unreachable, upstream_bad_response
+    ├── 428 precondition ........ confirmation_required
+    ├── 502 bad gateway ......... upstream_unreachable, upstream_bad_response,
+    │                             response_unmaskable
     ├── 503 unavailable ......... state_unavailable, audit_unavailable,
     │                             policy_unavailable, risk_unavailable,
     │                             provider_unavailable, shutting_down,
     │                             repository_unavailable, notify_unavailable,
-    │                             break_glass_unavailable
+    │                             break_glass_unavailable, obligation_failed
     └── 504 gateway timeout ..... upstream_timeout
 """
 
@@ -142,6 +144,20 @@ BREAK_GLASS_UNAVAILABLE = _kind(
 SHADOW_NOT_FOUND = _kind("shadow_not_found", 404, "no shadow session has this id")
 SHADOW_RUNNING = _kind("shadow_running", 409, "a shadow session is already running: stop it first")
 SHADOW_NOT_RUNNING = _kind("shadow_not_running", 409, "no shadow session is running")
+
+# Obligations of a decision and account freezes (gateway/steps/obligations.py, gateway/freezes.py).
+ACCOUNT_FROZEN = _kind(
+    "account_frozen", 403, "the account is frozen: trading and transfers are refused until compliance lifts it"
+)
+CONFIRMATION_REQUIRED = _kind(
+    "confirmation_required", 428,
+    "acknowledge the risk warning: resend the request with X-Portcullis-Risk-Acknowledged: true",
+)
+OBLIGATION_FAILED = _kind("obligation_failed", 503, "an obligation of the policy could not be carried out")
+RESPONSE_UNMASKABLE = _kind(
+    "response_unmaskable", 502, "the upstream's response cannot be masked as the policy requires"
+)
+FREEZE_NOT_FOUND = _kind("freeze_not_found", 404, "the account is not frozen")
 
 
 def catalogue() -> dict[str, ErrorKind]:

@@ -36,6 +36,13 @@ class Metrics:
         self.audit_failures = Gauge(
             "portcullis_audit_write_failures", "Queued audit records that failed to write (count)",
             registry=r)
+        self.policy_errors = Counter(
+            "portcullis_policy_errors",
+            "Policy evaluations that failed, by reason (runtime_error, timeout, unavailable) and tier",
+            ["reason", "tier"], registry=r)
+        self.obligations = Counter(
+            "portcullis_obligations", "Obligations of policy decisions by obligation and outcome",
+            ["obligation", "outcome"], registry=r)
         self.in_flight = Gauge("portcullis_in_flight_requests", "Requests being handled", registry=r)
         self.audit_backlog = Gauge("portcullis_audit_backlog", "Audit records not yet durable",
                                    registry=r)
@@ -63,6 +70,14 @@ class Metrics:
     def observe_rejected(self, code: str, status: int) -> None:
         """A request refused before it matched a route (bad path, unknown route...)."""
         self._child(self.requests, "-", "-", code, str(status)).inc()
+
+    def policy_error(self, reason: str, tier: str) -> None:
+        """A policy evaluation that failed (the request failed closed or degraded by its fail mode)."""
+        self._child(self.policy_errors, reason, tier).inc()
+
+    def obligation(self, obligation: str, outcome: str) -> None:
+        """One obligation of a decision and what became of it (gateway/steps/obligations.py)."""
+        self._child(self.obligations, obligation, outcome).inc()
 
     def watch_audit(self, backlog: Callable[[], float], failures: Callable[[], float]) -> None:
         self.audit_backlog.set_function(backlog)

@@ -22,7 +22,9 @@ class Step(Protocol):
 
     Pure steps (role and account checks, the step-up challenge...) are plain
     functions: a coroutine per step per request is overhead the hot path does
-    not need. The pipeline awaits only the steps that are coroutine functions.
+    not need. The pipeline awaits the steps that are coroutine functions, and
+    whatever a plain step returns when it is not None: a step that rarely has
+    I/O to do (the obligations step) returns a coroutine only then.
     """
 
     name: str
@@ -42,4 +44,6 @@ class Pipeline:
             if is_async:
                 await step(ctx)  # type: ignore[misc]
             else:
-                step(ctx)
+                pending = step(ctx)
+                if pending is not None:
+                    await pending

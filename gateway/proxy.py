@@ -25,6 +25,7 @@ from gateway.errors import (
     BODY_TIMEOUT,
     BODY_TOO_LARGE,
     INVALID_JSON,
+    RESPONSE_UNMASKABLE,
     UNSUPPORTED_MEDIA_TYPE,
     UPSTREAM_BAD_RESPONSE,
     UPSTREAM_TIMEOUT,
@@ -32,6 +33,7 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.headers import dropped_headers, response_headers, upstream_headers
+from gateway.masking import MASK_RESPONSE_LIMIT
 
 #: Responses up to this size are buffered and sent in one write.
 BUFFER_RESPONSE_LIMIT = 256 * 1024
@@ -248,7 +250,12 @@ class Forward:
         up = self._upstreams.get(ctx.route.upstream)
         url = up.config.url + ctx.path + ("?" + ctx.query if ctx.query else "")
         headers = self.build_headers(ctx, request)
+        masked = ctx.mask_fields is not None
+        if masked:
+            headers["accept-encoding"] = "identity"  # the mask step must read the body
         if ctx.route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
+            if masked:
+                raise GatewayError(RESPONSE_UNMASKABLE, "a WebSocket stream cannot be masked")
             ctx.response = await proxy_websocket(request, up, url, headers,
                                                  self._upstreams.timeout(ctx.route), self.websockets)
             return
@@ -268,7 +275,7 @@ class Forward:
                 ctx.method, url, headers=headers, data=data, allow_redirects=False,
                 timeout=self._upstreams.timeout(ctx.route), compress=None,
             ) as resp:
-                ctx.response = await _relay(request, resp)
+                ctx.response = await (_buffered(resp, MASK_RESPONSE_LIMIT) if masked else _relay(request, resp))
         except GatewayError:
             raise
         except aiohttp.ClientConnectorError as exc:
@@ -320,6 +327,22 @@ async def _relay(request: web.BaseRequest, resp: aiohttp.ClientResponse) -> web.
             request.transport.close()
         raise StreamAborted(out) from None
     return out
+
+
+async def _buffered(resp: aiohttp.ClientResponse, limit: int) -> web.Response:
+    """The whole response, unsent, for a step that rewrites it (masking); larger than ``limit``: 502."""
+    length = resp.content_length
+    if length is not None and length > limit:
+        raise GatewayError(RESPONSE_UNMASKABLE, f"the response exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(RESPONSE_UNMASKABLE, f"the response exceeds {limit} bytes")
+        chunks.append(chunk)
+    headers = response_headers(resp.headers.items(), resp.headers.getall("Connection", ()))
+    return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=b"".join(chunks))
 
 
 async def proxy_websocket(request: web.BaseRequest, up: Upstream, url: str,

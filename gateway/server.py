@@ -28,6 +28,7 @@ from gateway.bundles.service import PolicyAdmin
 from gateway.config import Config, ListenerConfig
 from gateway.context import RequestContext
 from gateway.errors import BAD_HEADER, BAD_REQUEST, SHUTTING_DOWN, ConfigError, GatewayError
+from gateway.freezes import FreezeStore
 from gateway.identity import AssertionSigner, HmacIdentitySigner, IdentitySigner, terminal_info
 from gateway.metrics import Metrics
 from gateway.netutil import TrustedPeers, client_ip
@@ -48,6 +49,7 @@ from gateway.steps.bind_account import BindAccount, RequireRole
 from gateway.steps.decrypt import Decrypt
 from gateway.steps.facts import FetchFacts
 from gateway.steps.judge import Decide, Score, StepUpChallenge
+from gateway.steps.obligations import MaskResponse, Obligations, RefuseFrozen
 
 log = logging.getLogger("portcullis")
 
@@ -167,6 +169,7 @@ class Gateway:
         self.admin_port: int | None = None
         self.signers = build_signers(config) if g.security else {}
         self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout)
+        self.freezes = FreezeStore(self.state)
         self.bundles = PolicyAdmin(config, policy=self.policy, state=self.state, notifier=self.notifier,
                                    audit=self.audit, metrics=self.metrics)
         self.pipelines = self._build_pipelines()
@@ -189,7 +192,11 @@ class Gateway:
             FetchFacts(self.providers, self.state,
                        read_account_facts=self.config.providers is None
                        or self.config.providers.read_account_facts),
-            Score(self.scorer), Decide(self.policy), StepUpChallenge(), self._auditor, forward,
+            RefuseFrozen(), Score(self.scorer), Decide(self.policy, on_error=self.metrics.policy_error),
+            Obligations(self.freezes, self.notifier, self._auditor, officers=self.config.policy_admin.officers,
+                        count=self.metrics.obligation),
+            StepUpChallenge(), self._auditor, forward,
+            MaskResponse(self._auditor, count=self.metrics.obligation),
         ]
         full = Pipeline(guarded)
         return {"public": Pipeline([read_body, forward]), "read": full, "trade": full,

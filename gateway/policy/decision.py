@@ -24,6 +24,9 @@ Invariants checked beyond the shapes:
 * ``allow: true`` carries no deny reason and no step-up;
 * ``allow: false`` carries at least one deny reason or a step-up: a deny always
   says why.
+
+Malformed obligations raise `ObligationError` (a POLICY_UNAVAILABLE), which
+fails closed on every route, fail-open reads included.
 """
 
 from __future__ import annotations
@@ -39,8 +42,24 @@ OBLIGATIONS = frozenset({"freeze_account", "alert", "require_confirmation", "mas
 _TOP_LEVEL = frozenset({"allow", "deny", "step_up", "obligations"})
 
 
+class ObligationError(GatewayError):
+    """The decision's obligations are malformed (POLICY_UNAVAILABLE).
+
+    Its own class because the decide step fails it closed on *every* route,
+    fail-open reads included: degrading would forward the request without an
+    obligation the policy meant (an unmasked profile, a missing freeze).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(POLICY_UNAVAILABLE, message)
+
+
 def _fail(problem: str) -> GatewayError:
     return GatewayError(POLICY_UNAVAILABLE, f"malformed policy decision: {problem}")
+
+
+def _bad_obligation(problem: str) -> ObligationError:
+    return ObligationError(f"malformed policy decision: {problem}")
 
 
 def _type_name(value: Any) -> str:
@@ -104,19 +123,19 @@ def _parse_obligations(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise _fail(f"obligations must be an object, got {_type_name(value)}")
+        raise _bad_obligation(f"obligations must be an object, got {_type_name(value)}")
     unknown = set(value) - OBLIGATIONS
     if unknown:
-        raise _fail(f"unknown obligations: {', '.join(sorted(map(str, unknown)))}")
+        raise _bad_obligation(f"unknown obligations: {', '.join(sorted(map(str, unknown)))}")
     for key in ("freeze_account", "require_confirmation"):
         if key in value and not isinstance(value[key], bool):
-            raise _fail(f"obligations.{key} must be a boolean, got {_type_name(value[key])}")
+            raise _bad_obligation(f"obligations.{key} must be a boolean, got {_type_name(value[key])}")
     if "alert" in value and not isinstance(value["alert"], (str, Mapping)):
-        raise _fail(f"obligations.alert must be a string or an object, got {_type_name(value['alert'])}")
+        raise _bad_obligation(f"obligations.alert must be a string or an object, got {_type_name(value['alert'])}")
     if "mask_fields" in value:
         fields = value["mask_fields"]
         if not isinstance(fields, list) or not all(isinstance(f, str) and f for f in fields):
-            raise _fail("obligations.mask_fields must be an array of non-empty strings")
+            raise _bad_obligation("obligations.mask_fields must be an array of non-empty strings")
     return dict(value)
 
 
@@ -132,6 +151,8 @@ def parse_decision(doc: Any, version: str) -> Decision:
     allow = doc["allow"]
     if not isinstance(allow, bool):
         raise _fail(f"allow must be a boolean, got {_type_name(allow)}")
+    # Obligations first: a malformed one fails closed everywhere, whatever else is wrong.
+    obligations = _parse_obligations(doc.get("obligations"))
     deny_doc = doc.get("deny", [])
     if deny_doc is None:
         deny_doc = []
@@ -139,7 +160,6 @@ def parse_decision(doc: Any, version: str) -> Decision:
         raise _fail(f"deny must be an array, got {_type_name(deny_doc)}")
     deny = tuple(_parse_reason(i, item) for i, item in enumerate(deny_doc))
     step_up = _parse_step_up(doc.get("step_up"))
-    obligations = _parse_obligations(doc.get("obligations"))
     if allow and deny:
         raise _fail(f"allow is true but deny lists {', '.join(r.code for r in deny)}")
     if allow and step_up is not None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from gateway.freezes import Freeze
 
 EXCHANGE_TZ_NAME = "Asia/Shanghai"
 EXCHANGE_TZ = ZoneInfo(EXCHANGE_TZ_NAME)
@@ -35,6 +38,8 @@ class Facts:
     restricted: dict[str, bool] | None = None
     trading_day: bool | None = None
     counters: dict[str, Any] | None = None
+    freeze: Freeze | None = None
+    """The gateway's own freeze of the request's account (trade and transfer routes); None: not frozen."""
 
 
 def exchange_time(now: float) -> datetime:

@@ -17,6 +17,7 @@ a fact was looked up.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.context import RequestContext
@@ -27,6 +28,11 @@ INPUT_VERSION = 1
 RISK_ACK_HEADER = "X-Portcullis-Risk-Acknowledged"
 
 _NO_FACTS = Facts()
+
+
+def risk_warning_acknowledged(headers: Mapping[str, str]) -> bool:
+    """The client resent the request with ``X-Portcullis-Risk-Acknowledged: true``."""
+    return headers.get(RISK_ACK_HEADER, "").strip().lower() == "true"
 
 
 def build_input(ctx: RequestContext) -> dict[str, Any]:
@@ -77,8 +83,5 @@ def build_input(ctx: RequestContext) -> dict[str, Any]:
         "position": facts.position,
         "counters": facts.counters,
         "restricted": facts.restricted,
-        "confirmation": {
-            "risk_warning_acknowledged":
-                ctx.headers.get(RISK_ACK_HEADER, "").strip().lower() == "true",
-        },
+        "confirmation": {"risk_warning_acknowledged": risk_warning_acknowledged(ctx.headers)},
     }

@@ -15,7 +15,7 @@ from typing import Any
 from audit.sink import AuditSink, AuditWriteError
 from gateway.config import GUARDED_TIERS
 from gateway.context import RequestContext
-from gateway.errors import AUDIT_UNAVAILABLE, GatewayError
+from gateway.errors import AUDIT_UNAVAILABLE, POLICY_DENIED, GatewayError
 
 
 def base_record(ctx: RequestContext, kind: str) -> dict[str, Any]:
@@ -34,6 +34,7 @@ def base_record(ctx: RequestContext, kind: str) -> dict[str, Any]:
         "device_id": ctx.device_id,
         # A policy denial is audited from here (not decision_record): it names its bundle too.
         "policy_version": ctx.decision.policy_version if ctx.decision is not None else None,
+        "obligations": sorted(ctx.decision.obligations) if ctx.decision is not None else [],
     }
 
 
@@ -58,6 +59,7 @@ def decision_record(ctx: RequestContext) -> dict[str, Any]:
         "decision": "allow" if d is None or d.allow else ("step_up" if d.step_up else "deny"),
         "reasons": [r.code for r in d.deny] if d and d.deny else [],
         "policy_version": d.policy_version if d else None,
+        "obligations": sorted(d.obligations) if d and d.obligations else [],
         "risk_score": risk.score if risk else None,
         "risk_level": risk.level if risk else None,
         "risk_factors": [f.code for f in risk.factors] if risk else [],
@@ -73,14 +75,24 @@ class AuditDecision:
         self._timeout = timeout
 
     async def __call__(self, ctx: RequestContext) -> None:
+        d = ctx.decision
+        if d is not None and not d.allow:
+            # Never reached when the pipeline is whole (decide, obligations and step-up refuse
+            # first); a deny that got this far is refused, never forwarded.
+            raise GatewayError(POLICY_DENIED, extra={"reasons": [
+                {"code": r.code, "message": r.message} for r in d.deny]})
         record = decision_record(ctx)
         if ctx.route.tier in GUARDED_TIERS or ctx.route.fail_mode == "closed":
-            try:
-                await asyncio.wait_for(asyncio.shield(self._sink.submit(record)), self._timeout)
-            except (TimeoutError, AuditWriteError):
-                raise GatewayError(AUDIT_UNAVAILABLE) from None
+            await self.write(record)
             return
         self.queue(record)
+
+    async def write(self, record: dict[str, Any]) -> None:
+        """Submit and wait until durable (within the timeout), else 503 audit_unavailable."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._sink.submit(record)), self._timeout)
+        except (TimeoutError, AuditWriteError):
+            raise GatewayError(AUDIT_UNAVAILABLE) from None
 
     def queue(self, record: dict[str, Any]) -> None:
         """Submit without waiting; the sink counts failures, never raised into the request."""

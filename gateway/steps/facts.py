@@ -24,6 +24,13 @@ seen today on this account with a *different* body: the retry of the very same
 order after a step-up challenge is not a duplicate (the backend refuses a real
 replay of an executed order with its own 409).
 
+The gateway's own account freezes (gateway/freezes.py) are read in the same
+batch: ``freeze:<account>`` rides along with the counters on an order or a
+cancel, and is one ``GET`` beside the providers on a transfer (nothing else
+on that route touches the store). A freeze fills ``facts.freeze`` and turns
+``account.frozen`` true in the policy input; the refuse-frozen step then
+stops the request in Python (403 ``account_frozen``) before any policy.
+
 Read routes: only the account facts, and only where the route names an
 account and ``providers.read_account_facts`` is on. It is cheap: one small
 loopback call per account per ``account_ttl`` (1 s) per process, shared by
@@ -45,6 +52,7 @@ from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import PROVIDER_UNAVAILABLE, STATE_UNAVAILABLE, GatewayError
+from gateway.freezes import freeze_key, parse_freeze
 from gateway.policy.facts import Facts, exchange_time, order_doc, order_notional, seconds_to_day_end
 from gateway.policy.providers import MISS, FactProviders
 from gateway.state.base import StateStore, StateUnavailable
@@ -116,17 +124,25 @@ class FetchFacts:
         counted_as = kind if account is not None and kind in ("order", "cancel") else None
         # A market order's notional needs the price: then the counters wait for the quote.
         price_known = order is None or order_notional(order, None) is not None
+        freeze_raw: bytes | None = None
         try:
             if counted_as is not None and account is not None and price_known:
                 counted = self._counters(ctx, counted_as, account, order, None)
                 if lookups:
-                    *results, facts.counters = await asyncio.gather(*lookups, counted)
+                    *results, (facts.counters, freeze_raw) = await asyncio.gather(*lookups, counted)
                 else:
-                    facts.counters = await counted
+                    facts.counters, freeze_raw = await counted
+            elif counted_as is None and account is not None:
+                # Not counted (a transfer): the freeze alone, one GET, alongside the providers.
+                frozen = self._freeze(account)
+                if lookups:
+                    *results, freeze_raw = await asyncio.gather(*lookups, frozen)
+                else:
+                    freeze_raw = await frozen
             elif lookups:
                 results = list(await asyncio.gather(*lookups))
         except GatewayError as exc:
-            if isinstance(exc, StateUnavailable):
+            if exc.code == STATE_UNAVAILABLE.code:
                 raise
             raise GatewayError(PROVIDER_UNAVAILABLE) from exc
         except Exception as exc:  # fail closed whatever happened
@@ -145,10 +161,23 @@ class FetchFacts:
                 or (customer is not None and customer in restricted.persons),
             }
         if counted_as is not None and account is not None and not price_known:
-            facts.counters = await self._counters(ctx, counted_as, account, order, facts.quote)
+            facts.counters, freeze_raw = await self._counters(ctx, counted_as, account, order, facts.quote)
+        if freeze_raw is not None and account is not None:
+            facts.freeze = parse_freeze(freeze_raw, account)
+            if facts.account is not None:  # the policy sees the gateway's freeze too (docs/POLICIES.md)
+                facts.account = {**facts.account, "frozen": True}
+
+    async def _freeze(self, account: str) -> bytes | None:
+        try:
+            return await self._state.get(freeze_key(account))
+        except StateUnavailable:
+            raise
+        except Exception as exc:
+            raise GatewayError(STATE_UNAVAILABLE) from exc
 
     async def _counters(self, ctx: RequestContext, kind: str, account: str,
-                        order: dict[str, Any] | None, quote: dict[str, Any] | None) -> dict[str, Any]:
+                        order: dict[str, Any] | None,
+                        quote: dict[str, Any] | None) -> tuple[dict[str, Any], bytes | None]:
         day = exchange_time(ctx.now).date().isoformat()
         ttl = seconds_to_day_end(ctx.now) + _DAY_TTL_MARGIN
         is_order = kind == "order"
@@ -157,6 +186,7 @@ class FetchFacts:
         coid = order.get("client_order_id") if order is not None else None
         try:
             async with self._state.batch() as b:
+                frozen = b.get(freeze_key(account))
                 orders = b.incr(f"ctr:orders:{account}:{day}", 1 if is_order else 0, ttl)
                 cancels = b.incr(f"ctr:cancels:{account}:{day}", 0 if is_order else 1, ttl)
                 actions = b.zadd_window(f"ctr:actions:{account}", ctx.request_id, ctx.now, 1.0)
@@ -180,4 +210,4 @@ class FetchFacts:
             "actions_last_second": actions.value,
             "notional_today": total.value / 100,
             "duplicate_client_order_id": duplicate,
-        }
+        }, frozen.value

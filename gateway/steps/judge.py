@@ -3,10 +3,17 @@
 Each dependency failure follows the route's fail mode: trade, transfer and
 admin routes fail closed (503 with the dependency's code); read routes with
 `fail_mode = "open"` carry on, and the request's audit record names what
-degraded.
+degraded. A policy failure is also counted by reason
+(``portcullis_policy_errors_total{reason, tier}``, see `policy_error_reason`).
+
+A deny that carries obligations is not refused here: the obligations step
+(gateway/steps/obligations.py) placed right after this one carries them out
+(a freeze, an alert) and then refuses the request itself.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from gateway.context import RequestContext
 from gateway.errors import (
@@ -17,6 +24,7 @@ from gateway.errors import (
     ErrorKind,
     GatewayError,
 )
+from gateway.policy.decision import ObligationError
 from gateway.policy.engine import Decision, PolicyEngine
 from gateway.policy.input import build_input
 from gateway.risk.scorer import RiskScorer
@@ -42,21 +50,45 @@ class Score:
             _fail(ctx, RISK_UNAVAILABLE, exc)
 
 
+def policy_error_reason(exc: BaseException) -> str:
+    """``timeout``, ``runtime_error`` or ``unavailable``: the metric label of a failed evaluation.
+
+    The embedded engine reports every failure as POLICY_UNAVAILABLE; one over its
+    time budget says "budget" (gateway/policy/rego.py, pinned by a test). Engine
+    errors, panics, undefined or malformed decisions are runtime errors; anything
+    else (an engine that cannot be reached, a bug) is ``unavailable``.
+    """
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, GatewayError) and exc.code == POLICY_UNAVAILABLE.code:
+        return "timeout" if "budget" in exc.message else "runtime_error"
+    if isinstance(exc, RuntimeError):
+        return "runtime_error"
+    return "unavailable"
+
+
 class Decide:
     name = "decide"
 
-    def __init__(self, engine: PolicyEngine) -> None:
+    def __init__(self, engine: PolicyEngine, *,
+                 on_error: Callable[[str, str], None] | None = None) -> None:
         self._engine = engine
+        self._on_error = on_error
+        """Called with (reason, tier) for each failed evaluation (the metrics counter)."""
 
     async def __call__(self, ctx: RequestContext) -> None:
         try:
             decision = await self._engine.evaluate(build_input(ctx))
         except Exception as exc:
+            if self._on_error is not None:
+                self._on_error(policy_error_reason(exc), ctx.route.tier)
+            if isinstance(exc, ObligationError):
+                raise  # never degraded: the request would go on without what the policy required
             _fail(ctx, POLICY_UNAVAILABLE, exc)
             ctx.decision = Decision(allow=True, policy_version="degraded")
             return
         ctx.decision = decision
-        if not decision.allow and decision.step_up is None:
+        if not decision.allow and decision.step_up is None and not decision.obligations:
             reasons = [{"code": r.code, "message": r.message} for r in decision.deny]
             raise GatewayError(POLICY_DENIED, extra={"reasons": reasons})
 

@@ -1,0 +1,106 @@
+"""Account freezes on the admin listener: ``/admin/freezes`` (docs/POLICIES.md, "Freezes").
+
+For compliance officers only: the ``compliance`` role and a recent step-up,
+the same check as the policy admin API (`require_recent_step_up`). Listing
+is audited (queued); lifting needs a written reason and is audited
+write-ahead (durable before the freeze is removed, else 503
+``audit_unavailable`` and nothing changes), then its outcome.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.admin import GATEWAY_KEY, _audit_first
+from gateway.admin_policy import ROLE, require_recent_step_up
+from gateway.authn.tokens import Subject
+from gateway.bundles.service import reason_text
+from gateway.errors import BAD_REQUEST, FREEZE_NOT_FOUND, INVALID_JSON, ROLE_FORBIDDEN, GatewayError
+from gateway.steps.authenticate import bearer_token
+
+_ACCOUNT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+async def _officer(request: web.Request) -> Subject:
+    gw = request.app[GATEWAY_KEY]
+    subject = await gw.verifier.verify(bearer_token(request.headers.getall("Authorization", [])))
+    if ROLE not in subject.roles:
+        raise GatewayError(ROLE_FORBIDDEN, "the freeze admin API requires the compliance role")
+    require_recent_step_up(subject, gw.config.policy_admin, time.time())
+    return subject
+
+
+def _account(request: web.Request) -> str:
+    account = request.match_info["account"]
+    if not _ACCOUNT.fullmatch(account):
+        raise GatewayError(FREEZE_NOT_FOUND, "not an account id")
+    return account
+
+
+def _ok(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def list_freezes(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY_KEY]
+    subject = await _officer(request)
+    freezes = await gw.freezes.all()
+    gw.audit.enqueue({"type": "admin", "time": time.time(), "sub": subject.sub, "action": "freeze_list",
+                      "count": len(freezes)})
+    return _ok({"freezes": [f.public() for f in freezes]})
+
+
+async def show_freeze(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY_KEY]
+    await _officer(request)
+    freeze = await gw.freezes.get(_account(request))
+    if freeze is None:
+        raise GatewayError(FREEZE_NOT_FOUND)
+    return _ok(freeze.public())
+
+
+async def lift_freeze(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY_KEY]
+    subject = await _officer(request)
+    account = _account(request)
+    try:
+        body = await request.json() if request.body_exists else None
+    except ValueError:
+        raise GatewayError(INVALID_JSON) from None
+    if not isinstance(body, dict):
+        raise GatewayError(BAD_REQUEST, 'expected {"reason": "why the freeze is lifted"}')
+    reason = reason_text(body.get("reason"), required=True)
+    record = {"type": "admin", "time": time.time(), "sub": subject.sub, "action": "freeze_lift",
+              "account": account, "reason": reason}
+    current = await gw.freezes.get(account)
+    if current is None:
+        gw.audit.enqueue({**record, "refused": True, "outcome": FREEZE_NOT_FOUND.code})
+        raise GatewayError(FREEZE_NOT_FOUND)
+    await _audit_first(gw, {**record, "freeze": current.public()})
+    lifted = await gw.freezes.lift(account)
+    outcome = "ok" if lifted is not None else FREEZE_NOT_FOUND.code  # lifted meanwhile by someone else
+    gw.audit.enqueue({"type": "admin", "time": time.time(), "sub": subject.sub, "action": "freeze_lift",
+                      "account": account, "outcome": outcome})
+    if lifted is None:
+        raise GatewayError(FREEZE_NOT_FOUND, "the freeze was lifted meanwhile")
+    gw.metrics.obligation("freeze_account", "lifted")
+    if lifted.sub:
+        try:
+            await gw.notifier.notify("account_unfrozen", lifted.sub, "Your account is no longer frozen",
+                                     {"account": account})
+        except Exception:  # the lift stands; the customer sees it on the next request
+            pass
+    return _ok({"lifted": lifted.public(), "lifted_by": subject.sub, "reason": reason})
+
+
+def add_freeze_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/admin/freezes", list_freezes)
+    r.add_get("/admin/freezes/{account}", show_freeze)
+    r.add_post("/admin/freezes/{account}/lift", lift_freeze)
