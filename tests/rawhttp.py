@@ -367,7 +367,7 @@ async def recording_backend() -> AsyncIterator[RecordingBackend]:
         await backend.stop()
 
 
-async def healthy(port: int, timeout: float = 2.0) -> bool:
+async def healthy(port: int, timeout: float = 5.0) -> bool:
     """A fresh connection gets 200 from /healthz."""
     ex = await exchange(port, request("GET", "/healthz"), timeout=timeout)
     return ex.statuses[:1] == [200]
