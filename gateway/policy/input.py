@@ -17,7 +17,8 @@ a fact was looked up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.context import RequestContext
@@ -85,3 +86,130 @@ def build_input(ctx: RequestContext) -> dict[str, Any]:
         "restricted": facts.restricted,
         "confirmation": {"risk_warning_acknowledged": risk_warning_acknowledged(ctx.headers)},
     }
+
+
+# -- what the bundle reads: the members the embedded engine loads --------------
+
+InputShape = dict[str, "InputShape | None"]
+"""Which members of the input a bundle names: a member maps to None (its whole value) or to the
+shape of the members named below it ({}: only its type is tested, e.g. ``is_object(input.order)``)."""
+
+_TYPE_TESTS = ("is_object", "is_array", "is_string", "is_number", "is_boolean", "is_null", "is_set")
+_TYPE_TEST = re.compile(r"\b(?:" + "|".join(_TYPE_TESTS) + r")\s*\(\s*$")
+_TYPE_TEST_NAME = re.compile(r"\s*(?:default\s+)?(?:" + "|".join(_TYPE_TESTS) + r")\b")
+_INPUT_REF = re.compile(r"(?<![\w.])input(?P<path>(?:\s*\.\s*[A-Za-z_]\w*)*)(?!\w)")
+_IMPORT_INPUT = re.compile(r"^\s*import\s+input\b", re.MULTILINE)
+_CODE_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`|#[^\n]*')
+
+
+def _code_only(source: str) -> str:
+    """The source with comments and string literals blanked (a string may hold '#' or 'input.')."""
+    return _CODE_TOKENS.sub(lambda m: " " * len(m.group()) if m.group()[0] == "#" else '""', source)
+
+
+def input_shape(modules: Sequence[tuple[str, str]]) -> InputShape | None:
+    """The members of the input the modules name (`input.a.b`), or None when a module may read any.
+
+    A module reads "any member" when it names ``input`` itself (``object.get(input, k, d)``,
+    ``input[k]``, ``some k, v in input``), imports it, or uses template strings (``$"..."``).
+    A member named only as the argument of a type test keeps its type and only the members named
+    below it; any other use of ``input.a.b`` (indexing, iterating, comparing, passing it on) keeps
+    the whole value. Comments and string literals do not count.
+    """
+    shape: InputShape = {}
+    for _, source in modules:
+        if "$\"" in source or "$`" in source:
+            return None
+        code = _code_only(source)
+        if _IMPORT_INPUT.search(code):
+            return None
+        type_tests_are_builtins = not _defines_type_test(code)
+        for ref in _INPUT_REF.finditer(code):
+            names = [n.strip() for n in ref["path"].split(".")[1:]]
+            if not names:
+                return None
+            rest = code[ref.end():].lstrip()
+            type_only = (type_tests_are_builtins and rest.startswith(")")
+                         and _TYPE_TEST.search(code, max(ref.start() - 80, 0), ref.start()) is not None)
+            _add_path(shape, names, whole=not type_only)
+    return shape
+
+
+def _defines_type_test(code: str) -> bool:
+    """Whether a line outside every bracket starts with a type test's name (a rule shadowing it)."""
+    depth = 0
+    for line in code.splitlines():
+        if depth == 0 and _TYPE_TEST_NAME.match(line):
+            return True
+        depth += sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
+    return False
+
+
+def _add_path(shape: InputShape, names: list[str], *, whole: bool) -> None:
+    node: InputShape = shape
+    for i, name in enumerate(names):
+        last = i == len(names) - 1
+        if name in node and node[name] is None:
+            return  # the whole value is loaded already
+        if last and whole:
+            node[name] = None
+            return
+        child = node.setdefault(name, {})
+        assert child is not None
+        node = child
+
+
+_MISSING = object()
+
+
+def project(value: Any, shape: InputShape | None) -> Any:
+    """`value` with, in each object, only the members `shape` names (types and values unchanged)."""
+    if shape is None or type(value) is not dict:
+        return value
+    return {name: (v if sub is None or type(v) is not dict else project(v, sub))
+            for name, sub in shape.items() if (v := value.get(name, _MISSING)) is not _MISSING}
+
+
+def projector(shape: InputShape | None) -> Callable[[Any], Any]:
+    """`project` for one shape, as a function compiled for it (the policy step runs it per request).
+
+    The compiled function builds each object as one literal, which assumes every named member is
+    present and every object read is a dict (build_input's documents); on any other input it falls
+    back to `project`. The source is made of member names only (Rego identifiers, quoted by repr).
+    """
+    if shape is None:
+        return _identity
+    lines: list[str] = []
+    counter = iter(range(1_000_000))
+
+    def literal(var: str, node: InputShape) -> str:
+        members = []
+        for name, sub in node.items():
+            if sub is None:
+                members.append(f"{name!r}: {var}[{name!r}]")
+            else:
+                child = f"v{next(counter)}"
+                lines.append(f"        {child} = {var}[{name!r}]")
+                members.append(f"{name!r}: ({literal(child, sub)} if type({child}) is dict else {child})")
+        return "{" + ", ".join(members) + "}"
+
+    body = literal("doc", shape)
+    source = "\n".join([
+        "def fast(doc):",
+        "    if type(doc) is not dict:",
+        "        return doc",
+        "    try:",
+        *lines,
+        f"        return {body}",
+        "    except (KeyError, TypeError):  # a member missing, or not an object where one is read",
+        "        return project(doc, shape)",
+        "",
+    ])
+    namespace: dict[str, Any] = {"project": project, "shape": shape, "dict": dict, "type": type}
+    exec(compile(source, "<input projector>", "exec"), namespace)  # noqa: S102 - built from member names above
+    fast: Callable[[Any], Any] = namespace["fast"]
+    return fast
+
+
+def _identity(value: Any) -> Any:
+    return value

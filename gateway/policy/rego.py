@@ -88,6 +88,7 @@ from cryptography.hazmat.primitives import hashes
 from gateway.errors import POLICY_UNAVAILABLE, GatewayError
 from gateway.policy.decision import parse_decision
 from gateway.policy.engine import Decision, Reason
+from gateway.policy.input import InputShape, input_shape, projector
 
 ENTRYPOINT = "data.gateway.decision"
 UNDEFINED = "<undefined>"
@@ -275,6 +276,8 @@ class RegoPolicy:
         self.time_budget = time_budget
         self.has_default = any(_DEFAULT_DECISION.search(src) and "gateway" in _PACKAGE.findall(src)
                                for _, src in self.modules)
+        self.input_shape: InputShape | None = input_shape(self.modules)
+        self._project = projector(self.input_shape)
         self._engine: regorus.Engine | None = None
         try:
             self._rvm = RvmProgram(self.modules, self._data_text, ENTRYPOINT)
@@ -334,8 +337,8 @@ class RegoPolicy:
             raise GatewayError(POLICY_UNAVAILABLE, f"the policy input is not JSON: {exc}") from exc
 
     def _execute(self, policy_input: Mapping[str, Any]) -> str:
-        """Serialise, run on the Rvm within the time budget; the result as the engine's JSON text."""
-        return self._execute_text(self.input_text(policy_input))
+        """Serialise the members the bundle reads, run on the Rvm within the time budget; the result text."""
+        return self._execute_text(self.input_text(self._project(policy_input)))
 
     def _execute_text(self, input_json: str) -> str:
         started = time.perf_counter()
@@ -379,7 +382,8 @@ class RegoPolicy:
         return None
 
     def evaluate_sync(self, policy_input: Mapping[str, Any]) -> Decision:
-        return self.evaluate_text(self.input_text(policy_input))
+        # Only the members this bundle names are loaded (`input_shape`); the Rvm pays per member.
+        return self.evaluate_text(self.input_text(self._project(policy_input)))
 
     def evaluate_text(self, input_json: str, *, diagnose: bool = True) -> Decision:
         """`evaluate_sync` on an input already serialised by `input_text`.
