@@ -7,11 +7,13 @@ masks the number of every bank account; ``bank_accounts[].number`` and
 ``bank_accounts.*.number`` say the same explicitly), and ``*`` also matches
 every member of an object. A path that matches nothing masks nothing.
 
-A matched string keeps its last 4 characters when it has at least 8 (a phone
-number, an ID number, a bank account: ``*******5678``) and is masked whole
-when shorter (a name); a number becomes such a string too, a boolean
-``"****"``; null stays null. A matched object or array has every value
-inside it masked the same way (its keys are kept).
+A matched value that looks like a number or an identifier (at least 8
+characters, at least 6 of them digits: an ID number, a phone number, a bank
+account) keeps its last 4 characters: ``*******5678``. Anything else (a name,
+an address, a short code) becomes ``"****"``, which hides its length too; a
+number is masked as its decimal text, a boolean becomes ``"****"``, null
+stays null. A matched object or array has every value inside it masked the
+same way (its keys are kept).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ MaskPath = tuple[str, ...]
 
 KEEP_LAST = 4
 MIN_LENGTH_TO_KEEP = 8
+MIN_DIGITS_TO_KEEP = 6
 MAX_PATHS = 64
 MAX_DEPTH = 16
 MAX_PATH_LENGTH = 256
@@ -53,9 +56,9 @@ def mask_scalar(value: Any) -> Any:
     if isinstance(value, bool):
         return "****"
     text = value if isinstance(value, str) else str(value)
-    if len(text) >= MIN_LENGTH_TO_KEEP:
+    if len(text) >= MIN_LENGTH_TO_KEEP and sum(c.isdigit() for c in text) >= MIN_DIGITS_TO_KEEP:
         return "*" * (len(text) - KEEP_LAST) + text[-KEEP_LAST:]
-    return "*" * max(len(text), 4)
+    return "****"
 
 
 def _mask_all(value: Any) -> tuple[Any, int]:
