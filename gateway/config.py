@@ -169,7 +169,8 @@ class PolicyAdminConfig:
     validation_timeout: float = 60.0
     """Seconds the validator child process may run before it is killed (the bundle is then invalid)."""
     officers: tuple[str, ...] = ()
-    """Every compliance officer's subject: who a break-glass rollback alerts."""
+    """Every compliance officer's subject: who a break-glass rollback, a policy ``alert`` obligation and an
+    account freeze notify (alerts and freezes go to the recipient ``compliance`` when empty)."""
     shadow_sample_rate: float = 1.0
     """Share of judged requests a shadow session evaluates when its start does not say (0 < rate <= 1)."""
     shadow_mode: Literal["deferred", "inline"] = "deferred"
