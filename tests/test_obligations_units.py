@@ -21,7 +21,7 @@ from gateway.freezes import UNREADABLE, Freeze, FreezeStore, freeze_key
 from gateway.masking import mask_document, mask_scalar, parse_paths
 from gateway.pipeline import Pipeline
 from gateway.policy.decision import ObligationError, parse_decision
-from gateway.policy.engine import Decision
+from gateway.policy.engine import Decision, Reason
 from gateway.policy.facts import Facts
 from gateway.policy.rego import RegoPolicy
 from gateway.state import MemoryStore
@@ -315,3 +315,13 @@ async def test_freeze_store_on_memory() -> None:
 
 async def test_freeze_store_on_redis(redis_store: StateStore) -> None:
     await _freeze_store_behaviour(redis_store)
+
+
+async def test_the_audit_step_never_lets_a_deny_through(auditor: AuditDecision) -> None:
+    """A pipeline missing the obligations step still cannot forward a deny that carries obligations."""
+    ctx = _ctx(_route())
+    ctx.decision = Decision(allow=False, deny=(Reason("fraud_pattern", "x"),),
+                            obligations={"alert": "x"}, policy_version="v")
+    with pytest.raises(GatewayError) as err:
+        await auditor(ctx)
+    assert (err.value.status, err.value.code) == (403, "policy_denied")
