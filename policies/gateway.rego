@@ -319,16 +319,24 @@ allow if {
 	count(needed_step_ups) == 0
 }
 
-decision := {"allow": true, "deny": [], "step_up": null, "obligations": obligations} if allow
-
-# A hard denial wins over a step-up: stepping up would not help.
-decision := {"allow": false, "deny": [d | some d in all_denies], "step_up": null, "obligations": obligations} if {
-	not allow
+# One else chain, the usual answer first. When nothing was collected (no deny,
+# no step-up request, no obligation from any applying package), the bundle is
+# complete and the route's checks hold, no own denial can fire and `allow`
+# holds with obligations {}: the first branch is that decision without
+# evaluating own_denies, needed_step_ups and the obligation merge. The other
+# branches are exclusive (allow; not allow with denials; not allow without
+# any), so the chain decides as three separate definitions would.
+decision := {"allow": true, "deny": [], "step_up": null, "obligations": {}} if {
+	packages_loaded
+	route_checks_ok
+	count(rule_denies) == 0
+	count(step_up_requests) == 0
+	count(obligation_items) == 0
+} else := {"allow": true, "deny": [], "step_up": null, "obligations": obligations} if {
+	allow
+} else := {"allow": false, "deny": [d | some d in all_denies], "step_up": null, "obligations": obligations} if {
+	# A hard denial wins over a step-up: stepping up would not help.
 	count(all_denies) > 0
-}
-
-decision := {"allow": false, "deny": step_up_reasons, "step_up": step_up_doc, "obligations": obligations} if {
-	not allow
-	count(all_denies) == 0
+} else := {"allow": false, "deny": step_up_reasons, "step_up": step_up_doc, "obligations": obligations} if {
 	is_object(step_up_doc)
 }
