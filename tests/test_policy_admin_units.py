@@ -298,3 +298,31 @@ async def test_postgres_concurrent_approvals_activate_once(postgres_dsn: str, pg
     finally:
         for r in repos:
             await r.close()
+
+
+async def test_repo_shadow_sessions_one_at_a_time_and_only_validated(repo: BundleRepository) -> None:
+    active = await _validated(repo, 1)
+    await repo.bootstrap(new_bundle(1), at=1.0)
+    candidate = await _validated(repo, 2)
+    unvalidated = new_bundle(3)
+    await repo.add(unvalidated)
+    assert await repo.shadow() is None
+    for version, code in ((unvalidated.version, "bundle_not_validated"), (active, "bundle_already_active")):
+        with pytest.raises(GatewayError) as refused:
+            await repo.start_shadow(version, by="carol", at=5.0, sample_rate=1.0, reason="")
+        assert refused.value.code == code
+    with pytest.raises(GatewayError) as none_running:
+        await repo.stop_shadow(by="carol", at=5.0)
+    assert none_running.value.code == "shadow_not_running"
+    session = await repo.start_shadow(candidate, by="carol", at=6.0, sample_rate=0.5, reason="try")
+    assert (session.version, session.sample_rate, session.running) == (candidate, 0.5, True)
+    with pytest.raises(GatewayError) as twice:
+        await repo.start_shadow(candidate, by="dave", at=7.0, sample_rate=1.0, reason="")
+    assert twice.value.code == "shadow_running"
+    stopped = await repo.stop_shadow(by="dave", at=8.0)
+    assert (stopped.id, stopped.stopped_by, stopped.stopped_at, stopped.running) == (session.id, "dave", 8.0, False)
+    again = await repo.start_shadow(candidate, by="dave", at=9.0, sample_rate=1.0, reason="")
+    assert await repo.shadow() == again and await repo.shadow(session.id) == stopped
+    with pytest.raises(GatewayError) as missing:
+        await repo.shadow(999)
+    assert missing.value.code == "shadow_not_found"

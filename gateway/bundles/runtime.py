@@ -17,6 +17,11 @@ and its decision carries the version of the bundle that judged it.
 * it also polls the repository every ``policy_admin.poll_interval`` seconds,
   so a message missed while Redis was unreachable heals on the next poll.
 
+The watcher also follows the repository's shadow session (docs/POLICIES.md,
+"Shadow mode") on the same hints and polls: it loads the candidate and sets
+`ActivePolicy.shadow` while a session runs, so each request is judged by the
+active engine and, beside it, by the candidate (`gateway.bundles.shadow`).
+
 Loading verifies the stored files against their SM3 ``files_digest`` and the
 compiled policy against the stored ``digest``; a bundle that fails either, or
 does not compile here, is not served: the process keeps its current engine,
