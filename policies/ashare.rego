@@ -17,7 +17,10 @@
 # regorus"): each denial fires when a POSITIVE check (the `..._ok` rules) is
 # not true. A missing, wrong-typed or erroring field leaves the check
 # undefined, so the order is denied, never allowed by accident. Figures from
-# the data file are checked with is_number before they are compared.
+# the data file are checked with is_number before they are compared. In each
+# deny rule the check that holds for a usual order comes first: the Rvm stops
+# at the first condition that fails, and the order of a rule's conditions does
+# not change its value.
 #
 # Time windows are HALF-OPEN, [start, end): the start second belongs to the
 # window, the end second does not. With the data file as signed off:
@@ -61,15 +64,9 @@ applies_cancel if {
 # applies_order or applies_cancel.
 default applies := false
 
-applies := true if {
-	input.instrument.market == "cn_a"
-	is_object(input.order)
-}
+applies := true if applies_order
 
-applies := true if {
-	input.instrument.market == "cn_a"
-	is_object(input.cancel)
-}
+applies := true if applies_cancel
 
 # ---------------------------------------------------------------------------
 # Clock and sessions
@@ -106,29 +103,26 @@ outside_window(t, w) if t < w.start
 
 outside_window(t, w) if t >= w.end
 
-# RULES.md: "Sessions: opening call 9:15-9:25, continuous 9:30-11:30 and
-# 13:00-14:57, closing call 14:57-15:00 (Asia/Shanghai, trading days only)."
-# A window without a "continuous" member is skipped, as it always was.
-market_open if {
+# The "continuous" flags of the windows open now (one pass over the windows
+# for both rules below). A window without a "continuous" member is skipped,
+# as it always was.
+open_now := {c |
 	input.clock.trading_day == true
 	t := now
 	sessions_ok
 	some w in data.ashare.sessions
 	w.start <= t
 	t < w.end
-	_ = w.continuous
+	_ = w.continuous # (the Rvm keeps an undefined `c` below as "<undefined>": check it first)
+	c := w.continuous
 }
 
+# RULES.md: "Sessions: opening call 9:15-9:25, continuous 9:30-11:30 and
+# 13:00-14:57, closing call 14:57-15:00 (Asia/Shanghai, trading days only)."
+market_open if count(open_now) > 0
+
 # The continuous-trading sessions (9:30-11:30 and 13:00-14:57).
-continuous_now if {
-	input.clock.trading_day == true
-	t := now
-	sessions_ok
-	some w in data.ashare.sessions
-	w.continuous == true
-	w.start <= t
-	t < w.end
-}
+continuous_now if true in open_now
 
 # RULES.md: "No cancels 9:20-9:25 and 14:57-15:00."
 cancel_window_ok if {
@@ -141,8 +135,8 @@ cancel_window_ok if {
 
 # RULES.md (Sessions): orders and cancels only during a session on a trading day.
 deny contains {"code": "market_closed", "message": "The A-share market is not open for orders or cancels at this time (sessions 09:15-09:25, 09:30-11:30, 13:00-15:00 on trading days)."} if {
-	applies
 	not market_open
+	applies
 }
 
 # RULES.md: "No cancels 9:20-9:25 and 14:57-15:00."
@@ -154,8 +148,8 @@ deny contains {"code": "cancel_window_closed", "message": "Cancels are not accep
 
 # RULES.md: "Market orders only in continuous trading."
 deny contains {"code": "market_order_not_allowed_now", "message": "Market orders are accepted only during continuous trading (09:30-11:30 and 13:00-14:57)."} if {
-	applies_order
 	input.order.type == "market"
+	applies_order
 	not continuous_now
 }
 
@@ -180,8 +174,8 @@ order_shape_ok if {
 # Order types (input document v1): side buy|sell, type limit|market, a
 # positive whole quantity.
 deny contains {"code": "invalid_order", "message": "An order needs side buy or sell, type limit or market, and a positive whole number of shares."} if {
-	applies_order
 	not order_shape_ok
+	applies_order
 }
 
 # Instrument reference data the rules below depend on: a known board, an ST
@@ -211,8 +205,8 @@ instrument_ok if {
 }
 
 deny contains {"code": "invalid_instrument", "message": "The instrument's reference data is incomplete or names an unknown board (main, star or chinext)."} if {
-	applies_order
 	not instrument_ok
+	applies_order
 }
 
 # A limit order's price in whole ticks; undefined unless the price is a
@@ -232,10 +226,10 @@ limit_price_ok if is_number(price_ticks)
 
 # Limit orders need a positive price that is a multiple of the tick size.
 deny contains {"code": "invalid_order", "message": "A limit order needs a positive price that is a multiple of the tick size."} if {
-	applies_order
 	input.order.type == "limit"
-	instrument_ok
 	not limit_price_ok
+	applies_order
+	instrument_ok
 }
 
 # ---------------------------------------------------------------------------
@@ -298,10 +292,10 @@ lot_ok if {
 }
 
 deny contains {"code": "lot_size", "message": "The quantity does not fit the board's lot rules (main board and ChiNext: buys in multiples of 100, an odd remainder sold in one order; STAR: at least 200 shares)."} if {
+	not lot_ok
 	applies_order
 	order_shape_ok
 	instrument_ok
-	not lot_ok
 }
 
 # RULES.md: "at most 1,000,000 shares per order" (main board); "STAR: limit
@@ -314,10 +308,10 @@ size_ok if {
 }
 
 deny contains {"code": "order_too_large", "message": "The quantity is above the per-order maximum for this board and order type."} if {
+	not size_ok
 	applies_order
 	order_shape_ok
 	instrument_ok
-	not size_ok
 }
 
 # ---------------------------------------------------------------------------
@@ -349,10 +343,10 @@ band_ok if {
 
 # Market orders carry no price and are not checked against the band here.
 deny contains {"code": "price_outside_band", "message": "The limit price is outside the daily price band around the previous close."} if {
-	applies_order
 	input.order.type == "limit"
-	limit_price_ok
 	not band_ok
+	applies_order
+	limit_price_ok
 }
 
 # ---------------------------------------------------------------------------
@@ -388,6 +382,20 @@ absent_price(v) if v == 0
 # Every branch needs the previous close (the last candidate) to be valid, as
 # the reference is only defined with a complete list of candidates.
 reference := v if {
+	# The usual case, written out: a buy's ask (a sell's bid) in a quote object.
+	# It is the next branch's value whenever it holds.
+	input.order.side == "buy"
+	prev_close > 0
+	v := input.quote.ask
+	is_number(v)
+	v > 0
+} else := v if {
+	input.order.side == "sell"
+	prev_close > 0
+	v := input.quote.bid
+	is_number(v)
+	v > 0
+} else := v if {
 	prev_close > 0
 	sides := reference_sides
 	v := object.get(quote_obj, sides[0], null)
@@ -450,11 +458,11 @@ cage_ok if {
 }
 
 deny contains {"code": "price_cage", "message": "During continuous trading a limit price must stay within the price cage: buys at most 2% (or 10 ticks) above the best ask, sells at most 2% (or 10 ticks) below the best bid."} if {
-	applies_order
 	input.order.type == "limit"
-	continuous_now
-	limit_price_ok
 	not cage_ok
+	continuous_now
+	applies_order
+	limit_price_ok
 }
 
 # ---------------------------------------------------------------------------
@@ -466,7 +474,7 @@ deny contains {"code": "price_cage", "message": "During continuous trading a lim
 sellable_ok if qty <= sellable
 
 deny contains {"code": "insufficient_sellable", "message": "The sell quantity is more than the shares sellable today (shares bought today can be sold from the next trading day)."} if {
-	applies_order
 	input.order.side == "sell"
 	not sellable_ok
+	applies_order
 }
