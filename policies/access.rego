@@ -42,8 +42,6 @@ request_account_ok if {
 	input.request.account in input.subject.accounts
 }
 
-query_accounts_ok if input.request.query_accounts == null
-
 query_accounts_ok if {
 	is_array(input.request.query_accounts)
 	every account in input.request.query_accounts {
@@ -52,7 +50,7 @@ query_accounts_ok if {
 	}
 }
 
-body_accounts_ok if input.body_accounts == null
+query_accounts_ok if input.request.query_accounts == null
 
 body_accounts_ok if {
 	is_array(input.body_accounts)
@@ -62,6 +60,8 @@ body_accounts_ok if {
 	}
 }
 
+body_accounts_ok if input.body_accounts == null
+
 accounts_ok if {
 	request_account_ok
 	query_accounts_ok
@@ -69,8 +69,8 @@ accounts_ok if {
 }
 
 deny contains {"code": "account_forbidden", "message": "The request names an account that is not yours."} if {
-	subject_ok
 	not accounts_ok
+	subject_ok
 }
 
 # --- roles -------------------------------------------------------------------
@@ -90,14 +90,14 @@ role_ok if {
 }
 
 deny contains {"code": "unknown_role", "message": "The subject has no role known to the gateway."} if {
-	subject_ok
 	count(known_roles) == 0
+	subject_ok
 }
 
 deny contains {"code": "role_forbidden", "message": "Your role does not permit this action."} if {
+	not role_ok
 	subject_ok
 	count(known_roles) > 0
-	not role_ok
 }
 
 # RULES.md Access: "Admin and compliance actions need a recent step-up."
@@ -122,13 +122,13 @@ frozen_ok if {
 }
 
 deny contains {"code": "account_frozen", "message": "The account is frozen."} if {
-	frozen_blocks
 	input.account.frozen == true
+	frozen_blocks
 }
 
 deny contains {"code": "account_facts_unavailable", "message": "The account facts are missing or invalid."} if {
-	frozen_blocks
 	not is_boolean(input.account.frozen)
+	frozen_blocks
 }
 
 # --- the positive check used by package gateway ------------------------------

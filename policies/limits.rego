@@ -115,13 +115,13 @@ limit_facts_ok if {
 # RULES.md Customer-set limits: "A single-trade notional limit and a daily
 # notional limit the customer sets; above them: step-up, not silent denial."
 # A null limit means the customer set none.
-single_trade_ok if input.account.single_trade_limit == null
-
 single_trade_ok if {
 	is_number(input.account.single_trade_limit)
 	is_number(notional)
 	notional <= input.account.single_trade_limit
 }
+
+single_trade_ok if input.account.single_trade_limit == null
 
 step_up contains {
 	"acr": data.limits.notional_step_up_acr,
@@ -132,14 +132,14 @@ step_up contains {
 	not single_trade_ok
 }
 
-daily_ok if input.account.daily_limit == null
-
 daily_ok if {
 	is_number(input.account.daily_limit)
 	is_number(input.counters.notional_today)
 	is_number(notional)
 	round((input.counters.notional_today + notional) * 100) / 100 <= input.account.daily_limit
 }
+
+daily_ok if input.account.daily_limit == null
 
 step_up contains {
 	"acr": data.limits.notional_step_up_acr,

@@ -28,8 +28,8 @@ below_thresholds if {
 }
 
 high_frequency if {
-	is_trade
 	not below_thresholds
+	is_trade
 }
 
 # RULES.md China A-shares: "programme orders without a report on file are

@@ -30,20 +30,20 @@ levels_known if {
 }
 
 deny contains {"code": "suitability_unknown", "message": "The investor category or the product risk level is unknown."} if {
-	is_buy
 	not levels_known
+	is_buy
 }
 
 deny contains {"code": "suitability_facts_unavailable", "message": "The investor's suitability facts are missing or invalid."} if {
-	is_buy
 	not is_boolean(input.account.lowest_category)
+	is_buy
 }
 
 # RULES.md Suitability: "Investors C1-C5, products R1-R5. Cn may buy up to Rn directly."
 above_level if {
-	is_buy
 	levels_known
 	product_level > investor_level
+	is_buy
 }
 
 # RULES.md Suitability: "Above the investor's level: allowed only after a special
@@ -70,17 +70,17 @@ lowest_within_limit if {
 }
 
 deny contains {"code": "suitability_lowest_category", "message": "Investors in the lowest category may not buy this product."} if {
-	is_buy
 	input.account.lowest_category == true
+	is_buy
 	not lowest_within_limit
 }
 
 # RULES.md Suitability: "STAR market access: assets >= 500,000 CNY and >= 24
 # months of trading."
 is_star_buy if {
-	is_buy
-	input.instrument.market == data.suitability.star.market
 	input.instrument.board == data.suitability.star.board
+	input.instrument.market == data.suitability.star.market
+	is_buy
 }
 
 star_ok if {
@@ -100,8 +100,8 @@ deny contains {"code": "star_not_eligible", "message": "STAR market buys need th
 # RULES.md Hong Kong Stock Connect: "Individual investors need >= 500,000 CNY
 # in securities and cash."
 is_hk_connect_buy if {
-	is_buy
 	input.instrument.market == data.suitability.hk_connect.market
+	is_buy
 }
 
 hk_connect_ok if {
