@@ -46,17 +46,40 @@ def exchange_time(now: float) -> datetime:
     return datetime.fromtimestamp(now, EXCHANGE_TZ)
 
 
-def exchange_clock(now: float, trading_day: bool | None) -> dict[str, Any]:
-    """The input's ``clock``: exchange-local date and time of ``now`` (epoch seconds)."""
-    t = exchange_time(now)
+def _clock_fields(whole_second: int) -> tuple[str, int, str, int]:
+    """date, ISO weekday, HH:MM:SS and second of day of an epoch second, exchange-local."""
+    t = exchange_time(whole_second)
     hour, minute, second = t.hour, t.minute, t.second
+    return (t.date().isoformat(), t.isoweekday(),
+            f"{hour:02d}:{minute:02d}:{second:02d}",  # strftime("%H:%M:%S"), at a third of its cost
+            hour * 3600 + minute * 60 + second)
+
+
+_last_clock: tuple[int, tuple[str, int, str, int]] = (-1, ("", 0, "", 0))
+
+
+def exchange_clock(now: float, trading_day: bool | None) -> dict[str, Any]:
+    """The input's ``clock``: exchange-local date and time of ``now`` (epoch seconds).
+
+    The fields of the last whole second are kept (requests arrive many per second); the whole
+    second is the one `datetime.fromtimestamp` shows, which rounds to the microsecond (half even).
+    """
+    global _last_clock
+    whole = math.floor(now)
+    if round((now - whole) * 1e6) >= 1_000_000:
+        whole += 1
+    cached_second, fields = _last_clock
+    if whole != cached_second:
+        fields = _clock_fields(whole)
+        _last_clock = (whole, fields)
+    date, weekday, time_text, second_of_day = fields
     return {
         "epoch": now,
         "tz": EXCHANGE_TZ_NAME,
-        "date": t.date().isoformat(),
-        "weekday": t.isoweekday(),
-        "time": f"{hour:02d}:{minute:02d}:{second:02d}",  # strftime("%H:%M:%S"), at a third of its cost
-        "second_of_day": hour * 3600 + minute * 60 + second,
+        "date": date,
+        "weekday": weekday,
+        "time": time_text,
+        "second_of_day": second_of_day,
         "trading_day": trading_day,
     }
 
