@@ -10,7 +10,6 @@ gateway.server.Gateway._build_pipelines assembles.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
@@ -18,13 +17,13 @@ from gateway.context import RequestContext
 
 
 class Step(Protocol):
-    """``__call__`` is a coroutine function when the step does I/O, a plain function when pure.
+    """A step returns None when it finished, or an awaitable when it has I/O to wait for.
 
     Pure steps (role and account checks, the step-up challenge...) are plain
-    functions: a coroutine per step per request is overhead the hot path does
-    not need. The pipeline awaits the steps that are coroutine functions, and
-    whatever a plain step returns when it is not None: a step that rarely has
-    I/O to do (the obligations step) returns a coroutine only then.
+    functions, and steps with a fast path (a cached token, a queued audit
+    record) return an awaitable only when they must wait: a coroutine per
+    step per request is overhead the hot path does not need. ``async def``
+    steps fit too (their call returns a coroutine, which is awaited).
     """
 
     name: str
@@ -33,17 +32,13 @@ class Step(Protocol):
 
 
 class Pipeline:
-    __slots__ = ("steps", "_calls")
+    __slots__ = ("steps",)
 
     def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = tuple(steps)
-        self._calls = tuple((step, inspect.iscoroutinefunction(step.__call__)) for step in self.steps)
 
     async def run(self, ctx: RequestContext) -> None:
-        for step, is_async in self._calls:
-            if is_async:
-                await step(ctx)  # type: ignore[misc]
-            else:
-                pending = step(ctx)
-                if pending is not None:
-                    await pending
+        for step in self.steps:
+            pending = step(ctx)
+            if pending is not None:
+                await pending

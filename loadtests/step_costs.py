@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import io
 import json
 import sys
@@ -50,6 +49,12 @@ async def _time_async(fn: Callable[[], Awaitable[None]], n: int) -> float:
     for _ in range(n):
         await fn()
     return (time.perf_counter() - start) / n * 1e6
+
+
+async def _maybe(pending: Awaitable[None] | None) -> None:
+    """Like the pipeline: a step returns None, or an awaitable when it has to wait."""
+    if pending is not None:
+        await pending
 
 
 def _time(fn: Callable[[], Any], n: int) -> float:
@@ -90,10 +95,7 @@ async def measure(n: int) -> dict[str, float]:
     for name, step in steps.items():
         if name in ("read_body", "facts", "forward"):
             continue
-        if inspect.iscoroutinefunction(step.__call__):  # pure steps are plain functions
-            out[name] = await _time_async(lambda step=step: step(ctx), n)  # type: ignore[misc]
-        else:
-            out[name] = _time(lambda step=step: step(ctx), n)  # type: ignore[misc]
+        out[name] = await _time_async(lambda step=step: _maybe(step(ctx)), n)  # type: ignore[misc]
         await asyncio.sleep(0.05)  # let the audit sink drain
     out["identity_headers"] = _time(lambda: gw._identity_headers(ctx, {}), n)
     out["finish (metrics, outcome record, access log)"] = _time(

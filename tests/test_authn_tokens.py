@@ -540,6 +540,26 @@ async def test_revoked_jti_refused_even_when_cached(
     assert (await refused(v, token)).kind is TOKEN_REVOKED
 
 
+async def test_cached_verification_answers_without_io_only_when_it_can(
+    make_verifier: Callable[..., TokenVerifier], issuer: IssuerConfig, ec_key: Any
+) -> None:
+    store = DictStore()
+    clock = FakeClock(0.0)
+    revocations = RevocationList(store, local_ttl=1.0, clock=clock)
+    v = make_verifier(issuer, revocations=revocations)
+    token = mint(ec_key, jti="j-cached")
+    assert v.verify_cached(token) is None  # never verified: the caller must verify
+    subject = await v.verify(token)
+    reads = store.reads
+    assert v.verify_cached(token) is subject and store.reads == reads  # no store read
+    clock.now += 1.5
+    assert v.verify_cached(token) is None  # the revocation answer went stale: ask the store
+    await revocations.revoke("j-cached", subject.exp)
+    with pytest.raises(GatewayError) as info:
+        v.verify_cached(token)
+    assert info.value.kind is TOKEN_REVOKED
+
+
 async def test_lru_bound_holds(
     make_verifier: Callable[..., TokenVerifier], issuer: IssuerConfig, ec_key: Any,
     decode_calls: list[str],

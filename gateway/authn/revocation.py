@@ -72,6 +72,13 @@ class RevocationList:
         # Revocation is final for the token's life: remember it without expiry churn.
         self._remember(jti, True, self._clock() + ttl)
 
+    def cached(self, jti: str) -> bool | None:
+        """The local answer while it is fresh, without I/O; None when the store must be asked."""
+        hit = self._local.get(jti)
+        if hit is not None and self._clock() < hit[1]:
+            return hit[0]
+        return None
+
     async def is_revoked(self, jti: str) -> bool:
         now = self._clock()
         hit = self._local.get(jti)

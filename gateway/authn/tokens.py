@@ -417,6 +417,24 @@ class TokenVerifier:
         for source in self._sources.values():
             await source.load()
 
+    def verify_cached(self, token: str) -> Subject | None:
+        """The subject from the claims cache and the local revocation answer, without I/O.
+
+        None when either must be looked up (then ``verify``); raises like
+        ``verify`` for a cached token that expired or is known to be revoked.
+        """
+        digest = _digest(token)
+        entry = self._cache.get(digest)
+        if entry is None:
+            return None
+        subject = self._from_cache(digest, entry)
+        if subject is None or subject.jti is None or self._revocations is None:
+            return subject
+        revoked = self._revocations.cached(subject.jti)
+        if revoked:
+            raise _fail(TOKEN_REVOKED)
+        return None if revoked is None else subject
+
     async def verify(self, token: str) -> Subject:
         """The subject of a valid, unrevoked token; raises GatewayError(token_*)."""
         digest = _digest(token)

@@ -10,6 +10,7 @@ group-commits within milliseconds); a failed queued write is counted
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from audit.sink import AuditSink, AuditWriteError
@@ -74,7 +75,7 @@ class AuditDecision:
         self._sink = sink
         self._timeout = timeout
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
         d = ctx.decision
         if d is not None and not d.allow:
             # Never reached when the pipeline is whole (decide, obligations and step-up refuse
@@ -83,9 +84,9 @@ class AuditDecision:
                 {"code": r.code, "message": r.message} for r in d.deny]})
         record = decision_record(ctx)
         if ctx.route.tier in GUARDED_TIERS or ctx.route.fail_mode == "closed":
-            await self.write(record)
-            return
+            return self.write(record)  # write-ahead: the pipeline waits until it is durable
         self.queue(record)
+        return None
 
     async def write(self, record: dict[str, Any]) -> None:
         """Submit and wait until durable (within the timeout), else 503 audit_unavailable."""

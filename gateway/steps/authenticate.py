@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 from gateway.authn.tokens import Subject
@@ -12,6 +13,8 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="portcullis"'}
 
 
 class Verifier(Protocol):
+    def verify_cached(self, token: str) -> Subject | None: ...
+
     async def verify(self, token: str) -> Subject: ...
 
 
@@ -33,21 +36,39 @@ class Authenticate:
     def __init__(self, verifier: Verifier) -> None:
         self._verifier = verifier
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
         getall = getattr(ctx.headers, "getall", None)
         values = list(getall("Authorization", ())) if getall else (
             [ctx.headers["Authorization"]] if "Authorization" in ctx.headers else [])
         token = bearer_token(values)
         try:
+            subject = self._verifier.verify_cached(token)
+        except GatewayError as exc:
+            raise _challenged(exc) from None
+        if subject is None:  # not cached, or its revocation status must be looked up
+            return self._verify(ctx, token)
+        _accept(ctx, subject)
+        return None
+
+    async def _verify(self, ctx: RequestContext, token: str) -> None:
+        try:
             subject = await self._verifier.verify(token)
         except GatewayError as exc:
-            if exc.status == 401 and not exc.headers:
-                exc.headers = _CHALLENGE
-            raise
-        if subject.cnf_jkt is not None:
-            # A sender-constrained token is worthless without its DPoP proof check
-            # (RFC 9449), which arrives with the device-identity work: refuse, never
-            # downgrade it to a bearer token.
-            raise GatewayError(TOKEN_INVALID, "DPoP-bound tokens are not accepted by this gateway yet",
-                               headers=_CHALLENGE)
-        ctx.subject = subject
+            raise _challenged(exc) from None
+        _accept(ctx, subject)
+
+
+def _challenged(exc: GatewayError) -> GatewayError:
+    if exc.status == 401 and not exc.headers:
+        exc.headers = _CHALLENGE
+    return exc
+
+
+def _accept(ctx: RequestContext, subject: Subject) -> None:
+    if subject.cnf_jkt is not None:
+        # A sender-constrained token is worthless without its DPoP proof check
+        # (RFC 9449), which arrives with the device-identity work: refuse, never
+        # downgrade it to a bearer token.
+        raise GatewayError(TOKEN_INVALID, "DPoP-bound tokens are not accepted by this gateway yet",
+                           headers=_CHALLENGE)
+    ctx.subject = subject
