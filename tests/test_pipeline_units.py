@@ -142,3 +142,53 @@ async def test_scorer_results_are_the_same_for_the_same_signals() -> None:
     flagged = await scorer.score(bot)  # a different factor set is scored on its own
     assert (flagged.score, [f.code for f in flagged.factors]) == (
         35, ["automation_client", "missing_device_proof"])
+
+
+class _AsyncOnlyScorer:
+    """A scorer with I/O (no score_sync), as the risk issue's Redis-backed one will be."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls = 0
+        self.fail = fail
+
+    async def score(self, ctx: RequestContext) -> Any:
+        self.calls += 1
+        if self.fail:
+            raise ConnectionError("risk state unavailable")
+        return await SignalScorer().score(ctx)
+
+
+class _BrokenSyncScorer:
+    def score_sync(self, ctx: RequestContext) -> Any:
+        raise ConnectionError("broken")
+
+    async def score(self, ctx: RequestContext) -> Any:
+        raise ConnectionError("broken")
+
+
+async def _run_step(step: Any, ctx: RequestContext) -> None:
+    pending = step(ctx)  # as the pipeline does: await only what is returned
+    if pending is not None:
+        await pending
+
+
+@pytest.mark.parametrize("scorer", [SignalScorer(), _AsyncOnlyScorer()])
+async def test_score_step_with_sync_and_async_scorers(scorer: Any) -> None:
+    from gateway.steps.judge import Score
+
+    ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1"})
+    await _run_step(Score(scorer), ctx)
+    assert ctx.risk is not None and [f.code for f in ctx.risk.factors] == ["missing_device_proof"]
+
+
+@pytest.mark.parametrize("scorer", [_BrokenSyncScorer(), _AsyncOnlyScorer(fail=True)])
+async def test_score_failure_degrades_open_reads_and_fails_closed_routes(scorer: Any) -> None:
+    from gateway.steps.judge import Score
+
+    open_ctx = _ctx(_route(fail_mode="open"), {"account": "A1"})
+    await _run_step(Score(scorer), open_ctx)
+    assert open_ctx.risk is None and open_ctx.degraded == ["risk_unavailable"]
+    closed = _ctx(_route(tier="trade"), {"account": "A1"})
+    with pytest.raises(GatewayError) as err:
+        await _run_step(Score(scorer), closed)
+    assert (err.value.status, err.value.code) == (503, "risk_unavailable")

@@ -80,6 +80,16 @@ class ActivePolicy:
             return self.engine.evaluate(policy_input)
         return shadow.beside(self.engine, policy_input)
 
+    def evaluate_now(self, policy_input: Mapping[str, Any]) -> Decision | None:
+        """The decision without a coroutine when the engine judges synchronously (the embedded
+        engines do) and no shadow session runs; None: call `evaluate`."""
+        engine = self.engine  # one read: this request is judged by that engine
+        sync = getattr(engine, "evaluate_sync", None)
+        if self.shadow is not None or sync is None:
+            return None
+        result: Decision = sync(policy_input)
+        return result
+
     def swap(self, engine: PolicyEngine, generation: int, trigger: str) -> None:
         self.engine = engine  # the swap: no await between these assignments
         self.version = engine.version

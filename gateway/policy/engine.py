@@ -62,6 +62,9 @@ class BaselinePolicy:
     version = "baseline-1"
 
     async def evaluate(self, policy_input: Mapping[str, Any]) -> Decision:
+        return self.evaluate_sync(policy_input)
+
+    def evaluate_sync(self, policy_input: Mapping[str, Any]) -> Decision:
         request = policy_input["request"]
         subject = policy_input.get("subject") or {}
         roles = set(subject.get("roles", ()))

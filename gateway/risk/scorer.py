@@ -100,6 +100,10 @@ class SignalScorer:
         self._results: dict[tuple[Factor, ...], RiskResult] = {}
 
     async def score(self, ctx: RequestContext) -> RiskResult:
+        return self.score_sync(ctx)
+
+    def score_sync(self, ctx: RequestContext) -> RiskResult:
+        """`score` without a coroutine: these signals need no I/O (the Score step uses it)."""
         clock, weights = self._clock, self._weights
         factors: list[Factor] = []
         total = 0

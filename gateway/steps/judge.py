@@ -13,7 +13,8 @@ A deny that carries obligations is not refused here: the obligations step
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import (
@@ -27,7 +28,7 @@ from gateway.errors import (
 from gateway.policy.decision import ObligationError
 from gateway.policy.engine import Decision, PolicyEngine
 from gateway.policy.input import build_input
-from gateway.risk.scorer import RiskScorer
+from gateway.risk.scorer import RiskResult, RiskScorer
 
 
 def _fail(ctx: RequestContext, kind: ErrorKind, exc: Exception) -> None:
@@ -38,15 +39,27 @@ def _fail(ctx: RequestContext, kind: ErrorKind, exc: Exception) -> None:
 
 
 class Score:
+    """Asks the scorer; a scorer with a synchronous ``score_sync`` is called without a coroutine."""
+
     name = "score"
 
     def __init__(self, scorer: RiskScorer) -> None:
         self._scorer = scorer
+        self._sync: Callable[[RequestContext], RiskResult] | None = getattr(scorer, "score_sync", None)
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
+        if self._sync is None:
+            return self._score(ctx)
+        try:
+            ctx.risk = self._sync(ctx)
+        except Exception as exc:  # any scorer failure is a dependency failure
+            _fail(ctx, RISK_UNAVAILABLE, exc)
+        return None
+
+    async def _score(self, ctx: RequestContext) -> None:
         try:
             ctx.risk = await self._scorer.score(ctx)
-        except Exception as exc:  # any scorer failure is a dependency failure
+        except Exception as exc:
             _fail(ctx, RISK_UNAVAILABLE, exc)
 
 
@@ -73,20 +86,41 @@ class Decide:
     def __init__(self, engine: PolicyEngine, *,
                  on_error: Callable[[str, str], None] | None = None) -> None:
         self._engine = engine
+        self._now: Callable[[dict[str, Any]], Decision | None] | None = getattr(engine, "evaluate_now", None)
         self._on_error = on_error
         """Called with (reason, tier) for each failed evaluation (the metrics counter)."""
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
+        # An engine that judges synchronously (`evaluate_now`) costs no coroutine here.
         try:
-            decision = await self._engine.evaluate(build_input(ctx))
+            doc = build_input(ctx)
+            decision = self._now(doc) if self._now is not None else None
         except Exception as exc:
-            if self._on_error is not None:
-                self._on_error(policy_error_reason(exc), ctx.route.tier)
-            if isinstance(exc, ObligationError):
-                raise  # never degraded: the request would go on without what the policy required
-            _fail(ctx, POLICY_UNAVAILABLE, exc)
-            ctx.decision = Decision(allow=True, policy_version="degraded")
+            self._failed(ctx, exc)
+            return None
+        if decision is None:
+            return self._evaluate(ctx, doc)
+        self._decided(ctx, decision)
+        return None
+
+    async def _evaluate(self, ctx: RequestContext, doc: dict[str, Any]) -> None:
+        try:
+            decision = await self._engine.evaluate(doc)
+        except Exception as exc:
+            self._failed(ctx, exc)
             return
+        self._decided(ctx, decision)
+
+    def _failed(self, ctx: RequestContext, exc: Exception) -> None:
+        if self._on_error is not None:
+            self._on_error(policy_error_reason(exc), ctx.route.tier)
+        if isinstance(exc, ObligationError):
+            raise exc  # never degraded: the request would go on without what the policy required
+        _fail(ctx, POLICY_UNAVAILABLE, exc)
+        ctx.decision = Decision(allow=True, policy_version="degraded")
+
+    @staticmethod
+    def _decided(ctx: RequestContext, decision: Decision) -> None:
         ctx.decision = decision
         if not decision.allow and decision.step_up is None and not decision.obligations:
             reasons = [{"code": r.code, "message": r.message} for r in decision.deny]
