@@ -95,18 +95,24 @@ async def test_enqueued_records_are_written_and_failures_counted(tmp_path: Path)
     assert bad.failed == 3
 
 
-async def test_queued_records_reach_the_file_at_once_and_the_disk_by_the_sync_deadline(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The file descriptors the sink fsyncs, in order (the real fsync still runs)."""
     import audit.sink as sink_module
 
-    synced: list[int] = []
+    calls: list[int] = []
     real_fsync = sink_module.os.fsync
 
     def recording_fsync(fd: int) -> None:
-        synced.append(fd)
+        calls.append(fd)
         real_fsync(fd)
 
     monkeypatch.setattr(sink_module.os, "fsync", recording_fsync)
+    return calls
+
+
+async def test_queued_records_reach_the_file_at_once_and_the_disk_by_the_sync_deadline(
+        tmp_path: Path, synced: list[int]) -> None:
     sink = FileAuditSink(tmp_path, fsync_interval=0.001, sync_interval=0.3)
     for i in range(3):
         sink.enqueue({"n": i})
@@ -120,17 +126,7 @@ async def test_queued_records_reach_the_file_at_once_and_the_disk_by_the_sync_de
 
 
 async def test_an_awaited_record_is_fsynced_before_it_is_acknowledged(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import audit.sink as sink_module
-
-    synced: list[int] = []
-    real_fsync = sink_module.os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(sink_module.os, "fsync", recording_fsync)
+        tmp_path: Path, synced: list[int]) -> None:
     sink = FileAuditSink(tmp_path, fsync_interval=0.001, sync_interval=60)
     sink.enqueue({"n": 0})
     await asyncio.sleep(0.05)
