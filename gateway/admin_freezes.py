@@ -11,28 +11,20 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway.admin import GATEWAY_KEY, _audit_first
-from gateway.admin_policy import ROLE, require_recent_step_up
+from gateway.admin_policy import compliance_officer, json_ok, small_json
 from gateway.authn.tokens import Subject
 from gateway.bundles.service import reason_text
-from gateway.errors import BAD_REQUEST, FREEZE_NOT_FOUND, INVALID_JSON, ROLE_FORBIDDEN, GatewayError
-from gateway.steps.authenticate import bearer_token
+from gateway.errors import FREEZE_NOT_FOUND, GatewayError
 
 _ACCOUNT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 async def _officer(request: web.Request) -> Subject:
-    gw = request.app[GATEWAY_KEY]
-    subject = await gw.verifier.verify(bearer_token(request.headers.getall("Authorization", [])))
-    if ROLE not in subject.roles:
-        raise GatewayError(ROLE_FORBIDDEN, "the freeze admin API requires the compliance role")
-    require_recent_step_up(subject, gw.config.policy_admin, time.time())
-    return subject
+    return await compliance_officer(request, "freeze admin API")
 
 
 def _account(request: web.Request) -> str:
@@ -42,18 +34,13 @@ def _account(request: web.Request) -> str:
     return account
 
 
-def _ok(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json",
-                        headers={"Cache-Control": "no-store"})
-
-
 async def list_freezes(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     subject = await _officer(request)
     freezes = await gw.freezes.all()
     gw.audit.enqueue({"type": "admin", "time": time.time(), "sub": subject.sub, "action": "freeze_list",
                       "count": len(freezes)})
-    return _ok({"freezes": [f.public() for f in freezes]})
+    return json_ok({"freezes": [f.public() for f in freezes]})
 
 
 async def show_freeze(request: web.Request) -> web.Response:
@@ -62,19 +49,14 @@ async def show_freeze(request: web.Request) -> web.Response:
     freeze = await gw.freezes.get(_account(request))
     if freeze is None:
         raise GatewayError(FREEZE_NOT_FOUND)
-    return _ok(freeze.public())
+    return json_ok(freeze.public())
 
 
 async def lift_freeze(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     subject = await _officer(request)
     account = _account(request)
-    try:
-        body = await request.json() if request.body_exists else None
-    except ValueError:
-        raise GatewayError(INVALID_JSON) from None
-    if not isinstance(body, dict):
-        raise GatewayError(BAD_REQUEST, 'expected {"reason": "why the freeze is lifted"}')
+    body = await small_json(request)
     reason = reason_text(body.get("reason"), required=True)
     record = {"type": "admin", "time": time.time(), "sub": subject.sub, "action": "freeze_lift",
               "account": account, "reason": reason}
@@ -96,7 +78,7 @@ async def lift_freeze(request: web.Request) -> web.Response:
                                      {"account": account})
         except Exception:  # the lift stands; the customer sees it on the next request
             pass
-    return _ok({"lifted": lifted.public(), "lifted_by": subject.sub, "reason": reason})
+    return json_ok({"lifted": lifted.public(), "lifted_by": subject.sub, "reason": reason})
 
 
 def add_freeze_routes(app: web.Application) -> None:

@@ -67,13 +67,19 @@ def require_recent_step_up(subject: Subject, cfg: PolicyAdminConfig, now: float)
                        extra={"acr_values": cfg.min_acr, "max_age": max_age})
 
 
-async def _officer(request: web.Request) -> tuple[PolicyAdmin, Subject]:
+async def compliance_officer(request: web.Request, api: str) -> Subject:
+    """The caller of a compliance API (``api`` names it in the refusal): role and recent step-up."""
     gw = request.app[GATEWAY_KEY]
     subject = await gw.verifier.verify(bearer_token(request.headers.getall("Authorization", [])))
     if ROLE not in subject.roles:
-        raise GatewayError(ROLE_FORBIDDEN, "the policy admin API requires the compliance role")
+        raise GatewayError(ROLE_FORBIDDEN, f"the {api} requires the compliance role")
     require_recent_step_up(subject, gw.config.policy_admin, time.time())
-    return gw.bundles, subject
+    return subject
+
+
+async def _officer(request: web.Request) -> tuple[PolicyAdmin, Subject]:
+    subject = await compliance_officer(request, "policy admin API")
+    return request.app[GATEWAY_KEY].bundles, subject
 
 
 def _version(request: web.Request) -> str:
@@ -83,7 +89,7 @@ def _version(request: web.Request) -> str:
     return version
 
 
-async def _small_json(request: web.Request) -> dict[str, Any]:
+async def small_json(request: web.Request) -> dict[str, Any]:
     """An optional JSON object body (the listener caps it at 64 KiB); {} when there is none."""
     if not request.body_exists:
         return {}
@@ -96,7 +102,7 @@ async def _small_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _ok(data: Any, status: int = 200) -> web.Response:
+def json_ok(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data), content_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
@@ -104,13 +110,13 @@ def _ok(data: Any, status: int = 200) -> web.Response:
 async def overview(request: web.Request) -> web.Response:
     admin, _ = await _officer(request)
     history = await admin.history()
-    return _ok({"serving": admin.active.status(), "active": history[0].public() if history else None,
+    return json_ok({"serving": admin.active.status(), "active": history[0].public() if history else None,
                 "history": [a.public() for a in history]})
 
 
 async def list_bundles(request: web.Request) -> web.Response:
     admin, _ = await _officer(request)
-    return _ok({"bundles": [i.public() for i in await admin.bundles()]})
+    return json_ok({"bundles": [i.public() for i in await admin.bundles()]})
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -133,7 +139,7 @@ async def upload(request: web.Request) -> web.Response:
         raise GatewayError(INVALID_JSON, f"the upload is not valid JSON: line {exc.lineno}, column {exc.colno}: "
                                          f"{exc.msg}") from None
     info = await admin.upload(subject.sub, body)
-    return _ok(info.public(), status=201)
+    return json_ok(info.public(), status=201)
 
 
 async def show_bundle(request: web.Request) -> web.Response:
@@ -144,26 +150,26 @@ async def show_bundle(request: web.Request) -> web.Response:
         data["files"] = dict(bundle.files)
     else:
         data["paths"] = sorted(bundle.files)
-    return _ok(data)
+    return json_ok(data)
 
 
 async def validate(request: web.Request) -> web.Response:
     admin, subject = await _officer(request)
     info, result = await admin.validate(subject.sub, _version(request))
-    return _ok({**info.public(), "report": result.report()})
+    return json_ok({**info.public(), "report": result.report()})
 
 
 async def propose(request: web.Request) -> web.Response:
     admin, subject = await _officer(request)
     version = _version(request)
-    body = await _small_json(request)
+    body = await small_json(request)
     proposal = await admin.propose(subject.sub, version, reason_text(body.get("reason"), required=False))
-    return _ok(proposal.public(), status=201)
+    return json_ok(proposal.public(), status=201)
 
 
 async def list_proposals(request: web.Request) -> web.Response:
     admin, _ = await _officer(request)
-    return _ok({"proposals": [p.public() for p in await admin.proposals()]})
+    return json_ok({"proposals": [p.public() for p in await admin.proposals()]})
 
 
 async def approve(request: web.Request) -> web.Response:
@@ -172,7 +178,7 @@ async def approve(request: web.Request) -> web.Response:
     if not _PROPOSAL_ID.fullmatch(raw):
         raise GatewayError(PROPOSAL_NOT_FOUND, "a proposal id is a number")
     activation, published = await admin.approve(subject.sub, int(raw))
-    return _ok({"activation": activation.public(), "notified_processes": published,
+    return json_ok({"activation": activation.public(), "notified_processes": published,
                 "serving": admin.active.status()})
 
 
@@ -185,19 +191,19 @@ def _target(body: dict[str, Any]) -> str:
 
 async def rollback(request: web.Request) -> web.Response:
     admin, subject = await _officer(request)
-    body = await _small_json(request)
+    body = await small_json(request)
     version = _target(body)
     proposal = await admin.propose_rollback(subject.sub, version, reason_text(body.get("reason"), required=False))
-    return _ok(proposal.public(), status=201)
+    return json_ok(proposal.public(), status=201)
 
 
 async def break_glass(request: web.Request) -> web.Response:
     admin, subject = await _officer(request)
-    body = await _small_json(request)
+    body = await small_json(request)
     version = _target(body)
     activation, published = await admin.break_glass(subject.sub, version,
                                                     reason_text(body.get("reason"), required=True))
-    return _ok({"activation": activation.public(), "notified_processes": published,
+    return json_ok({"activation": activation.public(), "notified_processes": published,
                 "alerted": list(admin.cfg.officers), "serving": admin.active.status()})
 
 
@@ -212,18 +218,18 @@ def _sample_rate(body: dict[str, Any]) -> float | None:
 
 async def shadow_start(request: web.Request) -> web.Response:
     admin, subject = await _officer(request)
-    body = await _small_json(request)
+    body = await small_json(request)
     version = _target(body)
     session, published = await admin.start_shadow(subject.sub, version, _sample_rate(body),
                                                   reason_text(body.get("reason"), required=False))
-    return _ok({"session": session.public(), "notified_processes": published}, status=201)
+    return json_ok({"session": session.public(), "notified_processes": published}, status=201)
 
 
 async def shadow_stop(request: web.Request) -> web.Response:
     admin, subject = await _officer(request)
-    body = await _small_json(request)
+    body = await small_json(request)
     session, published = await admin.stop_shadow(subject.sub, reason_text(body.get("reason"), required=False))
-    return _ok({"session": session.public(), "notified_processes": published})
+    return json_ok({"session": session.public(), "notified_processes": published})
 
 
 async def shadow_report(request: web.Request) -> web.Response:
@@ -231,7 +237,7 @@ async def shadow_report(request: web.Request) -> web.Response:
     raw = request.match_info.get("session")
     if raw is not None and not _SESSION_ID.fullmatch(raw):
         raise GatewayError(SHADOW_NOT_FOUND, "a shadow session id is a number")
-    return _ok(await admin.shadow_report(int(raw) if raw is not None else None))
+    return json_ok(await admin.shadow_report(int(raw) if raw is not None else None))
 
 
 def add_policy_routes(app: web.Application) -> None:
