@@ -72,22 +72,50 @@ applies := true if applies_cancel
 # Clock and sessions
 # ---------------------------------------------------------------------------
 
-# The request time, exchange-local (Asia/Shanghai), computed by the gateway.
-now := t if {
+# The request time (input.clock.second_of_day) is exchange-local
+# (Asia/Shanghai), computed by the gateway. The windows of the data file are
+# in seconds since midnight ("start", "end"; "hours" is the same window
+# written HH:MM:SS for readers, and the tests check that both agree). The
+# windows are used only when every start and end is a number: one broken
+# window makes the rules below refuse everything (a broken data file fails
+# closed). Windows are half-open, [start, end): inside when start <= t and
+# t < end, written out in the loops below (the Rvm pays for every rule and
+# function call, so the time and the window check are not rules of their own).
+
+# RULES.md: "Sessions: opening call 9:15-9:25, continuous 9:30-11:30 and
+# 13:00-14:57, closing call 14:57-15:00 (Asia/Shanghai, trading days only)."
+# A window without a "continuous" member is skipped, as it always was.
+market_open if {
+	input.clock.trading_day == true
 	t := input.clock.second_of_day
 	is_number(t)
-}
-
-# The windows of the data file, in seconds since midnight ("start", "end";
-# "hours" is the same window written HH:MM:SS for readers, and the tests
-# check that both agree). The windows are used only when every start and end
-# is a number: one broken window makes the *_ok rules below refuse
-# everything (a broken data file fails closed).
-sessions_ok if {
-	every w in data.ashare.sessions {
+	sessions := data.ashare.sessions
+	every w in sessions {
 		is_number(w.start)
 		is_number(w.end)
 	}
+	some w in sessions
+	w.start <= t
+	t < w.end
+	_ = w.continuous
+}
+
+# The continuous-trading sessions (9:30-11:30 and 13:00-14:57). market_open
+# holds whenever a continuous window is open, so it brings the trading day,
+# the clock and the window check.
+continuous_now if {
+	market_open
+	t := input.clock.second_of_day
+	some w in data.ashare.sessions
+	w.start <= t
+	t < w.end
+	w.continuous == true
+}
+
+# Cancels only (the cancel path is not the hot one; it keeps its helpers).
+now := t if {
+	t := input.clock.second_of_day
+	is_number(t)
 }
 
 no_cancel_windows_ok if {
@@ -97,32 +125,9 @@ no_cancel_windows_ok if {
 	}
 }
 
-# Windows are half-open, [start, end): inside when start <= t and t < end,
-# written out in the loops below (the Rvm pays for every function call).
 outside_window(t, w) if t < w.start
 
 outside_window(t, w) if t >= w.end
-
-# The "continuous" flags of the windows open now (one pass over the windows
-# for both rules below). A window without a "continuous" member is skipped,
-# as it always was.
-open_now := {c |
-	input.clock.trading_day == true
-	t := now
-	sessions_ok
-	some w in data.ashare.sessions
-	w.start <= t
-	t < w.end
-	_ = w.continuous # (the Rvm keeps an undefined `c` below as "<undefined>": check it first)
-	c := w.continuous
-}
-
-# RULES.md: "Sessions: opening call 9:15-9:25, continuous 9:30-11:30 and
-# 13:00-14:57, closing call 14:57-15:00 (Asia/Shanghai, trading days only)."
-market_open if count(open_now) > 0
-
-# The continuous-trading sessions (9:30-11:30 and 13:00-14:57).
-continuous_now if true in open_now
 
 # RULES.md: "No cancels 9:20-9:25 and 14:57-15:00."
 cancel_window_ok if {
@@ -141,6 +146,7 @@ deny contains {"code": "market_closed", "message": "The A-share market is not op
 
 # RULES.md: "No cancels 9:20-9:25 and 14:57-15:00."
 deny contains {"code": "cancel_window_closed", "message": "Cancels are not accepted from 09:20 to 09:25 and from 14:57 to 15:00."} if {
+	is_object(input.cancel) # (in applies_cancel: an order stops here without calling it)
 	applies_cancel
 	market_open
 	not cancel_window_ok
@@ -222,12 +228,10 @@ price_ticks := n if {
 	abs((p / tick) - n) <= tol
 }
 
-limit_price_ok if is_number(price_ticks)
-
 # Limit orders need a positive price that is a multiple of the tick size.
 deny contains {"code": "invalid_order", "message": "A limit order needs a positive price that is a multiple of the tick size."} if {
 	input.order.type == "limit"
-	not limit_price_ok
+	not is_number(price_ticks)
 	applies_order
 	instrument_ok
 }
@@ -248,23 +252,20 @@ sellable := s if {
 }
 
 # RULES.md: "main board buys in multiples of 100"; "STAR: at least 200, then
-# steps of 1" (buy_lot 1, min_qty 200 for STAR in the data file).
+# steps of 1" (buy_lot 1, min_qty 200 for STAR in the data file). Sells in
+# the same normal steps (multiples of 100 on the main board and ChiNext, at
+# least 200 then steps of 1 on STAR). (Rules used more than once in a body
+# are bound to a local: each call costs the Rvm even when cached.)
 lot_ok if {
-	input.order.side == "buy"
-	is_number(board.min_qty)
-	is_number(board.buy_lot)
-	qty >= board.min_qty
-	qty % board.buy_lot == 0
-}
-
-# Sells in the normal steps (multiples of 100 on the main board and ChiNext,
-# at least 200 then steps of 1 on STAR).
-lot_ok if {
-	input.order.side == "sell"
-	is_number(board.min_qty)
-	is_number(board.buy_lot)
-	qty >= board.min_qty
-	qty % board.buy_lot == 0
+	input.order.side in {"buy", "sell"}
+	b := board
+	min_qty := b.min_qty
+	lot := b.buy_lot
+	is_number(min_qty)
+	is_number(lot)
+	q := qty
+	q >= min_qty
+	q % lot == 0
 }
 
 # RULES.md: "an odd remainder is sold in one order". A holding that is not a
@@ -275,20 +276,26 @@ lot_ok if {
 # exceed them. So 50 or 150 of 150 may be sold, 30 of 150 may not.
 lot_ok if {
 	input.order.side == "sell"
-	board.odd_remainder_sell == true
-	is_number(board.buy_lot)
-	is_number(sellable)
-	qty % board.buy_lot == sellable % board.buy_lot
-	qty <= sellable
+	b := board
+	b.odd_remainder_sell == true
+	lot := b.buy_lot
+	is_number(lot)
+	s := sellable
+	is_number(s)
+	q := qty
+	q % lot == s % lot
+	q <= s
 }
 
 # STAR: a holding of fewer than 200 sellable shares is sold whole, in one order.
 lot_ok if {
 	input.order.side == "sell"
-	is_number(board.min_qty)
-	is_number(sellable)
-	sellable < board.min_qty
-	qty == sellable
+	min_qty := board.min_qty
+	is_number(min_qty)
+	s := sellable
+	is_number(s)
+	s < min_qty
+	qty == s
 }
 
 deny contains {"code": "lot_size", "message": "The quantity does not fit the board's lot rules (main board and ChiNext: buys in multiples of 100, an odd remainder sold in one order; STAR: at least 200 shares)."} if {
@@ -321,24 +328,31 @@ deny contains {"code": "order_too_large", "message": "The quantity is above the 
 # RULES.md: "main board +-10%, STAR and ChiNext +-20%, ST +-5%" (ST +-5% is
 # applied to the main board; STAR and ChiNext ST stocks keep +-20%, see the
 # data file).
-band_bp := b if {
-	input.instrument.st == false
-	b := board.band_bp
-	is_number(b)
-} else := b if {
-	input.instrument.st == true
-	b := board.st_band_bp
-	is_number(b)
-}
-
+#
 # Limit prices in ticks: previous close x (1 +- band), rounded half up to the
 # tick as the exchanges publish them (10.05 +10% = 11.055 -> 11.06). Integer
 # arithmetic: ticks x (10000 +- basis points), + 5000, / 10000, floor.
+# One definition per ST flag (the band in basis points is board.band_bp for
+# a non-ST stock, board.st_band_bp for an ST one), written out rather than
+# as a rule of its own.
 band_ok if {
+	input.instrument.st == false
+	b := board.band_bp
+	is_number(b)
 	prev_close_ticks := round(prev_close / tick)
-	b := band_bp
-	price_ticks <= floor(((prev_close_ticks * (10000 + b)) + 5000) / 10000)
-	price_ticks >= floor(((prev_close_ticks * (10000 - b)) + 5000) / 10000)
+	p := price_ticks
+	p <= floor(((prev_close_ticks * (10000 + b)) + 5000) / 10000)
+	p >= floor(((prev_close_ticks * (10000 - b)) + 5000) / 10000)
+}
+
+band_ok if {
+	input.instrument.st == true
+	b := board.st_band_bp
+	is_number(b)
+	prev_close_ticks := round(prev_close / tick)
+	p := price_ticks
+	p <= floor(((prev_close_ticks * (10000 + b)) + 5000) / 10000)
+	p >= floor(((prev_close_ticks * (10000 - b)) + 5000) / 10000)
 }
 
 # Market orders carry no price and are not checked against the band here.
@@ -346,7 +360,7 @@ deny contains {"code": "price_outside_band", "message": "The limit price is outs
 	input.order.type == "limit"
 	not band_ok
 	applies_order
-	limit_price_ok
+	is_number(price_ticks)
 }
 
 # ---------------------------------------------------------------------------
@@ -427,34 +441,65 @@ reference := v if {
 	absent_price(object.get(q, "last", null))
 }
 
-reference_ticks := round(reference / tick)
+# The reference in whole ticks is round(reference / tick).
+#
+# The usual case first, written out: a buy within 102% of the best ask (a
+# sell within 98% of the best bid). The best ask (bid) is then the reference
+# (the first branch of its chain), so each of these two definitions holds
+# only when the 102% (98%) definition below holds too: they change no
+# answer, they only spare the reference's rule on the usual order.
+cage_ok if {
+	input.order.side == "buy"
+	prev_close > 0
+	ask := input.quote.ask
+	is_number(ask)
+	ask > 0
+	bp := board.cage_bp
+	is_number(bp)
+	price_ticks * 10000 <= round(ask / tick) * (10000 + bp)
+}
+
+cage_ok if {
+	input.order.side == "sell"
+	prev_close > 0
+	bid := input.quote.bid
+	is_number(bid)
+	bid > 0
+	bp := board.cage_bp
+	is_number(bp)
+	price_ticks * 10000 >= round(bid / tick) * (10000 - bp)
+}
 
 # RULES.md: "buy <= max(102% of reference, reference + 10 ticks)".
 # 102%: price x 10000 <= reference x 10200, compared in whole ticks.
 cage_ok if {
 	input.order.side == "buy"
-	is_number(board.cage_bp)
-	price_ticks * 10000 <= reference_ticks * (10000 + board.cage_bp)
+	bp := board.cage_bp
+	is_number(bp)
+	price_ticks * 10000 <= round(reference / tick) * (10000 + bp)
 }
 
 # The "+10 ticks" arm; STAR has none (cage_ticks null: "STAR 102%/98% only").
 cage_ok if {
 	input.order.side == "buy"
-	is_number(board.cage_ticks)
-	price_ticks <= reference_ticks + board.cage_ticks
+	ticks := board.cage_ticks
+	is_number(ticks)
+	price_ticks <= round(reference / tick) + ticks
 }
 
 # RULES.md: "sell >= min(98%, reference - 10 ticks)".
 cage_ok if {
 	input.order.side == "sell"
-	is_number(board.cage_bp)
-	price_ticks * 10000 >= reference_ticks * (10000 - board.cage_bp)
+	bp := board.cage_bp
+	is_number(bp)
+	price_ticks * 10000 >= round(reference / tick) * (10000 - bp)
 }
 
 cage_ok if {
 	input.order.side == "sell"
-	is_number(board.cage_ticks)
-	price_ticks >= reference_ticks - board.cage_ticks
+	ticks := board.cage_ticks
+	is_number(ticks)
+	price_ticks >= round(reference / tick) - ticks
 }
 
 deny contains {"code": "price_cage", "message": "During continuous trading a limit price must stay within the price cage: buys at most 2% (or 10 ticks) above the best ask, sells at most 2% (or 10 ticks) below the best bid."} if {
@@ -462,7 +507,7 @@ deny contains {"code": "price_cage", "message": "During continuous trading a lim
 	not cage_ok
 	continuous_now
 	applies_order
-	limit_price_ok
+	is_number(price_ticks)
 }
 
 # ---------------------------------------------------------------------------
@@ -470,11 +515,10 @@ deny contains {"code": "price_cage", "message": "During continuous trading a lim
 # ---------------------------------------------------------------------------
 
 # RULES.md: "T+1: shares bought today are not sellable today." A sell needs
-# a position whose sellable shares cover the quantity; no position denies.
-sellable_ok if qty <= sellable
-
+# a position whose sellable shares cover the quantity; no position denies
+# (an undefined quantity or sellable count makes the comparison undefined).
 deny contains {"code": "insufficient_sellable", "message": "The sell quantity is more than the shares sellable today (shares bought today can be sold from the next trading day)."} if {
 	input.order.side == "sell"
-	not sellable_ok
+	not qty <= sellable
 	applies_order
 }
