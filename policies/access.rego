@@ -14,8 +14,6 @@ loaded := true
 # Scope (package gateway): object-level access and roles judge every request.
 applies := true
 
-tier := input.request.tier
-
 # --- the subject -----------------------------------------------------------
 
 subject_ok if {
@@ -35,12 +33,12 @@ deny contains {"code": "unauthenticated", "message": "The request carries no val
 # authorisation)."
 # An account is owned when it is a string listed in the token's accounts
 # (written out below rather than as a function: the Rvm pays for each call).
-request_account_ok if input.request.account == null
-
 request_account_ok if {
 	is_string(input.request.account)
 	input.request.account in input.subject.accounts
 }
+
+request_account_ok if input.request.account == null
 
 query_accounts_ok if {
 	is_array(input.request.query_accounts)
@@ -86,7 +84,7 @@ known_roles contains role if {
 
 role_ok if {
 	some role in known_roles
-	tier in data.access.role_tiers[role]
+	input.request.tier in data.access.role_tiers[role]
 }
 
 deny contains {"code": "unknown_role", "message": "The subject has no role known to the gateway."} if {
@@ -106,29 +104,31 @@ step_up contains {
 	"reason": "privileged_action",
 	"max_age": data.access.privileged_step_up_max_age_s,
 } if {
-	tier in data.access.privileged_tiers
+	input.request.tier in data.access.privileged_tiers
 }
 
 # --- frozen accounts -----------------------------------------------------------
 
-# A frozen account cannot trade or transfer; reads stay allowed.
-frozen_blocks if tier in data.access.frozen_blocked_tiers
-
-frozen_ok if not frozen_blocks
-
+# A frozen account cannot trade or transfer; reads stay allowed. The tiers
+# it blocks are tested in place (input.request.tier in
+# data.access.frozen_blocked_tiers): a rule for them costs a rule call.
+# frozen_ok: an account that is not frozen (the usual trade or transfer
+# first), or a tier a freeze does not block.
 frozen_ok if {
-	frozen_blocks
 	input.account.frozen == false
+	input.request.tier in data.access.frozen_blocked_tiers
 }
+
+frozen_ok if not input.request.tier in data.access.frozen_blocked_tiers
 
 deny contains {"code": "account_frozen", "message": "The account is frozen."} if {
 	input.account.frozen == true
-	frozen_blocks
+	input.request.tier in data.access.frozen_blocked_tiers
 }
 
 deny contains {"code": "account_facts_unavailable", "message": "The account facts are missing or invalid."} if {
 	not is_boolean(input.account.frozen)
-	frozen_blocks
+	input.request.tier in data.access.frozen_blocked_tiers
 }
 
 # --- the positive check used by package gateway ------------------------------

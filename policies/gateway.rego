@@ -57,32 +57,30 @@ packages_loaded if {
 
 # --- 2. positive checks per route tier ----------------------------------------------
 
-access_ok if data.gateway.access.ok == true
-
 route_checks_ok if {
 	input.request.tier in {"read", "admin"}
-	access_ok
+	data.gateway.access.ok == true
 }
 
 # An order with a known instrument and a computable notional.
 route_checks_ok if {
 	input.request.tier == "trade"
-	access_ok
 	is_object(input.order)
+	data.gateway.access.ok == true
 	is_object(input.instrument)
 	data.gateway.limits.order_ok == true
 }
 
 route_checks_ok if {
 	input.request.tier == "trade"
-	access_ok
 	is_object(input.cancel)
+	data.gateway.access.ok == true
 	not is_object(input.order)
 }
 
 route_checks_ok if {
 	input.request.tier == "transfer"
-	access_ok
+	data.gateway.access.ok == true
 	data.gateway.limits.transfer_ok == true
 }
 

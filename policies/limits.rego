@@ -3,6 +3,14 @@
 # facts (input.account).
 #
 # Positive-check style: a missing or wrong-typed fact denies (docs/POLICIES.md).
+#
+# Condition order: each deny and step-up rule starts with the check that
+# fails on a usual order (the Rvm stops a body at its first failing
+# condition; the order of a body's conditions does not change its value),
+# then its scope (order_present, is_buy, the transfer tier). Where that check
+# is a rule that would run through on a transfer (`not daily_ok`), the rule
+# starts with `is_object(input.order)` (part of order_present), which stops a
+# transfer at once and costs an order less than a rule call.
 package gateway.limits
 
 import rego.v1
@@ -16,13 +24,14 @@ order_present if {
 }
 
 # Scope (package gateway): every rule below needs an order (order_present,
-# is_buy) or a transfer (is_transfer); order_ok and transfer_ok are read by
-# package gateway directly.
+# is_buy) or a transfer (input.request.tier == "transfer", tested in place:
+# a rule for it would cost every order a rule call); order_ok and
+# transfer_ok are read by package gateway directly.
 default applies := false
 
 applies := true if order_present
 
-applies := true if is_transfer
+applies := true if input.request.tier == "transfer"
 
 is_buy if {
 	order_present
@@ -39,14 +48,14 @@ order_shape_ok if {
 }
 
 deny contains {"code": "invalid_order", "message": "The order needs a valid side, type and a positive quantity."} if {
-	order_present
 	not order_shape_ok
+	order_present
 }
 
 # docs/POLICIES.md: instrument is null for a symbol not in the reference data.
 deny contains {"code": "unknown_symbol", "message": "The symbol is not in the reference data."} if {
-	order_present
 	not is_object(input.instrument)
+	order_present
 }
 
 # Unit price: the limit price; for market orders the quote a buy would pay
@@ -70,9 +79,9 @@ notional := round((input.order.qty * unit_price) * 100) / 100 if {
 }
 
 deny contains {"code": "price_unavailable", "message": "The order has no valid price or market quote."} if {
+	not is_number(notional)
 	order_present
 	order_shape_ok
-	not is_number(notional)
 }
 
 # The facts must describe the symbol ordered, not some other one.
@@ -82,9 +91,10 @@ symbol_ok if {
 }
 
 deny contains {"code": "instrument_mismatch", "message": "The reference data does not match the ordered symbol."} if {
+	is_object(input.order) # (in order_present: a transfer stops here)
+	not symbol_ok
 	order_present
 	is_object(input.instrument)
-	not symbol_ok
 }
 
 # Positive check used by package gateway for order routes.
@@ -95,18 +105,18 @@ order_ok if {
 	is_object(input.instrument)
 }
 
-# A number or null, as one builtin call (a function with two definitions costs
-# the Rvm several times more).
-numeric_or_null := {"number", "null"}
-
+# A number or null: `type_name(x) in {"number", "null"}`, one builtin call and
+# a literal (a function with two definitions, or a rule holding the set,
+# costs the Rvm more).
 deny contains {"code": "account_facts_unavailable", "message": "The account's limits are missing or invalid."} if {
-	order_present
+	is_object(input.order) # (in order_present: a transfer stops here)
 	not limit_facts_ok
+	order_present
 }
 
 limit_facts_ok if {
-	type_name(input.account.single_trade_limit) in numeric_or_null
-	type_name(input.account.daily_limit) in numeric_or_null
+	type_name(input.account.single_trade_limit) in {"number", "null"}
+	type_name(input.account.daily_limit) in {"number", "null"}
 	is_number(input.counters.notional_today)
 }
 
@@ -128,8 +138,9 @@ step_up contains {
 	"reason": "single_trade_limit",
 	"max_age": data.limits.notional_step_up_max_age_s,
 } if {
-	order_present
+	is_object(input.order) # (in order_present: a transfer stops here)
 	not single_trade_ok
+	order_present
 }
 
 daily_ok if {
@@ -146,8 +157,9 @@ step_up contains {
 	"reason": "daily_limit",
 	"max_age": data.limits.notional_step_up_max_age_s,
 } if {
-	order_present
+	is_object(input.order) # (in order_present: a transfer stops here)
 	not daily_ok
+	order_present
 }
 
 # --- SEC 15c3-5 pre-trade checks ------------------------------------------------
@@ -160,51 +172,51 @@ buying_power_ok if {
 }
 
 deny contains {"code": "insufficient_buying_power", "message": "The order exceeds your buying power."} if {
+	is_object(input.order) # (in is_buy: a transfer stops here)
+	not buying_power_ok
 	is_buy
 	is_number(notional)
-	not buying_power_ok
 }
 
 deny contains {"code": "account_facts_unavailable", "message": "The account's limits are missing or invalid."} if {
-	is_buy
 	not is_number(input.account.buying_power)
+	is_buy
 }
 
 # RULES.md United States: "restricted securities and persons".
 deny contains {"code": "restricted_security", "message": "This security is on the restricted list."} if {
-	order_present
 	input.restricted.symbol == true
+	order_present
 }
 
 deny contains {"code": "restricted_person", "message": "You are restricted from trading."} if {
-	order_present
 	input.restricted.person == true
+	order_present
+}
+
+# Both lists must be booleans: one definition per list (the same denial).
+deny contains {"code": "restricted_list_unavailable", "message": "The restricted lists could not be checked."} if {
+	not is_boolean(input.restricted.symbol)
+	order_present
 }
 
 deny contains {"code": "restricted_list_unavailable", "message": "The restricted lists could not be checked."} if {
+	not is_boolean(input.restricted.person)
 	order_present
-	not restricted_facts_ok
-}
-
-restricted_facts_ok if {
-	is_boolean(input.restricted.symbol)
-	is_boolean(input.restricted.person)
 }
 
 # RULES.md United States: "duplicate-order rejection".
 deny contains {"code": "duplicate_order", "message": "An order with this client order id was already placed."} if {
-	order_present
 	input.counters.duplicate_client_order_id == true
+	order_present
 }
 
 deny contains {"code": "counters_unavailable", "message": "The order counters could not be checked."} if {
-	order_present
 	not is_boolean(input.counters.duplicate_client_order_id)
+	order_present
 }
 
 # --- transfers ---------------------------------------------------------------------
-
-is_transfer if input.request.tier == "transfer"
 
 transfer_ok if {
 	is_object(input.transfer)
@@ -213,7 +225,7 @@ transfer_ok if {
 }
 
 deny contains {"code": "invalid_transfer", "message": "The transfer amount must be a positive number."} if {
-	is_transfer
+	input.request.tier == "transfer"
 	not transfer_ok
 }
 
@@ -234,14 +246,14 @@ step_up contains {
 	"reason": "large_transfer",
 	"max_age": data.limits.transfer_step_up_max_age_s,
 } if {
-	is_transfer
+	input.request.tier == "transfer"
 	transfer_ok
 	not transfer_within_limit
 }
 
 deny contains {"code": "account_facts_unavailable", "message": "The account's limits are missing or invalid."} if {
-	is_transfer
-	not type_name(input.account.single_trade_limit) in numeric_or_null
+	input.request.tier == "transfer"
+	not type_name(input.account.single_trade_limit) in {"number", "null"}
 }
 
 obligation := set()

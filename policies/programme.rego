@@ -6,39 +6,47 @@ import rego.v1
 # Required by package gateway (see gateway.rego).
 loaded := true
 
-is_trade if input.request.tier == "trade"
-
-# Scope (package gateway): every rule below needs a trade route (is_trade,
-# through high_frequency).
+# Scope (package gateway): every rule below needs a trade route
+# (input.request.tier == "trade", tested in place: each rule call costs).
 default applies := false
 
-applies := true if is_trade
+applies := true if input.request.tier == "trade"
 
 # RULES.md China A-shares: "an account at >= 300 orders+cancels in one second or
 # >= 20,000 in one day is high-frequency". Positive check: the account is
 # below both thresholds; missing or wrong-typed counters count as flagged.
+# (Each member is read once into a local.)
 below_thresholds if {
-	is_number(input.counters.actions_last_second)
-	is_number(input.counters.orders_today)
-	is_number(input.counters.cancels_today)
-	is_number(data.programme.high_frequency_actions_per_second)
-	is_number(data.programme.high_frequency_actions_per_day)
-	input.counters.actions_last_second < data.programme.high_frequency_actions_per_second
-	input.counters.orders_today + input.counters.cancels_today < data.programme.high_frequency_actions_per_day
+	c := input.counters
+	per_second := c.actions_last_second
+	orders := c.orders_today
+	cancels := c.cancels_today
+	is_number(per_second)
+	is_number(orders)
+	is_number(cancels)
+	p := data.programme
+	max_per_second := p.high_frequency_actions_per_second
+	max_per_day := p.high_frequency_actions_per_day
+	is_number(max_per_second)
+	is_number(max_per_day)
+	per_second < max_per_second
+	orders + cancels < max_per_day
 }
 
-high_frequency if {
-	not below_thresholds
-	is_trade
-}
+# High frequency: not below_thresholds on a trade route (written out in both
+# rules below rather than as a rule of its own).
 
 # RULES.md China A-shares: "programme orders without a report on file are
 # refused". Orders only: a cancel reduces exposure and stays possible.
 deny contains {"code": "programme_trading_unreported", "message": "High-frequency trading needs a programme trading report on file."} if {
-	high_frequency
+	not below_thresholds
+	input.request.tier == "trade"
 	is_object(input.order)
 	not input.account.programme_trading_report == true
 }
 
 # RULES.md China A-shares: abnormal patterns "are flagged": alert compliance.
-obligation contains {"alert": data.programme.alert_message} if high_frequency
+obligation contains {"alert": data.programme.alert_message} if {
+	not below_thresholds
+	input.request.tier == "trade"
+}
