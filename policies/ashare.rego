@@ -42,9 +42,12 @@ import rego.v1
 
 loaded := true
 
-# No A-share rule creates an obligation; the set is kept so gateway.rego can
-# collect it like the other markets'.
+# No A-share rule creates an obligation or asks for a step-up; the sets are
+# kept so gateway.rego can collect them like the other packages' (an empty
+# step_up set lets its plain-allow branch answer without collecting).
 obligation := set()
+
+step_up := set()
 
 # ---------------------------------------------------------------------------
 # Scope

@@ -12,6 +12,10 @@ default applies := false
 
 applies := true if input.request.tier == "trade"
 
+# No programme rule asks for a step-up (an empty set lets gateway.rego's
+# plain-allow branch answer without collecting).
+step_up := set()
+
 # RULES.md China A-shares: "an account at >= 300 orders+cancels in one second or
 # >= 20,000 in one day is high-frequency". Positive check: the account is
 # below both thresholds; missing or wrong-typed counters count as flagged.

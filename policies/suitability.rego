@@ -20,6 +20,10 @@ default applies := false
 
 applies := true if is_buy
 
+# No suitability rule asks for a step-up (an empty set lets gateway.rego's
+# plain-allow branch answer without collecting).
+step_up := set()
+
 investor_level := data.suitability.investor_levels[input.account.investor_level]
 
 product_level := data.suitability.product_levels[input.instrument.risk_level]

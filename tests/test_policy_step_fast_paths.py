@@ -13,7 +13,7 @@ from gateway.policy.decision import parse_decision
 from gateway.policy.engine import Decision
 from gateway.policy.facts import EXCHANGE_TZ, body_accounts, exchange_clock
 from gateway.policy.invariants import base_input
-from gateway.policy.rego import PLAIN_ALLOW_TEXTS, RegoPolicy
+from gateway.policy.rego import PLAIN_ALLOW_TEXTS, RegoPolicy, read_bundle
 
 BUNDLE = Path(__file__).resolve().parent.parent / "policies"
 
@@ -55,6 +55,28 @@ def test_decisions_other_than_a_plain_allow_take_the_full_path(bundle: RegoPolic
     decision = bundle.evaluate_sync(doc)
     assert not decision.allow
     assert decision == parse_decision(bundle.evaluate_raw(doc), bundle.version)
+
+
+@pytest.mark.parametrize(("package", "changes", "code"), [
+    ("programme", {"counters": {"actions_last_second": 1000}}, "programme_trading_unreported"),
+    ("ashare", {"order": {"qty": 150}}, "lot_size"),
+    ("suitability", {"account": {"lowest_category": "no"}}, "suitability_facts_unavailable"),
+])
+def test_a_package_without_step_up_is_still_collected(package: str, changes: dict[str, Any], code: str) -> None:
+    # gateway.rego's plain-allow branch counts each applying package's deny, step_up and obligation
+    # on the Rvm; a package without `step_up := set()` must send it to the collecting branches, never
+    # past its denials.
+    modules, data = read_bundle(BUNDLE, include_tests=False)
+    edited = [(name, source.replace("\nstep_up := set()\n", "\n") if name == f"{package}.rego" else source)
+              for name, source in modules]
+    assert edited != modules
+    policy = RegoPolicy.from_modules(edited, data)
+    assert policy.evaluate_sync(base_input()).allow
+    doc = base_input()
+    for member, patch in changes.items():
+        doc[member] = {**doc[member], **patch}
+    decision = policy.evaluate_sync(doc)
+    assert not decision.allow and code in {r.code for r in decision.deny}
 
 
 def test_an_allow_with_an_obligation_is_not_a_plain_allow() -> None:
