@@ -285,3 +285,14 @@ def test_median_tree_takes_fieldwise_medians_and_sums_errors() -> None:
               {"rps": 5.0, "errors": 0, "fixed": {"p50_ms": 1.0}, "tool": "wrk"},
               {"rps": 2.0, "errors": 2, "fixed": {"p50_ms": 2.0}, "tool": "wrk"}]
     assert bench.median_tree(rounds) == {"rps": 2.0, "errors": 3, "fixed": {"p50_ms": 2.0}, "tool": "wrk"}
+
+
+def test_step_costs_script_times_every_security_step() -> None:
+    """loadtests/step_costs.py runs (it is the per-step table of docs/PERFORMANCE.md)."""
+    script = Path(__file__).resolve().parents[1] / "loadtests" / "step_costs.py"
+    out = subprocess.run([sys.executable, str(script), "--n", "50"], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    costs = json.loads(out)
+    for step in ("authenticate", "require_role", "bind_account", "score", "decide", "audit",
+                 "identity_headers"):
+        assert costs[step] > 0, costs
