@@ -119,6 +119,9 @@ class FileAuditSink:
     def _write_batch(self, data: bytes, sync: bool = True) -> None:
         if self._fd is None or self._size >= self._segment_max:
             if self._fd is not None:
+                # Queued records may still be unsynced in the full segment: the sync
+                # deadline only ever syncs the current one.
+                os.fsync(self._fd)
                 os.close(self._fd)
             self._open_segment()
         assert self._fd is not None

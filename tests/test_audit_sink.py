@@ -135,3 +135,17 @@ async def test_an_awaited_record_is_fsynced_before_it_is_acknowledged(
     assert len(synced) == before + 1
     assert sorted(r["n"] for r in _lines(tmp_path)) == [0, 1]  # type: ignore[type-var]
     await sink.close()
+
+
+async def test_a_full_segment_is_synced_before_the_next_one_starts(
+        tmp_path: Path, synced: list[int]) -> None:
+    sink = FileAuditSink(tmp_path, fsync_interval=0.001, sync_interval=60, segment_max_bytes=100)
+    sink.enqueue({"n": 0, "pad": "x" * 120})  # fills the first segment, nobody waits for it
+    await asyncio.sleep(0.05)
+    first_fd = sink._fd
+    before = synced.count(first_fd)  # type: ignore[arg-type]
+    sink.enqueue({"n": 1})  # opens the second segment
+    await asyncio.sleep(0.05)
+    assert synced.count(first_fd) == before + 1  # type: ignore[arg-type]
+    await sink.close()
+    assert len(list(tmp_path.glob("*.jsonl"))) == 2
