@@ -40,14 +40,15 @@ package gateway.ashare
 
 import rego.v1
 
-loaded := true
+# (A default with no other definition: the Rvm answers it without running a body.)
+default loaded := true
 
 # No A-share rule creates an obligation or asks for a step-up; the sets are
 # kept so gateway.rego can collect them like the other packages' (an empty
 # step_up set lets its plain-allow branch answer without collecting).
-obligation := set()
+default obligation := set()
 
-step_up := set()
+default step_up := set()
 
 # ---------------------------------------------------------------------------
 # Scope
@@ -64,12 +65,20 @@ applies_cancel if {
 }
 
 # Also the scope package gateway reads: every rule below needs applies,
-# applies_order or applies_cancel.
+# applies_order or applies_cancel. (Written out rather than calling them:
+# gateway.rego reads `applies` on every request, and on a usual order no
+# other rule reaches applies_order; each rule call costs.)
 default applies := false
 
-applies := true if applies_order
+applies := true if {
+	input.instrument.market == "cn_a"
+	is_object(input.order)
+}
 
-applies := true if applies_cancel
+applies := true if {
+	input.instrument.market == "cn_a"
+	is_object(input.cancel)
+}
 
 # ---------------------------------------------------------------------------
 # Clock and sessions
@@ -227,8 +236,9 @@ price_ticks := n if {
 	p > 0
 	tol := data.ashare.tick_tolerance
 	is_number(tol)
-	n := round(p / tick)
-	abs((p / tick) - n) <= tol
+	x := p / tick
+	n := round(x)
+	abs(x - n) <= tol
 }
 
 # Limit orders need a positive price that is a multiple of the tick size.

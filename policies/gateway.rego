@@ -11,13 +11,14 @@
 #
 # REQUIREMENT on every rule package (gateway.access, gateway.suitability,
 # gateway.limits, gateway.programme, gateway.ashare, gateway.hkconnect):
-#   loaded := true
+#   loaded := true (the packages write `default loaded := true`: the same
+#   value, which the Rvm answers without running a rule body)
 #   applies, a boolean (`default applies := false` plus the package's scope):
 #     true for every request that any rule of the package may judge
 # plus `deny` (a set of {code, message}) and `obligation` (a set of objects,
 # may be empty); `step_up` (a set of {acr, reason, max_age}) is optional, but a
-# package without one (`step_up := set()` says "none") never takes the fast
-# plain-allow branch of the decision (see "the decision" below).
+# package without one (`default step_up := set()` says "none") never takes
+# the fast plain-allow branch of the decision (see "the decision" below).
 # A package that is missing, does not say `loaded := true` or has no boolean
 # `applies` blocks every request with policy_bundle_incomplete: a missing
 # package never allows.
@@ -59,18 +60,19 @@ packages_loaded if {
 
 # --- 2. positive checks per route tier ----------------------------------------------
 
-route_checks_ok if {
-	input.request.tier in {"read", "admin"}
-	data.gateway.access.ok == true
-}
-
-# An order with a known instrument and a computable notional.
+# An order with a known instrument and a computable notional (first: the
+# busiest route the policy has to work for).
 route_checks_ok if {
 	input.request.tier == "trade"
 	is_object(input.order)
 	data.gateway.access.ok == true
 	is_object(input.instrument)
 	data.gateway.limits.order_ok == true
+}
+
+route_checks_ok if {
+	input.request.tier in {"read", "admin"}
+	data.gateway.access.ok == true
 }
 
 route_checks_ok if {

@@ -34,14 +34,15 @@ package gateway.hkconnect
 
 import rego.v1
 
-loaded := true
+# (A default with no other definition: the Rvm answers it without running a body.)
+default loaded := true
 
 # No Connect rule creates an obligation or asks for a step-up; the sets are
 # kept so gateway.rego can collect them like the other packages' (an empty
 # step_up set lets its plain-allow branch answer without collecting).
-obligation := set()
+default obligation := set()
 
-step_up := set()
+default step_up := set()
 
 cfg := data.hkconnect
 
@@ -60,12 +61,20 @@ applies_cancel if {
 }
 
 # Also the scope package gateway reads: every rule below needs applies,
-# applies_order or applies_cancel.
+# applies_order or applies_cancel. (Written out rather than calling them:
+# gateway.rego reads `applies` on every request, most of them outside this
+# market, and each rule call costs.)
 default applies := false
 
-applies := true if applies_order
+applies := true if {
+	input.instrument.market == "hk_connect"
+	is_object(input.order)
+}
 
-applies := true if applies_cancel
+applies := true if {
+	input.instrument.market == "hk_connect"
+	is_object(input.cancel)
+}
 
 # ---------------------------------------------------------------------------
 # Clock and sessions

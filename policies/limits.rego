@@ -16,7 +16,8 @@ package gateway.limits
 import rego.v1
 
 # Required by package gateway (see gateway.rego).
-loaded := true
+# (A default with no other definition: the Rvm answers it without running a body.)
+default loaded := true
 
 order_present if {
 	input.request.tier == "trade"
@@ -29,7 +30,10 @@ order_present if {
 # transfer_ok are read by package gateway directly.
 default applies := false
 
-applies := true if order_present
+applies := true if {
+	input.request.tier == "trade"
+	is_object(input.order)
+} # (order_present, written out: on a usual order no other rule reaches it)
 
 applies := true if input.request.tier == "transfer"
 
@@ -58,24 +62,33 @@ deny contains {"code": "unknown_symbol", "message": "The symbol is not in the re
 	order_present
 }
 
-# Unit price: the limit price; for market orders the quote a buy would pay
-# (ask) or a sell would receive (bid).
-# (An `else` chain of exclusive branches: the Rvm stops at the first true one.)
-unit_price := input.order.price if input.order.type == "limit" else := input.quote.ask if {
-	input.order.type == "market"
-	input.order.side == "buy"
-} else := input.quote.bid if {
-	input.order.type == "market"
-	input.order.side == "sell"
-}
-
-# Notional in the instrument's currency, rounded to the cent (fen).
+# Notional in the instrument's currency, rounded to the cent (fen), from the
+# unit price: the limit price; for market orders the quote a buy would pay
+# (ask) or a sell would receive (bid). The unit price must be a number > 0.
+# (An `else` chain of exclusive branches, one per unit price: the Rvm stops at
+# the first true one, and no rule of its own for the unit price.)
 # TODO: HK Connect notional is in HKD while account limits are in CNY; convert
 # once an exchange-rate fact is part of the input.
-notional := round((input.order.qty * unit_price) * 100) / 100 if {
+notional := round((input.order.qty * p) * 100) / 100 if {
+	input.order.type == "limit"
+	p := input.order.price
+	is_number(p)
+	p > 0
 	order_shape_ok
-	is_number(unit_price)
-	unit_price > 0
+} else := round((input.order.qty * p) * 100) / 100 if {
+	input.order.type == "market"
+	input.order.side == "buy"
+	p := input.quote.ask
+	is_number(p)
+	p > 0
+	order_shape_ok
+} else := round((input.order.qty * p) * 100) / 100 if {
+	input.order.type == "market"
+	input.order.side == "sell"
+	p := input.quote.bid
+	is_number(p)
+	p > 0
+	order_shape_ok
 }
 
 deny contains {"code": "price_unavailable", "message": "The order has no valid price or market quote."} if {
@@ -164,16 +177,20 @@ step_up contains {
 
 # --- SEC 15c3-5 pre-trade checks ------------------------------------------------
 
-# RULES.md United States: "credit limits per customer" (buying power).
-buying_power_ok if {
-	is_number(input.account.buying_power)
+# RULES.md United States: "credit limits per customer" (buying power): the
+# notional is at most the account's buying power, a number (the two denials
+# below, one per condition).
+# Two definitions: a buying power that is not a number (it is also
+# account_facts_unavailable below), or a notional above it.
+deny contains {"code": "insufficient_buying_power", "message": "The order exceeds your buying power."} if {
+	not is_number(input.account.buying_power)
+	is_buy
 	is_number(notional)
-	notional <= input.account.buying_power
 }
 
 deny contains {"code": "insufficient_buying_power", "message": "The order exceeds your buying power."} if {
 	is_object(input.order) # (in is_buy: a transfer stops here)
-	not buying_power_ok
+	not notional <= input.account.buying_power
 	is_buy
 	is_number(notional)
 }
@@ -256,4 +273,4 @@ deny contains {"code": "account_facts_unavailable", "message": "The account's li
 	not type_name(input.account.single_trade_limit) in {"number", "null"}
 }
 
-obligation := set()
+default obligation := set()

@@ -4,7 +4,8 @@ package gateway.programme
 import rego.v1
 
 # Required by package gateway (see gateway.rego).
-loaded := true
+# (A default with no other definition: the Rvm answers it without running a body.)
+default loaded := true
 
 # Scope (package gateway): every rule below needs a trade route
 # (input.request.tier == "trade", tested in place: each rule call costs).
@@ -14,7 +15,7 @@ applies := true if input.request.tier == "trade"
 
 # No programme rule asks for a step-up (an empty set lets gateway.rego's
 # plain-allow branch answer without collecting).
-step_up := set()
+default step_up := set()
 
 # RULES.md China A-shares: "an account at >= 300 orders+cancels in one second or
 # >= 20,000 in one day is high-frequency". Positive check: the account is

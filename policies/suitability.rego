@@ -7,7 +7,8 @@ package gateway.suitability
 import rego.v1
 
 # Required by package gateway (see gateway.rego).
-loaded := true
+# (A default with no other definition: the Rvm answers it without running a body.)
+default loaded := true
 
 is_buy if {
 	input.request.tier == "trade"
@@ -18,19 +19,22 @@ is_buy if {
 # Scope (package gateway): every rule below needs a buy order (is_buy).
 default applies := false
 
-applies := true if is_buy
+applies := true if {
+	input.request.tier == "trade"
+	is_object(input.order)
+	input.order.side == "buy"
+} # (is_buy, written out: on a usual order no other rule reaches it)
 
 # No suitability rule asks for a step-up (an empty set lets gateway.rego's
 # plain-allow branch answer without collecting).
-step_up := set()
+default step_up := set()
 
-investor_level := data.suitability.investor_levels[input.account.investor_level]
-
-product_level := data.suitability.product_levels[input.instrument.risk_level]
-
+# The investor's level (data.suitability.investor_levels[input.account.investor_level])
+# and the product's (data.suitability.product_levels[input.instrument.risk_level]),
+# read in place in the three rules below (a rule for each would cost a call).
 levels_known if {
-	is_number(investor_level)
-	is_number(product_level)
+	is_number(data.suitability.investor_levels[input.account.investor_level])
+	is_number(data.suitability.product_levels[input.instrument.risk_level])
 }
 
 deny contains {"code": "suitability_unknown", "message": "The investor category or the product risk level is unknown."} if {
@@ -44,23 +48,26 @@ deny contains {"code": "suitability_facts_unavailable", "message": "The investor
 }
 
 # RULES.md Suitability: "Investors C1-C5, products R1-R5. Cn may buy up to Rn directly."
-above_level if {
-	levels_known
-	product_level > investor_level
-	is_buy
-}
+# Above the investor's level: levels_known, then
+#   data.suitability.product_levels[input.instrument.risk_level] >
+#   data.suitability.investor_levels[input.account.investor_level]
+# on a buy, written out in the two rules below (a rule for it costs a call).
 
 # RULES.md Suitability: "Above the investor's level: allowed only after a special
 # risk warning is acknowledged (obligation require_confirmation)".
 acknowledged if input.confirmation.risk_warning_acknowledged == true
 
 obligation contains {"require_confirmation": true} if {
-	above_level
+	levels_known
+	data.suitability.product_levels[input.instrument.risk_level] > data.suitability.investor_levels[input.account.investor_level]
+	is_buy
 	input.account.lowest_category == false
 }
 
 deny contains {"code": "risk_warning_required", "message": "This product is above your risk level: acknowledge the risk warning first."} if {
-	above_level
+	levels_known
+	data.suitability.product_levels[input.instrument.risk_level] > data.suitability.investor_levels[input.account.investor_level]
+	is_buy
 	input.account.lowest_category == false
 	not acknowledged
 }
@@ -69,8 +76,9 @@ deny contains {"code": "risk_warning_required", "message": "This product is abov
 # "lowest"): deny." Whatever the acknowledgement.
 lowest_within_limit if {
 	levels_known
-	is_number(data.suitability.lowest_category_max_product_level)
-	product_level <= data.suitability.lowest_category_max_product_level
+	max_level := data.suitability.lowest_category_max_product_level
+	is_number(max_level)
+	data.suitability.product_levels[input.instrument.risk_level] <= max_level
 }
 
 deny contains {"code": "suitability_lowest_category", "message": "Investors in the lowest category may not buy this product."} if {

@@ -64,10 +64,10 @@ def test_decisions_other_than_a_plain_allow_take_the_full_path(bundle: RegoPolic
 ])
 def test_a_package_without_step_up_is_still_collected(package: str, changes: dict[str, Any], code: str) -> None:
     # gateway.rego's plain-allow branch counts each applying package's deny, step_up and obligation
-    # on the Rvm; a package without `step_up := set()` must send it to the collecting branches, never
-    # past its denials.
+    # on the Rvm; a package without `default step_up := set()` must send it to the collecting
+    # branches, never past its denials.
     modules, data = read_bundle(BUNDLE, include_tests=False)
-    edited = [(name, source.replace("\nstep_up := set()\n", "\n") if name == f"{package}.rego" else source)
+    edited = [(name, source.replace("\ndefault step_up := set()\n", "\n") if name == f"{package}.rego" else source)
               for name, source in modules]
     assert edited != modules
     policy = RegoPolicy.from_modules(edited, data)
