@@ -139,9 +139,11 @@ limit_facts_ok if {
 # notional limit the customer sets; above them: step-up, not silent denial."
 # A null limit means the customer set none.
 single_trade_ok if {
-	is_number(input.account.single_trade_limit)
-	is_number(notional)
-	notional <= input.account.single_trade_limit
+	limit := input.account.single_trade_limit
+	is_number(limit)
+	n := notional
+	is_number(n)
+	n <= limit
 }
 
 single_trade_ok if input.account.single_trade_limit == null
@@ -157,10 +159,13 @@ step_up contains {
 }
 
 daily_ok if {
-	is_number(input.account.daily_limit)
-	is_number(input.counters.notional_today)
-	is_number(notional)
-	round((input.counters.notional_today + notional) * 100) / 100 <= input.account.daily_limit
+	limit := input.account.daily_limit
+	is_number(limit)
+	today := input.counters.notional_today
+	is_number(today)
+	n := notional
+	is_number(n)
+	round((today + n) * 100) / 100 <= limit
 }
 
 daily_ok if input.account.daily_limit == null
