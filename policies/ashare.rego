@@ -255,13 +255,17 @@ deny contains {"code": "invalid_order", "message": "A limit order needs a positi
 
 # Shares the customer may sell today: the provider's `sellable`, and never
 # more than the holding minus today's buys (T+1, checked again here).
+# (Members named one by one: the engine then loads only these of the
+# position, docs/POLICIES.md "What the embedded engine loads".)
 sellable := s if {
-	p := input.position
-	is_object(p)
-	is_number(p.sellable)
-	is_number(p.qty)
-	is_number(p.today_bought)
-	s := min([p.sellable, p.qty - p.today_bought])
+	is_object(input.position)
+	n := input.position.sellable
+	held := input.position.qty
+	bought := input.position.today_bought
+	is_number(n)
+	is_number(held)
+	is_number(bought)
+	s := min([n, held - bought])
 }
 
 # RULES.md: "main board buys in multiples of 100"; "STAR: at least 200, then
