@@ -178,19 +178,19 @@ class FileAuditSink:
             if self._interval and not self._closed:
                 await asyncio.sleep(self._interval)
             batch, self._pending = self._pending, []
+            data = b"".join(b for b, _ in batch)
             awaited = any(fut is not None for _, fut in batch)
             due = self._dirty and loop.time() >= self._sync_deadline
             try:
                 if awaited or due or (self._closed and (batch or self._dirty)):
                     # Someone waits (write-ahead), the deadline passed or the sink closes:
                     # write and fsync off the loop, covering every record written before.
-                    await loop.run_in_executor(None, self._write_batch,
-                                               b"".join(b for b, _ in batch), True)
+                    await loop.run_in_executor(None, self._write_batch, data, True)
                     self._dirty = False
                 elif batch:
                     # Only queued records: into the page cache now (a gateway crash keeps
                     # them), onto the disk within sync_interval, without a thread hand-off.
-                    self._write_batch(b"".join(b for b, _ in batch), False)
+                    self._write_batch(data, False)
                     if not self._dirty:
                         self._dirty = True
                         self._sync_deadline = loop.time() + self._sync_interval

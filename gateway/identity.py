@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -135,16 +136,13 @@ def terminal_info(*, client_ip: str, client_port: int | None, device_id: str | N
     values are sanitised (no ';', '=', control or non-ASCII bytes) so the
     backend can split it safely. Missing values are empty, never omitted.
     """
-    ua = _UA_MEMO.get(user_agent or "")
-    if ua is None:  # a few user agents carry nearly all traffic: sanitise each once
-        if len(_UA_MEMO) >= _UA_MEMO_MAX:
-            _UA_MEMO.clear()
-        ua = _UA_MEMO[user_agent or ""] = sanitise_value(user_agent or "", 160)
     return (
         f"TYPE=API;IIP={sanitise_value(client_ip, 64)};IPORT={client_port or ''};"
-        f"DEVID={sanitise_value(device_id or '', 128)};UA={ua}"
+        f"DEVID={sanitise_value(device_id or '', 128)};UA={_sanitised_agent(user_agent or '')}"
     )
 
 
-_UA_MEMO: dict[str, str] = {}
-_UA_MEMO_MAX = 4096  # client-chosen strings: bounded, then starts over
+# A few user agents carry nearly all traffic: sanitise each once (bounded: client-chosen).
+@functools.lru_cache(maxsize=4096)
+def _sanitised_agent(ua: str) -> str:
+    return sanitise_value(ua, 160)

@@ -8,6 +8,7 @@ level thresholds come from configuration.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,19 +44,17 @@ _AUTOMATION = re.compile(r"headless|phantomjs|selenium|puppeteer|playwright|pyth
 
 
 _AUTOMATION_FACTOR = Factor("automation_client", 20)
-_UA_MEMO: dict[str, bool] = {}
-_UA_MEMO_MAX = 4096  # user agents are client-chosen: the memo is bounded, then starts over
+
+
+# A few distinct user agents carry nearly all traffic: match each once (bounded: client-chosen).
+@functools.lru_cache(maxsize=4096)
+def _automation_agent(ua: str) -> bool:
+    return _AUTOMATION.search(ua) is not None
 
 
 def automation_client(ctx: RequestContext, clock: Callable[[], float]) -> Factor | None:
     """Headless browsers and scripting clients are how credential-stuffing and bots arrive."""
-    ua = ctx.headers.get("User-Agent") or ""
-    hit = _UA_MEMO.get(ua)
-    if hit is None:  # a few distinct user agents carry nearly all traffic: match each once
-        if len(_UA_MEMO) >= _UA_MEMO_MAX:
-            _UA_MEMO.clear()
-        hit = _UA_MEMO[ua] = _AUTOMATION.search(ua) is not None
-    return _AUTOMATION_FACTOR if hit else None
+    return _AUTOMATION_FACTOR if _automation_agent(ctx.headers.get("User-Agent") or "") else None
 
 
 _NO_UA_FACTOR = Factor("missing_user_agent", 10)
@@ -97,7 +96,6 @@ class SignalScorer:
         self._levels = tuple(sorted(levels, reverse=True))
         self._clock = clock or time.time
         self._top = top
-        self._results: dict[tuple[Factor, ...], RiskResult] = {}
 
     async def score(self, ctx: RequestContext) -> RiskResult:
         return self.score_sync(ctx)
@@ -106,7 +104,6 @@ class SignalScorer:
         """`score` without a coroutine: these signals need no I/O (the Score step uses it)."""
         clock, weights = self._clock, self._weights
         factors: list[Factor] = []
-        total = 0
         for signal in self._signals:
             f = signal(ctx, clock)
             if f is not None:
@@ -116,22 +113,12 @@ class SignalScorer:
                         continue
                     f = Factor(f.code, round(f.points * w))
                 factors.append(f)
-                total += f.points
-        key = tuple(factors)
-        result = self._results.get(key)
-        if result is None:  # few distinct factor sets occur: each result is built once
-            if len(factors) > 1:
-                factors.sort(key=_neg_points)
-            score = min(100, max(0, total))
-            result = RiskResult(score, level_for(score, self._levels), tuple(factors[: self._top]))
-            if len(self._results) >= _RESULTS_MAX:
-                self._results.clear()
-            self._results[key] = result
-        return result
+        return _result(tuple(factors), self._levels, self._top)
 
 
-_RESULTS_MAX = 4096  # factor sets: bounded even when signals carry many distinct points
-
-
-def _neg_points(f: Factor) -> int:
-    return -f.points
+# Few distinct factor sets occur: each result is built once (bounded: points may vary).
+@functools.lru_cache(maxsize=4096)
+def _result(factors: tuple[Factor, ...], levels: tuple[tuple[int, str], ...], top: int) -> RiskResult:
+    ranked = sorted(factors, key=lambda f: -f.points)
+    score = min(100, max(0, sum(f.points for f in factors)))
+    return RiskResult(score, level_for(score, levels), tuple(ranked[:top]))
