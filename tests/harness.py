@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from demo_backend.app import create_app
-from gateway.config import parse
+from gateway.config import RouteConfig, parse
 from gateway.demo_keys import DEMO_AUDIENCE, DEMO_ISSUER, DemoKeys, ensure_demo_keys, mint_token
 from gateway.server import Gateway
 
@@ -50,6 +50,13 @@ ROUTES: list[dict[str, Any]] = [
 
 
 BODY_KINDS = {"order_place": "order", "order_cancel": "cancel", "transfer": "transfer"}
+
+
+def route_config(**fields: Any) -> RouteConfig:
+    """One route parsed by the real config loader (upstream ``t``), for tests of pure steps."""
+    cfg = parse({"gateway": {"security": False}, "upstreams": {"t": {"url": "http://x"}},
+                 "routes": [{"upstream": "t", **fields}]}, Path("."))
+    return cfg.routes[0]
 
 
 def routes_with_body_kinds() -> list[dict[str, Any]]:

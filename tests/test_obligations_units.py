@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from harness import route_config
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from audit.sink import FileAuditSink
 from gateway.authn.tokens import Subject
-from gateway.config import RouteConfig, parse
+from gateway.config import RouteConfig
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.freezes import UNREADABLE, Freeze, FreezeStore, freeze_key
@@ -147,12 +148,8 @@ def test_a_malformed_obligation_wins_over_other_malformations() -> None:
 
 
 def _route(**kw: Any) -> RouteConfig:
-    base = {"name": "r", "path": "/api/accounts/{account}", "upstream": "t", "tier": "read",
-            "account_param": "account", "fail_mode": "open"}
-    base.update(kw)
-    cfg = parse({"gateway": {"security": False}, "upstreams": {"t": {"url": "http://x"}},
-                 "routes": [base]}, Path("."))
-    return cfg.routes[0]
+    return route_config(**{"name": "r", "path": "/api/accounts/{account}", "tier": "read",
+                           "account_param": "account", "fail_mode": "open", **kw})
 
 
 def _ctx(route: RouteConfig, headers: dict[str, str] | None = None) -> RequestContext:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import route_config
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.authn.tokens import Subject
-from gateway.config import RouteConfig, parse
+from gateway.config import RouteConfig
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.policy.engine import BaselinePolicy
@@ -20,12 +20,8 @@ from gateway.steps.bind_account import BindAccount, requested_accounts
 
 
 def _route(**kw: Any) -> RouteConfig:
-    base = {"name": "r", "path": "/api/accounts/{account}/orders", "upstream": "t", "tier": "read",
-            "account_param": "account", "account_query": "account"}
-    base.update(kw)
-    cfg = parse({"gateway": {"security": False}, "upstreams": {"t": {"url": "http://x"}},
-                 "routes": [base]}, Path("."))
-    return cfg.routes[0]
+    return route_config(**{"name": "r", "path": "/api/accounts/{account}/orders", "tier": "read",
+                           "account_param": "account", "account_query": "account", **kw})
 
 
 def _subject(accounts: tuple[str, ...] = ("A1",), roles: tuple[str, ...] = ("client",)) -> Subject:
