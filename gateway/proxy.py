@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,15 +180,20 @@ class ReadBody:
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
+        # A coroutine only for a body to buffer: a GET, or a streamed body, costs none.
         request: web.BaseRequest = ctx.request
-        route = ctx.route
         if not request.body_exists:
-            return
+            return None
+        route = ctx.route
         body = BoundedBody(request, route.body_limit, self._timeout)
         if route.tier not in GUARDED_TIERS:
             ctx.stream = body  # streamed by the forward step, still bounded
-            return
+            return None
+        return self._buffer(ctx, request, body)
+
+    async def _buffer(self, ctx: RequestContext, request: web.BaseRequest, body: BoundedBody) -> None:
+        route = ctx.route
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
             # Bodies reach the policy as sent (no server-side decompression): it must read them.
             raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "compressed request bodies are not accepted here")

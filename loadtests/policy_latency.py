@@ -279,7 +279,7 @@ def step(policy: RegoPolicy, ctx: RequestContext,
     def run(i: int) -> bool:
         ctx.request_id = ids[i & 1023]
         ctx.now = T_0931 + (i & 1023) * 0.001
-        doc = build_input(ctx)
+        doc = build_input(ctx, policy.input_members if adapt is None else None)
         if adapt is not None:
             doc = adapt(doc)
         return policy.evaluate_sync(doc).allow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ from gateway.authn.tokens import Subject
 from gateway.config import RouteConfig, parse
 from gateway.context import RequestContext
 from gateway.errors import ConfigError
+from gateway.policy.engine import BaselinePolicy
 from gateway.policy.facts import Facts, body_accounts, exchange_clock, seconds_to_day_end
 from gateway.policy.input import build_input
+from gateway.policy.rego import RegoPolicy
 from gateway.state.base import Batch, StateStore
 from gateway.state.memory import Keyspace, MemoryStore
 from gateway.steps.facts import FetchFacts
@@ -84,6 +87,33 @@ def test_every_member_is_present_even_without_facts() -> None:
     assert doc["body_accounts"] == [] and doc["confirmation"] == {"risk_warning_acknowledged": False}
     assert doc["clock"]["trading_day"] is None
     orjson.dumps(doc)  # serialisable as is
+
+
+@pytest.mark.parametrize("members", [("request", "subject"), ("order", "clock", "no_such_member"), ()])
+@pytest.mark.parametrize("route", ["order_place", "order_cancel", "transfer", "positions"])
+def test_a_member_selection_is_the_full_document_cut_down(route: str, members: tuple[str, ...]) -> None:
+    ctx = _ctx(route, body=ORDER if route == "order_place" else None,
+               params={"account": "A1", "order_id": "o-1"})
+    full = build_input(ctx)
+    part = build_input(ctx, members)
+    assert part == {m: full[m] for m in members if m in V1_MEMBERS}
+    assert list(part) == [m for m in members if m in V1_MEMBERS]  # in the order asked
+
+
+def test_engines_judge_their_selection_as_they_judge_the_whole_input() -> None:
+    bundle = RegoPolicy.from_directory(Path(__file__).resolve().parent.parent / "policies")
+    assert bundle.input_members is not None and set(bundle.input_members) < V1_MEMBERS
+    for route in ("order_place", "order_cancel", "transfer", "positions"):
+        for subject in (_subject(auth_time=int(T_0931) - 60), _subject(None, acr=None)):
+            ctx = _ctx(route, body=ORDER if route == "order_place" else None, subject=subject,
+                       params={"account": "A1", "order_id": "o-1"})
+            for engine in (bundle, BaselinePolicy()):
+                assert (engine.evaluate_sync(build_input(ctx, engine.input_members))
+                        == engine.evaluate_sync(build_input(ctx))), (route, engine.version)
+    # The baseline's role rule still refuses on its selection: an admin-tier route admits only admins.
+    ctx = _ctx("positions")
+    ctx.route = dataclasses.replace(ctx.route, tier="admin")
+    assert BaselinePolicy().evaluate_sync(build_input(ctx, BaselinePolicy.input_members)).allow is False
 
 
 def test_order_section_keeps_client_types() -> None:

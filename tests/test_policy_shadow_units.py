@@ -92,6 +92,13 @@ def runner_on(state: Any, **cfg: Any) -> tuple[ActivePolicy, ShadowRunner]:
     return active, runner
 
 
+def test_the_whole_input_is_built_while_a_shadow_candidate_judges() -> None:
+    active, runner = runner_on(MemoryStore())
+    assert active.input_members is None  # the candidate may read members the active bundle does not
+    active.shadow = None
+    assert active.input_members == active.engine.input_members is not None
+
+
 async def test_deferred_shadow_runs_after_the_request_yields_and_never_changes_the_decision() -> None:
     active, runner = runner_on(MemoryStore())
     decision = await active.evaluate(quotes_input())

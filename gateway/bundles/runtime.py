@@ -80,6 +80,14 @@ class ActivePolicy:
             return self.engine.evaluate(policy_input)
         return shadow.beside(self.engine, policy_input)
 
+    @property
+    def input_members(self) -> tuple[str, ...] | None:
+        """What the serving engine reads; every member while a shadow candidate judges beside it."""
+        if self.shadow is not None:
+            return None
+        members: tuple[str, ...] | None = getattr(self.engine, "input_members", None)
+        return members
+
     def evaluate_now(self, policy_input: Mapping[str, Any]) -> Decision | None:
         """The decision without a coroutine when the engine judges synchronously (the embedded
         engines do) and no shadow session runs; None: call `evaluate`."""

@@ -43,6 +43,9 @@ def required_roles(tier: str, roles: Sequence[str]) -> frozenset[str]:
 
 
 class PolicyEngine(Protocol):
+    """An engine may also name the members of input v1 it reads (``input_members``, a tuple of
+    top-level names; None or absent: all of them): the decide step builds only those."""
+
     version: str
 
     async def evaluate(self, policy_input: Mapping[str, Any]) -> Decision:
@@ -60,6 +63,7 @@ class BaselinePolicy:
     """
 
     version = "baseline-1"
+    input_members: tuple[str, ...] | None = ("request", "subject")
 
     async def evaluate(self, policy_input: Mapping[str, Any]) -> Decision:
         return self.evaluate_sync(policy_input)

@@ -17,6 +17,7 @@ a fact was looked up.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -36,56 +37,83 @@ def risk_warning_acknowledged(headers: Mapping[str, str]) -> bool:
     return headers.get(RISK_ACK_HEADER, "").strip().lower() == "true"
 
 
-def build_input(ctx: RequestContext) -> dict[str, Any]:
-    subject = ctx.subject
-    risk = ctx.risk
-    facts = ctx.facts or _NO_FACTS
-    kind = ctx.route.body_kind
-    body = ctx.json_body
+# Each member of input v1 as one Python expression over `ctx`, `facts` (never None), `s` (the
+# subject or None) and `body` (the parsed JSON body), in document order. `build_input` compiles one
+# dict literal per member selection from these: a function call per member would cost a third more.
+MEMBERS: dict[str, str] = {
+    "request": """{
+        "id": ctx.request_id, "method": ctx.method, "path": ctx.path, "route": ctx.route.name,
+        "tier": ctx.route.tier, "roles": list(ctx.route.roles), "account": ctx.account,
+        "params": ctx.params, "query_accounts": requested_accounts(ctx)}""",
+    "subject": """None if s is None else {
+        "sub": s.sub, "roles": list(s.roles), "accounts": list(s.accounts), "acr": s.acr,
+        "amr": list(s.amr), "auth_time": s.auth_time}""",
+    "device": """{"id": ctx.device_id, "user_agent": ctx.headers.get("User-Agent")}""",
+    "network": """{"ip": ctx.client_ip}""",
+    "risk": """None if ctx.risk is None else {
+        "score": ctx.risk.score, "level": ctx.risk.level,
+        "factors": [{"code": f.code, "points": f.points} for f in ctx.risk.factors]}""",
+    "mfa": """{"acr": s.acr if s is not None else None, "age_s": mfa_age(s, ctx.now)}""",
+    "clock": "exchange_clock(ctx.now, facts.trading_day)",
+    "order": """order_doc(body) if ctx.route.body_kind == "order" else None""",
+    "cancel": """cancel_doc(ctx.params) if ctx.route.body_kind == "cancel" else None""",
+    "transfer": """transfer_doc(body) if ctx.route.body_kind == "transfer" else None""",
+    "body_accounts": "body_accounts(body) if body is not None else []",
+    "instrument": "facts.instrument",
+    "quote": "facts.quote",
+    "account": "facts.account",
+    "position": "facts.position",
+    "counters": "facts.counters",
+    "restricted": "facts.restricted",
+    "confirmation": """{"risk_warning_acknowledged": risk_warning_acknowledged(ctx.headers)}""",
+}
+
+ALL_MEMBERS: tuple[str, ...] = tuple(MEMBERS)
+
+
+def mfa_age(subject: Any, now: float) -> int | None:
+    """Whole seconds since the subject's ``auth_time`` (None without one)."""
     auth_time = subject.auth_time if subject is not None else None
-    return {
-        "request": {
-            "id": ctx.request_id,
-            "method": ctx.method,
-            "path": ctx.path,
-            "route": ctx.route.name,
-            "tier": ctx.route.tier,
-            "roles": list(ctx.route.roles),
-            "account": ctx.account,
-            "params": ctx.params,
-            "query_accounts": requested_accounts(ctx),
-        },
-        "subject": None if subject is None else {
-            "sub": subject.sub,
-            "roles": list(subject.roles),
-            "accounts": list(subject.accounts),
-            "acr": subject.acr,
-            "amr": list(subject.amr),
-            "auth_time": auth_time,
-        },
-        "device": {"id": ctx.device_id, "user_agent": ctx.headers.get("User-Agent")},
-        "network": {"ip": ctx.client_ip},
-        "risk": None if risk is None else {
-            "score": risk.score, "level": risk.level,
-            "factors": [{"code": f.code, "points": f.points} for f in risk.factors],
-        },
-        "mfa": {
-            "acr": subject.acr if subject is not None else None,
-            "age_s": max(int(ctx.now - auth_time), 0) if isinstance(auth_time, (int, float)) else None,
-        },
-        "clock": exchange_clock(ctx.now, facts.trading_day),
-        "order": order_doc(body) if kind == "order" else None,
-        "cancel": cancel_doc(ctx.params) if kind == "cancel" else None,
-        "transfer": transfer_doc(body) if kind == "transfer" else None,
-        "body_accounts": body_accounts(body) if body is not None else [],
-        "instrument": facts.instrument,
-        "quote": facts.quote,
-        "account": facts.account,
-        "position": facts.position,
-        "counters": facts.counters,
-        "restricted": facts.restricted,
-        "confirmation": {"risk_warning_acknowledged": risk_warning_acknowledged(ctx.headers)},
-    }
+    return max(int(now - auth_time), 0) if isinstance(auth_time, (int, float)) else None
+
+
+_BUILDER_NAMES = {
+    "_NO_FACTS": _NO_FACTS, "requested_accounts": requested_accounts, "mfa_age": mfa_age,
+    "exchange_clock": exchange_clock, "order_doc": order_doc, "cancel_doc": cancel_doc,
+    "transfer_doc": transfer_doc, "body_accounts": body_accounts,
+    "risk_warning_acknowledged": risk_warning_acknowledged, "list": list, "isinstance": isinstance,
+}
+
+
+@functools.lru_cache(maxsize=64)
+def builder(members: tuple[str, ...] | None = None) -> Callable[[RequestContext], dict[str, Any]]:
+    """One function that builds the members named (None: all; unknown names are skipped)."""
+    names = ALL_MEMBERS if members is None else tuple(n for n in members if n in MEMBERS)
+    body = ", ".join(f"{name!r}: {MEMBERS[name]}" for name in names)
+    source = (
+        "def build(ctx):\n"
+        "    facts = ctx.facts or _NO_FACTS\n"
+        "    s = ctx.subject\n"
+        "    body = ctx.json_body\n"
+        f"    return {{{body}}}\n"
+    )
+    namespace: dict[str, Any] = dict(_BUILDER_NAMES)
+    exec(compile(source, f"<policy input {'+'.join(names) or 'nothing'}>", "exec"), namespace)  # noqa: S102 - from MEMBERS only
+    build: Callable[[RequestContext], dict[str, Any]] = namespace["build"]
+    return build
+
+
+def build_input(ctx: RequestContext, members: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The input document, or only `members` of it (an engine that reads only those names them
+    in its ``input_members``). None builds every member."""
+    return builder(members)(ctx)
+
+
+def members_read(shape: InputShape | None) -> tuple[str, ...] | None:
+    """The top-level members of input v1 a shape names, in document order (None: every member)."""
+    if shape is None:
+        return None
+    return tuple(name for name in ALL_MEMBERS if name in shape)
 
 
 # -- what the bundle reads: the members the embedded engine loads --------------

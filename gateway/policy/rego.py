@@ -88,7 +88,7 @@ from cryptography.hazmat.primitives import hashes
 from gateway.errors import POLICY_UNAVAILABLE, GatewayError
 from gateway.policy.decision import parse_decision
 from gateway.policy.engine import Decision, Reason
-from gateway.policy.input import InputShape, input_shape, projector
+from gateway.policy.input import InputShape, input_shape, members_read, projector
 
 ENTRYPOINT = "data.gateway.decision"
 UNDEFINED = "<undefined>"
@@ -278,6 +278,8 @@ class RegoPolicy:
                                for _, src in self.modules)
         self.input_shape: InputShape | None = input_shape(self.modules)
         self._project = projector(self.input_shape)
+        self.input_members: tuple[str, ...] | None = members_read(self.input_shape)
+        """The top-level members the bundle reads: the decide step builds only these."""
         self._engine: regorus.Engine | None = None
         try:
             self._rvm = RvmProgram(self.modules, self._data_text, ENTRYPOINT)

@@ -73,13 +73,15 @@ class FetchFacts:
         self._state = state
         self._read_account = read_account_facts
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
+        # A coroutine only when there is something to look up (most reads have nothing).
         tier = ctx.route.tier
         if tier in ("trade", "transfer"):
-            await self._guarded(ctx)
-        elif tier == "read" and self._read_account and self._providers is not None \
+            return self._guarded(ctx)
+        if tier == "read" and self._read_account and self._providers is not None \
                 and ctx.account is not None:
-            await self._read(ctx, self._providers, ctx.account)
+            return self._read(ctx, self._providers, ctx.account)
+        return None
 
     async def _read(self, ctx: RequestContext, providers: FactProviders, account: str) -> None:
         facts = Facts()
