@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 from gateway.config import RouteConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from gateway.authn.tokens import Subject
     from gateway.policy.engine import Decision
     from gateway.policy.facts import Facts
     from gateway.proxy import BoundedBody
     from gateway.risk.scorer import RiskResult
+    from gateway.state.base import Batch
 
 
 @dataclass(slots=True, eq=False)
@@ -55,6 +56,10 @@ class RequestContext:
     """Dependencies that failed open on this request (read routes only)."""
     mask_fields: tuple[tuple[str, ...], ...] | None = None
     """JSON field paths to mask in the upstream's response (the mask_fields obligation)."""
+    batch: Batch | None = None
+    """State-store operations queued for the request's state round (gateway/steps/state_round.py)."""
+    round_checks: list[Callable[[RequestContext], None]] | None = None
+    """Checks run once the state round has run; they read the batch's results."""
     request: Any = None
     response: Any = None
     upstream_seconds: float | None = None

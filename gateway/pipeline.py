@@ -1,8 +1,9 @@
 """The decision pipeline: an ordered list of steps over one request context.
 
-authenticate -> bind account -> read body -> decrypt -> score -> decide ->
-step-up -> audit -> forward (role and account checks sit right after
-authentication). A step either returns (the request goes on) or raises
+authenticate -> bind account -> state round -> read body -> decrypt -> facts ->
+score -> decide -> obligations -> step-up -> audit -> forward (role and account
+checks sit right after authentication; the state round sends in one round
+trip what the steps before it queued for the shared state store). A step either returns (the request goes on) or raises
 GatewayError (the request stops with that code). Adding a step is one new
 class in gateway/steps, placed in the per-tier pipelines that
 gateway.server.Gateway._build_pipelines assembles.

@@ -50,6 +50,7 @@ from gateway.steps.decrypt import Decrypt
 from gateway.steps.facts import FetchFacts
 from gateway.steps.judge import Decide, Score, StepUpChallenge
 from gateway.steps.obligations import MaskResponse, Obligations, RefuseFrozen
+from gateway.steps.state_round import StateRound
 
 log = logging.getLogger("portcullis")
 
@@ -188,7 +189,7 @@ class Gateway:
                           body_timeout=g.body_timeout, header_hooks=(self._identity_headers,))
         read_body = ReadBody(g.body_timeout)
         guarded: list[Step] = [
-            Authenticate(self.verifier), RequireRole(), BindAccount(), read_body, Decrypt(),
+            Authenticate(self.verifier), RequireRole(), BindAccount(), StateRound(), read_body, Decrypt(),
             FetchFacts(self.providers, self.state,
                        read_account_facts=self.config.providers is None
                        or self.config.providers.read_account_facts),
