@@ -78,6 +78,21 @@ class AccessLog:
             self.flush()
             self._last_flush = mono
 
+    def request(self, request_id: str, method: str, route: str, status: int, outcome: str,
+                client_ip: str, us: int) -> None:
+        """The per-request line: `write` with these fields, as one literal (half its cost).
+
+        The server's flusher task flushes the buffer every second, so no clock is read here
+        beyond the line's timestamp.
+        """
+        try:
+            self.stream.write(orjson.dumps({
+                "ts": time.time(), "level": "info", "logger": "portcullis.access", "event": "request",
+                "request_id": request_id, "method": method, "route": route, "status": status,
+                "outcome": outcome, "client_ip": client_ip, "us": us}, option=orjson.OPT_APPEND_NEWLINE))
+        except (OSError, ValueError):
+            return  # a broken log stream never turns a served request into an error
+
     def flush(self) -> None:
         try:
             self.stream.flush()

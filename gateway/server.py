@@ -294,9 +294,8 @@ class Gateway:
                 "gateway_us": int((total - (up or 0.0)) * 1e6),
             })
         if self.access_log is not None:
-            self.access_log.write(request_id=ctx.request_id, method=ctx.method, route=route,
-                                  status=status, outcome=outcome, client_ip=ctx.client_ip,
-                                  us=int(total * 1e6))
+            self.access_log.request(ctx.request_id, ctx.method, route, status, outcome, ctx.client_ip,
+                                    int(total * 1e6))
 
     async def _health(self, path: str, rid: str) -> web.Response:
         if path == "/healthz":
