@@ -1,4 +1,4 @@
-"""The `portcullis` command: serve, demo, token, bench."""
+"""The `portcullis` command: serve, demo, token, device-key, dpop-proof, bench."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -170,12 +171,46 @@ def cmd_token(args: argparse.Namespace) -> int:
     now = int(time.time())
     # auth_time: when the holder authenticated (default: now, a fresh step-up for the policy admin API).
     auth_time = args.auth_time if args.auth_time is not None else now - (args.auth_age or 0)
+    extra: dict[str, object] = {"auth_time": auth_time}
+    if args.dpop_jkt:
+        if not _JKT.fullmatch(args.dpop_jkt):
+            print("portcullis: --dpop-jkt must be a JWK thumbprint (43 base64url characters,"
+                  " as `portcullis device-key` prints)", file=sys.stderr)
+            return 2
+        extra["cnf"] = {"jkt": args.dpop_jkt}  # RFC 9449 section 6.1: bound to that device key
     token = mint_token(keys, sub=args.sub, accounts=accounts, roles=args.role or ["client"],
-                       ttl=args.ttl, acr=args.acr, extra={"auth_time": auth_time}, now=now)
+                       ttl=args.ttl, acr=args.acr, extra=extra, now=now)
+    bound = f"; bound to device {args.dpop_jkt}" if args.dpop_jkt else ""
     print(f"# demo token for {args.sub} (accounts: {', '.join(accounts) or 'none'}; "
           f"roles: {', '.join(args.role or ['client'])}; acr {args.acr}; authenticated {now - auth_time}s ago; "
-          f"expires in {args.ttl}s)", file=sys.stderr)
+          f"expires in {args.ttl}s{bound})", file=sys.stderr)
     print(token)
+    return 0
+
+
+_JKT = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def cmd_device_key(args: argparse.Namespace) -> int:
+    from gateway.client import DeviceKey
+
+    path = Path(args.out)
+    if path.exists():
+        key = DeviceKey.load(path)
+        print(f"# existing device key {path}", file=sys.stderr)
+    else:
+        key = DeviceKey.generate()
+        key.save(path)
+        print(f"# new device key written to {path} (mode 0600)", file=sys.stderr)
+    print(key.thumbprint)  # the device id: pass it to `portcullis token --dpop-jkt`
+    return 0
+
+
+def cmd_dpop_proof(args: argparse.Namespace) -> int:
+    from gateway.client import DeviceKey
+
+    key = DeviceKey.load(args.key)
+    print(key.proof(args.method, args.url, args.token or None))
     return 0
 
 
@@ -225,7 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     age.add_argument("--auth-time", type=int, help="auth_time claim, epoch seconds (default: now)")
     age.add_argument("--auth-age", type=int, help="auth_time this many seconds ago (e.g. 600: a stale step-up)")
     t.add_argument("--keys-dir", help="demo key folder (default: var/demo in the checkout)")
+    t.add_argument("--dpop-jkt", metavar="THUMBPRINT",
+                   help="bind the token to this device key (cnf.jkt): it is then refused without a DPoP proof")
     t.set_defaults(func=cmd_token)
+
+    dk = sub.add_parser("device-key", help="create (or read) a device key file and print its thumbprint")
+    dk.add_argument("--out", required=True, help="the PEM key file (created with mode 0600 if missing)")
+    dk.set_defaults(func=cmd_device_key)
+
+    dp = sub.add_parser("dpop-proof", help="print a fresh DPoP proof for one request (the DPoP header)")
+    dp.add_argument("--key", required=True, help="device key file (portcullis device-key)")
+    dp.add_argument("--method", default="GET")
+    dp.add_argument("--url", required=True, help="the full URL as the client calls it")
+    dp.add_argument("--token", help="the access token sent with the request (its hash goes in ath)")
+    dp.set_defaults(func=cmd_dpop_proof)
 
     b = sub.add_parser("bench", help="benchmark direct vs bare proxy vs gateway")
     b.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")

@@ -107,6 +107,19 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DpopConfig:
+    """DPoP device proofs (RFC 9449): what a proof may use and where it may point."""
+
+    algorithms: tuple[str, ...] = ("ES256",)
+    origins: tuple[str, ...] = ()
+    """Normalised ``scheme://host[:port]`` values a proof's ``htu`` may name; empty: the request's own."""
+    iat_window: float = 60.0
+    """Seconds a proof's ``iat`` may lie before or after the gateway's clock."""
+    key_cache_size: int = 10_000
+    replay_cache_size: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
 class AuditConfig:
     sink: Literal["file"] = "file"
     path: Path = Path("var/audit")
@@ -227,6 +240,7 @@ class Config:
     providers: ProvidersConfig | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     policy_admin: PolicyAdminConfig = field(default_factory=PolicyAdminConfig)
+    dpop: DpopConfig = field(default_factory=DpopConfig)
 
 
 # --------------------------------------------------------------------------
@@ -578,6 +592,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     top.used.add("providers")
     policy = _policy(top.sub("policy"), base)
     policy_admin = _policy_admin(top.sub("policy_admin"))
+    dpop = _dpop(top.sub("dpop"))
 
     top.finish()
     return Config(
@@ -597,6 +612,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         providers=providers,
         policy=policy,
         policy_admin=policy_admin,
+        dpop=dpop,
     )
 
 
@@ -654,6 +670,38 @@ def _policy(t: _Table, base: Path) -> PolicyConfig:
 
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+_DPOP_ALGORITHMS = ("ES256", "EdDSA")
+_ORIGIN = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
+
+
+def _dpop(t: _Table) -> DpopConfig:
+    algorithms = _strs(t, "algorithms", ["ES256"])
+    for alg in algorithms:
+        if alg not in _DPOP_ALGORITHMS:
+            raise ConfigError(f"{t.key('algorithms')}: {alg!r} is not allowed for DPoP proofs;"
+                              f" use {' or '.join(_DPOP_ALGORITHMS)} (asymmetric only)")
+    origins = []
+    for i, origin in enumerate(_strs(t, "origins", [])):
+        m = _ORIGIN.fullmatch(origin.lower().rstrip("/"))
+        if m is None:
+            raise ConfigError(f"{t.key('origins')}[{i}]: expected scheme://host[:port] as clients call the"
+                              f" gateway, e.g. \"https://api.broker.example\" (got {origin!r})")
+        scheme, host, port = m.groups()
+        default = {"http": ":80", "https": ":443"}[scheme]
+        origins.append(f"{scheme}://{host}{'' if port in (None, default) else port}")
+    config = DpopConfig(
+        algorithms=algorithms,
+        origins=tuple(origins),
+        iat_window=_number(t, "iat_window", 60.0, minimum=1.0),
+        key_cache_size=_int(t, "key_cache_size", 10_000, 0, 10_000_000),
+        replay_cache_size=_int(t, "replay_cache_size", 100_000, 1, 100_000_000),
+    )
+    if config.iat_window > 3600:
+        raise ConfigError(f"{t.key('iat_window')}: must be at most 3600 seconds (got {config.iat_window:g})")
+    t.finish()
+    return config
 
 
 def _policy_admin(t: _Table) -> PolicyAdminConfig:

@@ -13,7 +13,9 @@ Tree (status: codes)::
     │                             token_expired, token_not_yet_valid,
     │                             token_issuer_unknown, token_audience,
     │                             token_alg_not_allowed, token_key_unknown,
-    │                             token_revoked, insufficient_user_authentication
+    │                             token_revoked, insufficient_user_authentication,
+    │                             dpop_invalid, dpop_replayed, dpop_required,
+    │                             dpop_key_mismatch
     ├── 403 forbidden ........... account_forbidden, policy_denied, role_forbidden,
     │                             self_approval, account_frozen
     ├── 404 not found ........... route_not_found, bundle_not_found, proposal_not_found,
@@ -81,6 +83,12 @@ TOKEN_ALG_NOT_ALLOWED = _kind(
 )
 TOKEN_KEY_UNKNOWN = _kind("token_key_unknown", 401, "the token's signing key is not known")
 TOKEN_REVOKED = _kind("token_revoked", 401, "the bearer token has been revoked")
+
+# DPoP device proofs (RFC 9449; gateway/authn/dpop.py).
+DPOP_INVALID = _kind("dpop_invalid", 401, "the DPoP proof is not valid")
+DPOP_REPLAYED = _kind("dpop_replayed", 401, "the DPoP proof has been used before")
+DPOP_REQUIRED = _kind("dpop_required", 401, "the access token is bound to a device key: a DPoP proof is required")
+DPOP_KEY_MISMATCH = _kind("dpop_key_mismatch", 401, "the DPoP proof's key is not the one the token is bound to")
 
 STEP_UP_REQUIRED = _kind(
     "insufficient_user_authentication", 401, "a stronger authentication is required"

@@ -44,7 +44,7 @@ from gateway.routing import MethodNotAllowed, Router
 from gateway.state import build_store
 from gateway.state.base import StateStore
 from gateway.steps.audit import AuditDecision, base_record
-from gateway.steps.authenticate import Authenticate
+from gateway.steps.authenticate import Authenticate, DeviceProofs
 from gateway.steps.bind_account import BindAccount, RequireRole
 from gateway.steps.decrypt import Decrypt
 from gateway.steps.facts import FetchFacts
@@ -155,6 +155,8 @@ class Gateway:
         self.revocations = RevocationList(self.state)
         self.verifier = TokenVerifier(config.issuers, cache_size=config.gateway.claims_cache_size,
                                       revocations=self.revocations)
+        self.device_proofs = DeviceProofs(config.dpop, self.state,
+                                          max_path_length=config.gateway.max_path_length)
         self.metrics.watch_audit(lambda: self.audit.backlog, lambda: self.audit.failed)
         g = config.gateway
         self._rid_header = g.request_id_header
@@ -189,7 +191,8 @@ class Gateway:
                           body_timeout=g.body_timeout, header_hooks=(self._identity_headers,))
         read_body = ReadBody(g.body_timeout)
         guarded: list[Step] = [
-            Authenticate(self.verifier), RequireRole(), BindAccount(), StateRound(), read_body, Decrypt(),
+            Authenticate(self.verifier, self.device_proofs), RequireRole(), BindAccount(), StateRound(),
+            read_body, Decrypt(),
             FetchFacts(self.providers, self.state,
                        read_account_facts=self.config.providers is None
                        or self.config.providers.read_account_facts),

@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -127,6 +131,59 @@ async def redis_store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisS
     store = RedisStore(redis_url, redis_prefix, timeout=2.0)
     yield store
     await store.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A ``redis-server`` of this test's own on a free loopback port, which the test may stop.
+
+    For degraded-mode tests: stopping the shared server would break every
+    other test. Skipped (failed with REQUIRE_REDIS=1) without ``redis-server``.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        service_unavailable("REQUIRE_REDIS", "redis-server is not installed (needed to start a private one)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = PrivateRedis(f"redis://127.0.0.1:{port}/0", proc)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                service_unavailable("REQUIRE_REDIS", f"a private redis-server did not start on port {port}")
+            time.sleep(0.02)
+        yield server
+    finally:
+        server.stop()
+
+
+class PrivateRedis:
+    """A redis-server process of one test (see the ``private_redis`` fixture)."""
+
+    def __init__(self, url: str, proc: subprocess.Popen[bytes]) -> None:
+        self.url = url
+        self._proc = proc
+
+    def stop(self) -> None:
+        """Stop the server (idempotent); clients see refused connections from now on."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
 
 
 # --------------------------------------------------------------------------

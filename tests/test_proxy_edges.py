@@ -80,19 +80,6 @@ async def test_bad_websocket_handshake_is_400_and_leaks_no_upstream_connection(t
                     assert r.status == 200
 
 
-async def test_dpop_bound_token_is_refused_until_proofs_are_checked(tmp_path: Path) -> None:
-    async with run_stack(tmp_path) as st, aiohttp.ClientSession() as s:
-        token = st.token(extra={"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}})
-        async with s.get(st.url + "/api/quotes/600519.SH",
-                         headers={"Authorization": f"Bearer {token}"}) as r:
-            bound = (r.status, (await r.json())["error"])
-        async with s.get(st.url + "/api/quotes/600519.SH",
-                         headers={"Authorization": f"DPoP {st.token()}", "DPoP": "x.y.z"}) as r:
-            scheme = (r.status, (await r.json())["error"])
-    assert bound == (401, "token_invalid")
-    assert scheme == (401, "token_missing")
-
-
 async def test_compressed_body_refused_on_trade_route(tmp_path: Path) -> None:
     order = {"symbol": "600519.SH", "side": "buy", "qty": 100, "price": 1450.0, "type": "limit",
              "client_order_id": "gz"}
