@@ -28,7 +28,7 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.responses import error_response
-from gateway.steps.authenticate import bearer_token
+from gateway.steps.authenticate import bearer_token, refuse_device_bound
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -66,6 +66,7 @@ async def _admin_subject(request: web.Request) -> Any:
     gw = request.app[GATEWAY_KEY]
     token = bearer_token(request.headers.getall("Authorization", []))
     subject = await gw.verifier.verify(token)
+    refuse_device_bound(subject)
     if "admin" not in subject.roles:
         raise GatewayError(ROLE_FORBIDDEN, "the admin API requires the admin role")
     return subject

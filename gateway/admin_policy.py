@@ -34,7 +34,7 @@ from gateway.errors import (
     UNSUPPORTED_MEDIA_TYPE,
     GatewayError,
 )
-from gateway.steps.authenticate import bearer_token
+from gateway.steps.authenticate import bearer_token, refuse_device_bound
 
 ROLE = "compliance"
 AUTH_TIME_LEEWAY = 60
@@ -71,6 +71,7 @@ async def compliance_officer(request: web.Request, api: str) -> Subject:
     """The caller of a compliance API (``api`` names it in the refusal): role and recent step-up."""
     gw = request.app[GATEWAY_KEY]
     subject = await gw.verifier.verify(bearer_token(request.headers.getall("Authorization", [])))
+    refuse_device_bound(subject)
     if ROLE not in subject.roles:
         raise GatewayError(ROLE_FORBIDDEN, f"the {api} requires the compliance role")
     require_recent_step_up(subject, gw.config.policy_admin, time.time())

@@ -16,6 +16,12 @@ token at start: from ``$PORTCULLIS_TOKEN`` if set, else by running
 overrides the command, ``$PORTCULLIS_SUB`` / ``$PORTCULLIS_ACCOUNT`` the
 customer).
 
+Each simulated user also holds its own device key (``gateway.client.DeviceKey``,
+the client SDK: a leaf package that imports neither aiohttp nor the rest of
+the gateway) and sends a fresh DPoP proof (RFC 9449) with every request; its
+token is bound to that key (``cnf.jkt``) unless ``$PORTCULLIS_TOKEN`` supplies
+one. ``PORTCULLIS_DPOP=0`` turns proofs off (plain bearer traffic).
+
 ``BenchUser`` is what ``portcullis bench --tool locust`` drives: one GET of
 ``$PORTCULLIS_BENCH_PATH`` with the headers in ``$PORTCULLIS_BENCH_HEADERS``
 (JSON), paced to ``$PORTCULLIS_BENCH_RATE`` requests/s in total when set.
@@ -29,6 +35,7 @@ import os
 import random
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,10 @@ from locust import between, constant, constant_throughput, events, tag, task
 from locust.contrib.fasthttp import FastHttpUser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # the client SDK, gateway/client (a leaf: no server code comes with it)
+
+from gateway.client import DeviceKey  # noqa: E402
+
 DEFAULT_CLI = str(REPO_ROOT / ".venv" / "bin" / "portcullis")
 
 QUOTE_SYMBOLS = ("600519.SH", "601318.SH", "000001.SZ", "688981.SH", "300750.SZ",
@@ -46,14 +57,18 @@ ORDER_SYMBOLS = {"600519.SH": 1450.00, "601318.SH": 57.20, "000001.SZ": 11.50}
 _BENCH_PATH = os.environ.get("PORTCULLIS_BENCH_PATH")
 
 
-def _mint_token() -> str:
+_DPOP = os.environ.get("PORTCULLIS_DPOP", "1") != "0"
+
+
+def _mint_token(device: DeviceKey | None = None) -> str:
     token = os.environ.get("PORTCULLIS_TOKEN")
     if token:
         return token.strip()
     cli = shlex.split(os.environ.get("PORTCULLIS_CLI", DEFAULT_CLI))
     sub = os.environ.get("PORTCULLIS_SUB", "alice")
     account = os.environ.get("PORTCULLIS_ACCOUNT", "A1")
-    done = subprocess.run([*cli, "token", "--sub", sub, "--accounts", account],
+    bind = ["--dpop-jkt", device.thumbprint] if device is not None else []
+    done = subprocess.run([*cli, "token", "--sub", sub, "--accounts", account, *bind],
                           capture_output=True, text=True, check=False, cwd=REPO_ROOT)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -76,16 +91,25 @@ class BrokerUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.account = os.environ.get("PORTCULLIS_ACCOUNT", "A1")
-        self.auth = {"Authorization": f"Bearer {_mint_token()}"}
+        self.device = DeviceKey.generate() if _DPOP else None  # one device per simulated user
+        self.token = _mint_token(self.device)
         self.rng = random.Random()
         self.last: dict[str, float] = dict(ORDER_SYMBOLS)
         self.open_orders: list[str] = []
+
+    def auth(self, method: str, path: str) -> dict[str, str]:
+        """Authorization, plus a fresh DPoP proof for exactly this request (never reused)."""
+        if self.device is None:
+            return {"Authorization": f"Bearer {self.token}"}
+        return {"Authorization": f"Bearer {self.token}",
+                "DPoP": self.device.proof(method, f"{self.host.rstrip('/')}{path}", self.token)}
 
     @tag("read")
     @task(70)
     def quote(self) -> None:
         symbol = self.rng.choice(QUOTE_SYMBOLS)
-        with self.client.get(f"/api/quotes/{symbol}", headers=self.auth,
+        path = f"/api/quotes/{symbol}"
+        with self.client.get(path, headers=self.auth("GET", path),
                              name="/api/quotes/[symbol]", catch_response=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"status {resp.status_code}: {resp.text[:200] if resp.text else ''}")
@@ -97,13 +121,15 @@ class BrokerUser(FastHttpUser):
     @tag("read")
     @task(10)
     def positions(self) -> None:
-        self.client.get(f"/api/accounts/{self.account}/positions", headers=self.auth,
+        path = f"/api/accounts/{self.account}/positions"
+        self.client.get(path, headers=self.auth("GET", path),
                         name="/api/accounts/[account]/positions")
 
     @tag("read")
     @task(8)
     def orders(self) -> None:
-        self.client.get(f"/api/accounts/{self.account}/orders", headers=self.auth,
+        path = f"/api/accounts/{self.account}/orders"
+        self.client.get(path, headers=self.auth("GET", path),
                         name="/api/accounts/[account]/orders")
 
     @tag("trade")
@@ -112,8 +138,9 @@ class BrokerUser(FastHttpUser):
         symbol = self.rng.choice(list(ORDER_SYMBOLS))
         order = {"symbol": symbol, "side": "buy", "qty": 100 * self.rng.randint(1, 5),
                  "type": "limit", "price": limit_price(self.last[symbol], self.rng)}
-        with self.client.post(f"/api/accounts/{self.account}/orders", json=order,
-                              headers=self.auth, name="/api/accounts/[account]/orders [POST]",
+        path = f"/api/accounts/{self.account}/orders"
+        with self.client.post(path, json=order,
+                              headers=self.auth("POST", path), name="/api/accounts/[account]/orders [POST]",
                               catch_response=True) as resp:
             if resp.status_code != 201:
                 resp.failure(f"status {resp.status_code}: {resp.text[:200] if resp.text else ''}")
@@ -128,8 +155,9 @@ class BrokerUser(FastHttpUser):
         if not self.open_orders:
             return  # nothing of ours to cancel yet; locust counts no request
         order_id = self.open_orders.pop(self.rng.randrange(len(self.open_orders)))
-        self.client.delete(f"/api/accounts/{self.account}/orders/{order_id}",
-                           headers=self.auth, name="/api/accounts/[account]/orders/[id]")
+        path = f"/api/accounts/{self.account}/orders/{order_id}"
+        self.client.delete(path,
+                           headers=self.auth("DELETE", path), name="/api/accounts/[account]/orders/[id]")
 
 
 class BenchUser(FastHttpUser):

@@ -99,3 +99,22 @@ def test_serve_starts_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_device_key_and_a_bound_token(tmp_path: Path) -> None:
+    key_file = tmp_path / "device.pem"
+    made = _run("device-key", "--out", str(key_file))
+    again = _run("device-key", "--out", str(key_file))
+    assert made.returncode == 0 and again.returncode == 0, made.stderr
+    jkt = made.stdout.strip().splitlines()[-1]
+    assert again.stdout.strip().splitlines()[-1] == jkt and len(jkt) == 43
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    out = _run("token", "--sub", "alice", "--accounts", "A1", "--dpop-jkt", jkt,
+               env={"PORTCULLIS_DEMO_DIR": str(tmp_path / "demo")})
+    assert out.returncode == 0, out.stderr
+    claims = jwt.decode(out.stdout.strip().splitlines()[-1], options={"verify_signature": False})
+    assert claims["cnf"] == {"jkt": jkt}
+    proof = _run("dpop-proof", "--key", str(key_file), "--url", "http://127.0.0.1:8080/api/quotes/X", "--token", "t")
+    header = jwt.get_unverified_header(proof.stdout.strip())
+    assert header["typ"] == "dpop+jwt" and "d" not in header["jwk"]
+    assert _run("token", "--sub", "alice", "--dpop-jkt", "not-a-thumbprint").returncode == 2

@@ -366,3 +366,16 @@ def test_proofs_are_unique_per_request() -> None:
     assert a != b
     now = time.time()
     assert verify(a, now=now).jti != verify(b, now=now).jti
+
+
+def test_dpop_cost_script_runs() -> None:
+    """loadtests/dpop_cost.py runs (its numbers are docs/PERFORMANCE.md's "DPoP proofs")."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "loadtests" / "dpop_cost.py"
+    out = subprocess.run([sys.executable, str(script), "--n", "20", "--rounds", "1"], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    costs = json.loads(out)["us_per_call"]
+    for name in ("es256_verify", "pyjwt_decode", "verifier_cold", "verifier_warm", "authenticate_with_proof"):
+        assert costs[name] > 0, costs

@@ -172,3 +172,12 @@ async def test_read_route_with_the_store_down_still_catches_replays_in_process(
     assert (replay[0], replay[1]["error"]) == (401, "dpop_replayed")      # ... but never blindly
     assert (earlier[0], earlier[1]["error"]) == (401, "dpop_replayed")
     assert (trade_status, trade_body["error"]) == (503, "state_unavailable")  # money fails closed
+
+
+async def test_admin_listener_refuses_device_bound_tokens(tmp_path: Path) -> None:
+    device = DeviceKey.generate()
+    async with run_stack(tmp_path) as st, aiohttp.ClientSession() as s:
+        admin = st.token(sub="ops", accounts=(), roles=("admin",), extra={"cnf": {"jkt": device.thumbprint}})
+        async with s.get(st.admin_url + "/admin/status", headers={"Authorization": f"Bearer {admin}"}) as r:
+            status, body = r.status, await r.json()
+    assert (status, body["error"]) == (401, "dpop_required")

@@ -76,6 +76,13 @@ def bearer_token(values: list[str]) -> str:
     return token
 
 
+def refuse_device_bound(subject: Subject) -> None:
+    """For callers that do not check DPoP proofs (the admin listener): a key-bound token is refused."""
+    if subject.cnf_jkt is not None:
+        raise GatewayError(DPOP_REQUIRED, "device-bound tokens are not accepted on the admin listener yet",
+                           headers=_CHALLENGE)
+
+
 class DeviceProofs:
     """DPoP proof checks for the pipeline: verification, binding and the replay check on the state round."""
 
