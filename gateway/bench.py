@@ -267,6 +267,14 @@ def proxy_config(example: Mapping[str, Any], *, security: bool, port: int, backe
         policy["engine"] = engine
     if "bundle" in policy:  # relative to the example's folder, not the bench's temporary one
         policy["bundle"] = str((EXAMPLE_CONFIG.parent / policy["bundle"]).resolve())
+    net = cfg.get("risk", {}).get("network", {})
+    for key in ("regions_file", "mmdb_file"):
+        if key in net:
+            net[key] = str((EXAMPLE_CONFIG.parent / net[key]).resolve())
+    if "hosting_files" in net:
+        net["hosting_files"] = [str((EXAMPLE_CONFIG.parent / f).resolve()) for f in net["hosting_files"]]
+    for name, f in net.get("blocklist_files", {}).items():
+        net["blocklist_files"][name] = str((EXAMPLE_CONFIG.parent / f).resolve())
     cfg["state"] = {**cfg.get("state", {}), "backend": "memory"}
     cfg["audit"] = {**cfg.get("audit", {}), "sink": "file", "path": str(audit_dir)}
     cfg["notifier"] = {"sink": "file", "path": str(audit_dir.parent / "notifications.log")}

@@ -129,6 +129,24 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RiskConfig:
+    """The risk engine (docs/RISK.md): points, thresholds, levels, network tables, retention."""
+
+    points: tuple[tuple[str, int], ...] = ()
+    """Overrides of the default points per reason code (gateway/risk/signals.py DEFAULT_POINTS)."""
+    thresholds: tuple[tuple[str, float], ...] = ()
+    """Overrides of RiskSettings' thresholds by name."""
+    levels: tuple[tuple[int, str], ...] = ((80, "critical"), (60, "high"), (30, "medium"), (0, "low"))
+    top_factors: int = 5
+    regions_file: Path | None = None
+    hosting_files: tuple[Path, ...] = ()
+    blocklist_files: tuple[tuple[str, Path], ...] = ()
+    mmdb_file: Path | None = None
+    half_life_days: float = 30.0
+    profile_flush_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProvidersConfig:
     """The fact providers (gateway/policy/providers.py): the upstream serving ``/internal``."""
 
@@ -241,6 +259,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     policy_admin: PolicyAdminConfig = field(default_factory=PolicyAdminConfig)
     dpop: DpopConfig = field(default_factory=DpopConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
 
 
 # --------------------------------------------------------------------------
@@ -593,6 +612,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     policy = _policy(top.sub("policy"), base)
     policy_admin = _policy_admin(top.sub("policy_admin"))
     dpop = _dpop(top.sub("dpop"))
+    risk = _risk(top.sub("risk"), base)
 
     top.finish()
     return Config(
@@ -613,6 +633,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         policy=policy,
         policy_admin=policy_admin,
         dpop=dpop,
+        risk=risk,
     )
 
 
@@ -700,6 +721,59 @@ def _dpop(t: _Table) -> DpopConfig:
     )
     if config.iat_window > 3600:
         raise ConfigError(f"{t.key('iat_window')}: must be at most 3600 seconds (got {config.iat_window:g})")
+    t.finish()
+    return config
+
+
+def _risk(t: _Table, base: Path) -> RiskConfig:
+    from gateway.risk.signals import DEFAULT_POINTS, RiskSettings  # here: gateway.risk imports this module
+
+    pt = t.sub("points")
+    points = []
+    for code in list(pt.data):
+        if code not in DEFAULT_POINTS:
+            raise ConfigError(f"{pt.key(code)}: unknown reason code (known: {', '.join(sorted(DEFAULT_POINTS))})")
+        points.append((code, _int(pt, code, lo=0, hi=100)))
+    pt.finish()
+    th = t.sub("thresholds")
+    names = [n for n in RiskSettings.__dataclass_fields__ if not n.startswith("_") and n != "points"]
+    thresholds = []
+    for name in list(th.data):
+        if name not in names:
+            raise ConfigError(f"{th.key(name)}: unknown threshold (known: {', '.join(names)})")
+        thresholds.append((name, _number(th, name)))
+    th.finish()
+    lv = t.sub("levels")
+    medium, high, critical = (_int(lv, "medium", 30, 1, 100), _int(lv, "high", 60, 1, 100),
+                              _int(lv, "critical", 80, 1, 100))
+    if not medium < high < critical:
+        raise ConfigError(f"{lv.key('medium')}: levels must rise: medium < high < critical "
+                          f"(got {medium}, {high}, {critical})")
+    lv.finish()
+    net = t.sub("network")
+    blocklists = net.sub("blocklist_files")
+    block = []
+    for name in list(blocklists.data):
+        path = _existing(blocklists, name, base)
+        assert path is not None
+        block.append((name, path))
+    blocklists.finish()
+    hosting = []
+    for i, item in enumerate(_strs(net, "hosting_files", [])):
+        path = _path(_Table({"f": item}, net.key(f"hosting_files[{i}]")), "f", base)
+        if path is None or not path.is_file():
+            raise ConfigError(f"{net.key('hosting_files')}[{i}]: file {item!r} does not exist")
+        hosting.append(path)
+    config = RiskConfig(
+        points=tuple(points), thresholds=tuple(thresholds),
+        levels=((critical, "critical"), (high, "high"), (medium, "medium"), (0, "low")),
+        top_factors=_int(t, "top_factors", 5, 1, 28),
+        regions_file=_existing(net, "regions_file", base), hosting_files=tuple(hosting),
+        blocklist_files=tuple(block), mmdb_file=_existing(net, "mmdb_file", base),
+        half_life_days=_number(t, "half_life_days", 30.0, minimum=1.0),
+        profile_flush_interval=_number(t, "profile_flush_interval", 1.0, minimum=0.05),
+    )
+    net.finish()
     t.finish()
     return config
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gateway.policy.facts import Facts
     from gateway.proxy import BoundedBody
     from gateway.risk.scorer import RiskResult
+    from gateway.risk.signals import RiskView
     from gateway.state.base import Batch
 
 
@@ -49,6 +50,8 @@ class RequestContext:
     subject: Subject | None = None
     device_id: str | None = None
     risk: RiskResult | None = None
+    risk_view: RiskView | None = None
+    """What the state round and network tables said for the risk signals (gateway/risk/engine.py)."""
     decision: Decision | None = None
     facts: Facts | None = None
     """Provider facts and counters for the policy input (the facts step)."""

@@ -39,7 +39,8 @@ from gateway.policy.engine import BaselinePolicy, PolicyEngine
 from gateway.policy.providers import FactProviders, HttpFactProviders
 from gateway.proxy import Forward, ReadBody, StreamAborted, Upstreams, upstream_ssl_context
 from gateway.responses import error_response
-from gateway.risk.scorer import RiskScorer, SignalScorer
+from gateway.risk.engine import RiskEngine, build_risk
+from gateway.risk.scorer import RiskScorer
 from gateway.routing import MethodNotAllowed, Router
 from gateway.state import build_store
 from gateway.state.base import StateStore
@@ -50,6 +51,7 @@ from gateway.steps.decrypt import Decrypt
 from gateway.steps.facts import FetchFacts
 from gateway.steps.judge import Decide, Score, StepUpChallenge
 from gateway.steps.obligations import MaskResponse, Obligations, RefuseFrozen
+from gateway.steps.risk import Learn, RiskState
 from gateway.steps.state_round import StateRound
 
 log = logging.getLogger("portcullis")
@@ -151,7 +153,8 @@ class Gateway:
         # Swappable: an approved bundle replaces the engine while requests run (gateway/bundles).
         self.policy = ActivePolicy(policy or build_policy(config))
         self.providers = providers or build_providers(config)
-        self.scorer = scorer or SignalScorer()
+        self.risk: RiskEngine = build_risk(config.risk, self.state)
+        self.scorer: RiskScorer = scorer or self.risk
         self.revocations = RevocationList(self.state)
         self.verifier = TokenVerifier(config.issuers, cache_size=config.gateway.claims_cache_size,
                                       revocations=self.revocations)
@@ -191,15 +194,15 @@ class Gateway:
                           body_timeout=g.body_timeout, header_hooks=(self._identity_headers,))
         read_body = ReadBody(g.body_timeout)
         guarded: list[Step] = [
-            Authenticate(self.verifier, self.device_proofs), RequireRole(), BindAccount(), StateRound(),
-            read_body, Decrypt(),
+            Authenticate(self.verifier, self.device_proofs), RequireRole(), BindAccount(), RiskState(self.risk),
+            StateRound(), read_body, Decrypt(),
             FetchFacts(self.providers, self.state,
                        read_account_facts=self.config.providers is None
                        or self.config.providers.read_account_facts),
             RefuseFrozen(), Score(self.scorer), Decide(self.policy, on_error=self.metrics.policy_error),
             Obligations(self.freezes, self.notifier, self._auditor, officers=self.config.policy_admin.officers,
                         count=self.metrics.obligation),
-            StepUpChallenge(), self._auditor, forward,
+            StepUpChallenge(), self._auditor, Learn(self.risk), forward,
             MaskResponse(self._auditor, count=self.metrics.obligation),
         ]
         full = Pipeline(guarded)
@@ -331,6 +334,7 @@ class Gateway:
             except (JwksError, OSError) as exc:
                 raise ConfigError(f"issuers: cannot load a JWKS: {exc}") from None
         await self.bundles.start()  # serves the repository's active version before any request
+        await self.risk.start()
         await self.upstreams.start()
         if self.access_log is not None:
             self._flusher = asyncio.create_task(self._flush_access_log())
@@ -384,6 +388,7 @@ class Gateway:
         if self.access_log is not None:
             self.access_log.flush()
         await self.audit.close()
+        await self.risk.close()
         await self.state.close()
 
 

@@ -88,12 +88,24 @@ async def measure(n: int) -> dict[str, float]:
 
     steps = {s.name: s for s in gw.pipelines["read"].steps}
     ctx = context()
-    for name in ("authenticate", "score", "decide"):
-        await _maybe(steps[name](ctx))  # fills the claims cache and the context the later steps read
+
+    async def state_round() -> None:
+        """The risk engine's reads and records, in the request's one round trip (a new batch each time)."""
+        ctx.batch = ctx.round_checks = None
+        steps["risk_state"](ctx)
+        await _maybe(steps["state_round"](ctx))
+
+    await _maybe(steps["authenticate"](ctx))  # fills the claims cache and the context the later steps read
+    await state_round()
+    for name in ("score", "decide"):
+        await _maybe(steps[name](ctx))
     out: dict[str, float] = {}
     # Every step of the read pipeline but the I/O edges (body, provider facts, forwarding).
     for name, step in steps.items():
-        if name in ("read_body", "facts", "forward"):
+        if name in ("read_body", "facts", "forward", "state_round"):
+            continue
+        if name == "risk_state":
+            out["risk_state + state_round"] = await _time_async(state_round, n)
             continue
         out[name] = await _time_async(lambda step=step: _maybe(step(ctx)), n)  # type: ignore[misc]
         await asyncio.sleep(0.05)  # let the audit sink drain

@@ -15,7 +15,16 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.policy.engine import BaselinePolicy
 from gateway.policy.input import build_input
-from gateway.risk.scorer import SignalScorer, level_for
+from gateway.risk.engine import RiskEngine
+from gateway.risk.scorer import level_for
+from gateway.risk.signals import (
+    DEFAULT_POINTS,
+    RiskSettings,
+    automation_client,
+    missing_device_proof,
+    missing_user_agent,
+)
+from gateway.state.memory import MemoryStore
 from gateway.steps.bind_account import BindAccount, requested_accounts
 
 
@@ -37,6 +46,12 @@ def _ctx(route: RouteConfig, params: dict[str, str], query: str = "",
         headers=CIMultiDictProxy(CIMultiDict(headers or {})), client_ip="198.51.100.7",
         client_port=1, scheme="https", started=0.0, now=time.time(),
         subject=subject or _subject())
+
+
+def client_scorer(points: dict[str, int] | None = None) -> RiskEngine:
+    """The engine with the stateless client signals only (the stateful ones: tests/test_risk.py)."""
+    return RiskEngine(MemoryStore(), signals=(automation_client, missing_user_agent, missing_device_proof),
+                      settings=RiskSettings(points={**DEFAULT_POINTS, **(points or {})}))
 
 
 def test_requested_accounts_from_path_and_every_query_value() -> None:
@@ -67,13 +82,13 @@ def test_bind_account_without_subject_refuses() -> None:
 
 async def test_device_proof_header_alone_counts_for_nothing() -> None:
     ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1", "DPoP": "x"})
-    result = await SignalScorer().score(ctx)
+    result = await client_scorer().score(ctx)
     assert [f.code for f in result.factors] == ["missing_device_proof"]
 
 
 async def test_scorer_sums_weights_and_levels() -> None:
     ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "HeadlessChrome/120"})
-    result = await SignalScorer(weights={"automation_client": 2.0}).score(ctx)
+    result = await client_scorer({"automation_client": 40}).score(ctx)
     assert [f.code for f in result.factors] == ["automation_client", "missing_device_proof"]
     assert result.score == 40 + 15 and result.level == "medium"
 
@@ -81,7 +96,7 @@ async def test_scorer_sums_weights_and_levels() -> None:
 async def test_scorer_zero_weight_drops_signal() -> None:
     ctx = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1"})
     ctx.device_id = "verified-device-thumbprint"
-    result = await SignalScorer(weights={"automation_client": 0}).score(ctx)
+    result = await client_scorer({"automation_client": 0}).score(ctx)
     assert (result.score, result.level, result.factors) == (0, "low", ())
 
 
@@ -123,14 +138,14 @@ def test_decision_record_carries_every_base_field() -> None:
 async def test_automation_user_agents_are_flagged_each_time() -> None:
     headless = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "HeadlessChrome/120"})
     plain = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1"})
-    scorer = SignalScorer()
+    scorer = client_scorer()
     for _ in range(2):  # the second time from the user-agent memo
         assert "automation_client" in [f.code for f in (await scorer.score(headless)).factors]
         assert "automation_client" not in [f.code for f in (await scorer.score(plain)).factors]
 
 
 async def test_scorer_results_are_the_same_for_the_same_signals() -> None:
-    scorer = SignalScorer()
+    scorer = client_scorer()
     quiet = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "app/1"})
     bot = _ctx(_route(), {"account": "A1"}, headers={"User-Agent": "curl/8.0"})
     first, again = await scorer.score(quiet), await scorer.score(quiet)
@@ -151,7 +166,7 @@ class _AsyncOnlyScorer:
         self.calls += 1
         if self.fail:
             raise ConnectionError("risk state unavailable")
-        return await SignalScorer().score(ctx)
+        return await client_scorer().score(ctx)
 
 
 class _BrokenSyncScorer:
@@ -168,7 +183,7 @@ async def _run_step(step: Any, ctx: RequestContext) -> None:
         await pending
 
 
-@pytest.mark.parametrize("scorer", [SignalScorer(), _AsyncOnlyScorer()])
+@pytest.mark.parametrize("scorer", [client_scorer(), _AsyncOnlyScorer()])
 async def test_score_step_with_sync_and_async_scorers(scorer: Any) -> None:
     from gateway.steps.judge import Score
 

@@ -236,7 +236,20 @@ class Batch(ABC):
         self._executed = True
         if not self._ops:
             return []
-        results = await self._run(self._ops)
+        return self._resolve(await self._run(self._ops))
+
+    def execute_now(self) -> list[Any] | None:
+        """Run the batch without waiting if this backend can (memory), else None (call `execute`)."""
+        return None
+
+    def _execute_with(self, run: Callable[[Sequence[Op]], list[Any]]) -> list[Any]:
+        """`execute` for a backend that runs `ops` synchronously."""
+        if self._executed:
+            raise RuntimeError("this batch has already been executed")
+        self._executed = True
+        return self._resolve(run(self._ops)) if self._ops else []
+
+    def _resolve(self, results: list[Any]) -> list[Any]:
         for (_, _, pending), result in zip(self._ops, results, strict=True):
             pending._resolve(result)
         return results

@@ -126,6 +126,8 @@ class MemoryStore:
     ) -> None:
         self.prefix = prefix
         self.keyspace = keyspace if keyspace is not None else Keyspace(clock)
+        self._ops: dict[str, Callable[..., Any]] = {
+            name[4:]: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
 
     # -- synchronous cores, shared by the async methods and by batches --------
 
@@ -286,7 +288,7 @@ class MemoryStore:
 
     def _call(self, name: str, args: tuple[Any, ...]) -> Any:
         self.keyspace.sweep()
-        return getattr(self, "_op_" + name)(*args)
+        return self._ops[name](*args)
 
     # -- the StateStore interface ---------------------------------------------
     # Each call first spends the sweep budget, then runs its synchronous core.
@@ -402,6 +404,17 @@ class _MemoryBatch(Batch):
         super().__init__()
         self._store = store
 
+    def execute_now(self) -> list[Any] | None:
+        # Nothing to wait for in memory: the request's state round costs no coroutine.
+        return self._execute_with(self._run_now)
+
     async def _run(self, ops: Sequence[Op]) -> list[Any]:
-        # No await between operations: the whole batch is atomic in memory.
-        return [self._store._call(name, args) for name, args, _ in ops]
+        return self._run_now(ops)
+
+    def _run_now(self, ops: Sequence[Op]) -> list[Any]:
+        # No await between operations: the whole batch is atomic in memory. One sweep for the
+        # batch, with the budget its operations would have spent one by one.
+        store = self._store
+        store.keyspace.sweep(_SWEEP_BUDGET * len(ops))
+        table = store._ops
+        return [table[name](*args) for name, args, _ in ops]
