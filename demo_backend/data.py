@@ -36,6 +36,8 @@ class Instrument:
     min_qty: int  # smallest buy order
     risk_level: Literal["R1", "R2", "R3", "R4", "R5"]
     st: bool = False
+    adv_cny: int = 1_000_000_000
+    """Average daily value traded (CNY): what the risk engine calls liquid or illiquid."""
 
     @property
     def limit_pct(self) -> int | None:
@@ -93,7 +95,8 @@ _HK_SPREADS: tuple[tuple[int, int], ...] = (
 )
 
 
-def _cn(symbol: str, name: str, board: Board, prev: str, risk: str, st: bool = False) -> Instrument:
+def _cn(symbol: str, name: str, board: Board, prev: str, risk: str, st: bool = False,
+        adv: int = 1_000_000_000) -> Instrument:
     exchange: Literal["SSE", "SZSE"] = "SSE" if symbol.endswith(".SH") else "SZSE"
     star = board == "star"
     return Instrument(
@@ -108,6 +111,7 @@ def _cn(symbol: str, name: str, board: Board, prev: str, risk: str, st: bool = F
         min_qty=200 if star else 100,
         risk_level=risk,  # type: ignore[arg-type]
         st=st,
+        adv_cny=adv,
     )
 
 
@@ -134,7 +138,7 @@ INSTRUMENTS: dict[str, Instrument] = {
         _cn("000001.SZ", "Ping An Bank", "main", "11.50", "R2"),
         _cn("688981.SH", "SMIC", "star", "120.00", "R4"),
         _cn("300750.SZ", "CATL", "chinext", "250.00", "R4"),
-        _cn("600137.SH", "ST Demo Holdings", "main", "8.00", "R5", st=True),
+        _cn("600137.SH", "ST Demo Holdings", "main", "8.00", "R5", st=True, adv=6_000_000),
         _hk("00700.HK", "Tencent Holdings", "520.00", 100, "R4"),
         _hk("09988.HK", "Alibaba Group", "150.00", 100, "R4"),
     )
@@ -150,6 +154,8 @@ class BankAccount:
     id: str
     bank: str
     number: str
+    added_days_ago: float = 400.0
+    """When the customer linked it (the demo counts back from the backend's start)."""
 
     @property
     def masked(self) -> str:
@@ -182,6 +188,8 @@ class Customer:
     daily_limit: int
     cash_cny: str
     holdings: tuple[Holding, ...]
+    last_deposit: tuple[int, float] | None = None
+    """(amount in CNY, days ago) of the last deposit, for the risk engine's deposit signal."""
 
     @property
     def star_eligible(self) -> bool:
@@ -212,7 +220,7 @@ CUSTOMERS: dict[str, Customer] = {
             address="Room 1201, 8 Demo Road, Chaoyang District, Beijing",
             bank_accounts=(
                 BankAccount("bank-a1-1", "Demo Commercial Bank", "6222020000000000011"),
-                BankAccount("bank-a1-2", "Example Merchants Bank", "6214830000000000027"),
+                BankAccount("bank-a1-2", "Example Merchants Bank", "6214830000000000027", added_days_ago=2),
             ),
             investor_level="C4",
             lowest_category=False,
@@ -274,6 +282,7 @@ CUSTOMERS: dict[str, Customer] = {
                 Holding("300750.SZ", 400, 0, "231.00"),
                 Holding("600137.SH", 1000, 0, "8.40"),
             ),
+            last_deposit=(500_000, 1.0),
         ),
     )
 }

@@ -17,6 +17,7 @@ gateway route table, so no client reaches them through the gateway.
 
 from __future__ import annotations
 
+import time
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -46,6 +47,9 @@ _HOLIDAYS: dict[int, tuple[str, ...]] = {
 }
 _FIXED_HOLIDAYS = ("01-01", "05-01", "10-01", "10-02", "10-03")  # years without a list
 
+STARTED = time.time()
+"""The demo's "now" for dates it counts back (bank accounts linked, the last deposit)."""
+
 MARKET = web.AppKey("internal_market", Market)
 BROKERAGE = web.AppKey("internal_brokerage", Brokerage)
 
@@ -73,6 +77,7 @@ async def reference(request: web.Request) -> web.Response:
         "tick_size": _px(tick_size(inst, inst.prev_close), dp),
         "risk_level": inst.risk_level,
         "currency": inst.currency,
+        "adv_cny": inst.adv_cny,
     })
 
 
@@ -102,6 +107,11 @@ async def account_facts(request: web.Request) -> web.Response:
         "frozen": False,  # freezes are the gateway's (shared state), not the book's
         "cash": cash,
         "buying_power": cash,  # the demo book reserves no cash for open limit buys
+        # For the risk engine: when each bank account was linked (ids only, never numbers) and
+        # the last deposit (epoch seconds, counted back from the backend's start).
+        "bank_accounts": [{"id": b.id, "added_at": STARTED - b.added_days_ago * 86400} for b in c.bank_accounts],
+        "last_deposit": None if c.last_deposit is None else {
+            "amount": c.last_deposit[0], "at": STARTED - c.last_deposit[1] * 86400},
     })
 
 

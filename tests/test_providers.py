@@ -76,11 +76,12 @@ async def test_instrument_facts(providers: CountingProviders) -> None:
     assert await providers.instrument("600519.SH") == {
         "symbol": "600519.SH", "market": "cn_a", "board": "main", "st": False, "board_lot": 100,
         "min_qty": 100, "prev_close": 1450.0, "limit_up": 1595.0, "limit_down": 1305.0,
-        "tick_size": 0.01, "risk_level": "R3", "currency": "CNY"}
+        "tick_size": 0.01, "risk_level": "R3", "currency": "CNY", "adv_cny": 1_000_000_000}
     star = await providers.instrument("688981.SH")
     assert star is not None and (star["board"], star["board_lot"], star["min_qty"]) == ("star", 1, 200)
     st = await providers.instrument("600137.SH")
     assert st is not None and st["st"] is True and st["limit_up"] == 8.4
+    assert st["adv_cny"] < 20_000_000  # illiquid: what the pig-butchering signal looks for
     hk = await providers.instrument("00700.HK")
     assert hk is not None and hk["limit_up"] is None and hk["currency"] == "HKD"
 
@@ -100,10 +101,18 @@ async def test_quote_account_position_restricted(providers: CountingProviders) -
     assert q["bid"] <= q["last"] <= q["ask"]
     a1 = await providers.account("A1")
     assert a1 is not None
-    assert {k: v for k, v in a1.items() if k != "customer_id"} == {
+    risk_facts = ("customer_id", "bank_accounts", "last_deposit")
+    assert {k: v for k, v in a1.items() if k not in risk_facts} == {
         "id": "A1", "investor_level": "C4", "lowest_category": False, "assets_cny": 1200000,
         "trading_months": 60, "programme_trading_report": False, "single_trade_limit": 200000,
         "daily_limit": 500000, "frozen": False, "cash": 300000.0, "buying_power": 300000.0}
+    # For the risk engine: link times of the bank accounts (ids, never numbers), the last deposit.
+    assert [b["id"] for b in a1["bank_accounts"]] == ["bank-a1-1", "bank-a1-2"]
+    linked = [b["added_at"] for b in a1["bank_accounts"]]
+    assert linked[0] < linked[1] and all(isinstance(t, float) for t in linked)
+    assert "6214830000000000027" not in str(a1) and a1["last_deposit"] is None
+    c3 = await providers.account("C3")
+    assert c3 is not None and c3["last_deposit"]["amount"] == 500_000
     b9 = await providers.account("B9")
     assert b9 is not None and (b9["investor_level"], b9["lowest_category"]) == ("C1", True)
     assert await providers.account("ZZ") is None

@@ -58,11 +58,13 @@ Json = dict[str, Any]
 
 #: Members kept from each answer: exactly the input document's (docs/POLICIES.md).
 INSTRUMENT_KEYS = ("symbol", "market", "board", "st", "board_lot", "min_qty", "prev_close",
-                   "limit_up", "limit_down", "tick_size", "risk_level", "currency")
+                   "limit_up", "limit_down", "tick_size", "risk_level", "currency", "adv_cny")
 QUOTE_KEYS = ("bid", "ask", "last")
 ACCOUNT_KEYS = ("id", "investor_level", "lowest_category", "assets_cny", "trading_months",
                 "programme_trading_report", "single_trade_limit", "daily_limit", "frozen",
-                "cash", "buying_power")
+                "cash", "buying_power",
+                # For the risk engine (gateway/risk/signals.py): bank accounts' link times, last deposit.
+                "bank_accounts", "last_deposit")
 POSITION_KEYS = ("symbol", "qty", "today_bought", "sellable")
 
 
