@@ -227,6 +227,9 @@ async def test_policy_step_up_is_rfc9470_challenge(tmp_path: Path) -> None:
     assert www.startswith('Bearer error="insufficient_user_authentication"')
     assert 'acr_values="urn:portcullis:acr:mfa"' in www and "max_age=300" in www
     assert body["methods"] == ["totp", "sms"] and body["reasons"] == ["new_device"]
+    # The risk behind it, as codes only: no proof of a device key, first sight of this customer.
+    assert "missing_device_proof" in body["risk_factors"]
+    assert all(isinstance(c, str) and c.isidentifier() for c in body["risk_factors"])
 
 
 async def test_admin_tier_requires_admin_role(tmp_path: Path) -> None:

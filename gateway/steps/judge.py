@@ -154,8 +154,11 @@ class StepUpChallenge:
         if su.max_age is not None:
             params.append(f"max_age={int(su.max_age)}")
         reasons = [r.code for r in decision.deny]
+        # The risk factors behind it, sanitised to their codes (never the values: IPs, places).
+        factors = [f.code for f in ctx.risk.factors] if ctx.risk is not None else []
         raise GatewayError(
             STEP_UP_REQUIRED,
             headers={"WWW-Authenticate": "Bearer " + ", ".join(params)},
-            extra={"methods": list(su.methods), "acr_values": su.acr, "reasons": reasons},
+            extra={"methods": list(su.methods), "acr_values": su.acr, "reasons": reasons,
+                   "risk_factors": factors},
         )
