@@ -414,6 +414,110 @@ async def test_hash_and_list_operations_run_in_a_batch(store: StateStore) -> Non
     assert samples.value == [b"s1", b"s2"]
 
 
+# --------------------------------------------------------------------------
+# Token buckets
+
+
+async def test_token_bucket_allows_a_full_burst_then_refuses(store: StateStore) -> None:
+    results = [await store.token_bucket("b", 1.0, 3, 1000.0) for _ in range(4)]
+    assert [allowed for allowed, _ in results] == [True, True, True, False]
+    assert [wait for _, wait in results[:3]] == [0.0, 0.0, 0.0]
+    assert results[3][1] == pytest.approx(1.0)
+
+
+async def test_token_bucket_retry_after_shrinks_as_time_passes(store: StateStore) -> None:
+    for _ in range(2):
+        await store.token_bucket("b", 2.0, 2, 1000.0)
+    assert await store.token_bucket("b", 2.0, 2, 1000.0) == (False, pytest.approx(0.5))
+    assert await store.token_bucket("b", 2.0, 2, 1000.25) == (False, pytest.approx(0.25))
+    assert await store.token_bucket("b", 2.0, 2, 1000.5) == (True, 0.0)
+
+
+async def test_token_bucket_refills_at_the_rate_up_to_the_burst(store: StateStore) -> None:
+    for _ in range(5):
+        await store.token_bucket("b", 1.0, 5, 1000.0)
+    # 100 seconds later: full again (5 tokens), never more.
+    allowed = [(await store.token_bucket("b", 1.0, 5, 1100.0))[0] for _ in range(6)]
+    assert allowed == [True] * 5 + [False]
+
+
+async def test_token_bucket_refused_requests_take_no_tokens(store: StateStore) -> None:
+    await store.token_bucket("b", 1.0, 1, 1000.0)
+    for _ in range(3):
+        assert (await store.token_bucket("b", 1.0, 1, 1000.5))[0] is False
+    assert await store.token_bucket("b", 1.0, 1, 1001.0) == (True, 0.0)
+
+
+async def test_token_bucket_cost_takes_several_tokens(store: StateStore) -> None:
+    assert (await store.token_bucket("b", 1.0, 4, 1000.0, cost=3))[0] is True
+    assert await store.token_bucket("b", 1.0, 4, 1000.0, cost=3) == (False, pytest.approx(2.0))
+
+
+async def test_token_bucket_clock_behind_the_stamp_refills_nothing(store: StateStore) -> None:
+    await store.token_bucket("b", 1.0, 1, 1000.0)
+    allowed, wait = await store.token_bucket("b", 1.0, 1, 990.0)  # another replica's slower clock
+    assert allowed is False
+    assert wait == pytest.approx(11.0)
+
+
+async def test_token_buckets_of_different_keys_are_independent(store: StateStore) -> None:
+    await store.token_bucket("a", 1.0, 1, 1000.0)
+    assert await store.token_bucket("b", 1.0, 1, 1000.0) == (True, 0.0)
+
+
+async def test_token_bucket_key_expires_once_it_would_be_full(backend: Backend) -> None:
+    store = backend.store
+    rate = 2 / backend.short  # burst 2: the TTL is burst / rate = short
+    await store.token_bucket("b", rate, 2, 1000.0)
+    assert await store.delete("b") == 1
+    await store.token_bucket("b", rate, 2, 1000.0)
+    await backend.pass_short()
+    assert await store.delete("b") == 0
+
+
+async def test_token_bucket_runs_in_a_batch(store: StateStore) -> None:
+    async with store.batch() as b:
+        first = b.token_bucket("b", 1.0, 1, 1000.0)
+        second = b.token_bucket("b", 1.0, 1, 1000.0)
+        other = b.token_bucket("c", 1.0, 1, 1000.0)
+    assert (first.value, second.value[0], other.value) == ((True, 0.0), False, (True, 0.0))
+
+
+async def test_token_bucket_takes_each_concurrent_token_once(store: StateStore) -> None:
+    results = await asyncio.gather(*(store.token_bucket("b", 0.001, 10, 1000.0) for _ in range(25)))
+    assert sum(allowed for allowed, _ in results) == 10
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "now", "cost"),
+    [
+        pytest.param(0, 5, 1.0, 1, id="rate-zero"),
+        pytest.param(-1.0, 5, 1.0, 1, id="rate-negative"),
+        pytest.param(float("nan"), 5, 1.0, 1, id="rate-nan"),
+        pytest.param(float("inf"), 5, 1.0, 1, id="rate-inf"),
+        pytest.param(1e-300, 5, 1.0, 1, id="ttl-absurd"),
+        pytest.param(True, 5, 1.0, 1, id="rate-bool"),
+        pytest.param(1.0, 0.5, 1.0, 1, id="burst-below-one"),
+        pytest.param(1.0, float("inf"), 1.0, 1, id="burst-inf"),
+        pytest.param(1.0, 5, float("nan"), 1, id="now-nan"),
+        pytest.param(1.0, 5, float("-inf"), 1, id="now-inf"),
+        pytest.param(1.0, 5, 1.0, 0, id="cost-zero"),
+        pytest.param(1.0, 5, 1.0, 6, id="cost-above-burst"),
+        pytest.param(1.0, 5, 1.0, float("nan"), id="cost-nan"),
+        pytest.param(1.0, "5", 1.0, 1, id="burst-text"),
+    ],
+)
+async def test_token_bucket_rejects_bad_arguments_when_queued(
+        store: StateStore, rate: Any, burst: Any, now: Any, cost: Any) -> None:
+    batch = store.batch()
+    with pytest.raises(ValueError):
+        batch.token_bucket("b", rate, burst, now, cost)
+    with pytest.raises(ValueError):
+        await store.token_bucket("b", rate, burst, now, cost)
+    assert len(batch) == 0
+    assert await store.delete("b") == 0
+
+
 @pytest.mark.parametrize(
     "misuse",
     [
@@ -432,6 +536,8 @@ async def test_hash_and_list_operations_run_in_a_batch(store: StateStore) -> Non
         pytest.param(lambda s: s.hgetall("set"), id="hgetall-on-set"),
         pytest.param(lambda s: s.push_capped("set", b"x", 2), id="push-on-set"),
         pytest.param(lambda s: s.lrange("string"), id="lrange-on-string"),
+        pytest.param(lambda s: s.token_bucket("string", 1.0, 1, 1.0), id="bucket-on-string"),
+        pytest.param(lambda s: s.token_bucket("set", 1.0, 1, 1.0), id="bucket-on-set"),
     ],
 )
 async def test_wrong_kind_of_key_raises_state_type_error(

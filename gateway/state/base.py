@@ -11,7 +11,8 @@ The operations are the few the gateway needs, each atomic on its own
 ``incr`` with a TTL set only on creation, ``zadd_window`` for sliding-window
 rate counters, ``hincrby``/``hgetall`` for counters aggregated across
 replicas, ``push_capped``/``lrange`` for bounded sample lists,
-``smembers``/``srem`` for small indexes such as the frozen accounts).
+``smembers``/``srem`` for small indexes such as the frozen accounts,
+``token_bucket`` for rate limits).
 The design budget is one Redis round trip per request on read
 routes, two on trade routes: :meth:`StateStore.batch` queues several
 operations and sends them in one round trip, returning typed handles::
@@ -62,6 +63,8 @@ __all__ = [
     "StateUnavailable",
     "QueueSubscription",
     "Subscription",
+    "bucket_take",
+    "check_bucket",
     "check_cap",
     "check_score",
     "ttl_ms",
@@ -111,6 +114,49 @@ def check_score(score: float, window: float) -> None:
         raise ValueError(f"score must be finite (got {score!r})")
     if not math.isfinite(window) or window <= 0:
         raise ValueError(f"window must be a positive number of seconds (got {window!r})")
+
+
+MAX_BUCKET_TTL = 10 * 365 * 86_400.0
+"""A bucket refills from empty within this many seconds at most (its key's TTL is burst / rate)."""
+
+
+def _finite(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number (got {value!r})")
+    return float(value)
+
+
+def check_bucket(rate: float, burst: float, now: float, cost: float) -> float:
+    """Validate ``token_bucket`` arguments; return the key's TTL (burst / rate seconds)."""
+    rate, burst, now, cost = (_finite("rate", rate), _finite("burst", burst), _finite("now", now),
+                              _finite("cost", cost))
+    if rate <= 0:
+        raise ValueError(f"rate must be positive (got {rate!r})")
+    if burst < 1:
+        raise ValueError(f"burst must be at least 1 (got {burst!r})")
+    if not 0 < cost <= burst:
+        raise ValueError(f"cost must be positive and at most the burst (got {cost!r})")
+    ttl = burst / rate
+    if not ttl <= MAX_BUCKET_TTL:
+        raise ValueError(f"burst / rate must be at most {MAX_BUCKET_TTL:g} seconds (got {ttl!r})")
+    return ttl
+
+
+def bucket_take(tokens: float | None, stamp: float | None, rate: float, burst: float, now: float,
+                cost: float) -> tuple[float, float, bool, float]:
+    """One token-bucket step: (tokens left, stamp, allowed, seconds until ``cost`` tokens are there).
+
+    An absent bucket (``tokens`` None) is full. A ``now`` before the stamp (another replica's
+    clock) refills nothing and keeps the later stamp. A refused request takes no tokens.
+    The Redis script (gateway/state/redis.py ``_TOKEN_BUCKET``) is this function in Lua.
+    """
+    if tokens is None or stamp is None:
+        tokens, stamp = burst, now
+    elif now > stamp:
+        tokens, stamp = min(burst, tokens + (now - stamp) * rate), now
+    if tokens >= cost:
+        return tokens - cost, stamp, True, 0.0
+    return tokens, stamp, False, (cost - tokens) / rate + max(0.0, stamp - now)
 
 
 # --------------------------------------------------------------------------
@@ -228,6 +274,11 @@ class Batch(ABC):
 
     def lrange(self, key: str) -> Pending[list[bytes]]:
         return self._queue("lrange", key)
+
+    def token_bucket(self, key: str, rate: float, burst: float, now: float,
+                     cost: float = 1) -> Pending[tuple[bool, float]]:
+        check_bucket(rate, burst, now, cost)
+        return self._queue("token_bucket", key, float(rate), float(burst), float(now), float(cost))
 
     async def execute(self) -> list[Any]:
         """Run every queued operation in one round trip; return their results."""
@@ -437,6 +488,19 @@ class StateStore(Protocol):
 
     async def lrange(self, key: str) -> list[bytes]:
         """Every element of a list, oldest first; [] when absent."""
+        ...
+
+    async def token_bucket(self, key: str, rate: float, burst: float, now: float,
+                           cost: float = 1) -> tuple[bool, float]:
+        """Take ``cost`` tokens from a token bucket, atomically: (allowed, retry_after seconds).
+
+        The bucket holds at most ``burst`` tokens and refills at ``rate`` tokens a
+        second of ``now`` (the caller's clock, seconds; replicas should share wall
+        time). An absent bucket is full; a refused request takes nothing and
+        ``retry_after`` says when ``cost`` tokens will be there (0.0 when allowed).
+        The key expires once the bucket would be full again (burst / rate seconds).
+        ``rate`` > 0, ``burst`` >= 1, 0 < ``cost`` <= ``burst``, all finite, or ValueError.
+        """
         ...
 
     async def publish(self, channel: str, message: bytes) -> int:

@@ -34,6 +34,8 @@ from gateway.state.base import (
     QueueSubscription,
     StateTypeError,
     Subscription,
+    bucket_take,
+    check_bucket,
     check_cap,
     check_score,
     ttl_ms,
@@ -56,7 +58,17 @@ class _Hash:
         self.fields: dict[str, bytes] = {}
 
 
-_Value = bytes | set[str] | dict[str, float] | _Hash | list[bytes]
+class _Bucket:
+    """A token bucket's level and when it was last refilled (the caller's clock)."""
+
+    __slots__ = ("tokens", "stamp")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+
+_Value = bytes | set[str] | dict[str, float] | _Hash | list[bytes] | _Bucket
 
 
 class Keyspace:
@@ -286,6 +298,17 @@ class MemoryStore:
         items = self._list(key)
         return list(items) if items is not None else []
 
+    def _op_token_bucket(self, key: str, rate: float, burst: float, now: float,
+                         cost: float) -> tuple[bool, float]:
+        ttl = check_bucket(rate, burst, now, cost)
+        value = self.keyspace.live(self._k(key))
+        if value is not None and not isinstance(value, _Bucket):
+            raise StateTypeError(f"key {key!r} does not hold a token bucket")
+        tokens, stamp, allowed, wait = bucket_take(
+            value.tokens if value else None, value.stamp if value else None, rate, burst, now, cost)
+        self.keyspace.put(self._k(key), _Bucket(tokens, stamp), ttl)
+        return allowed, wait
+
     def _call(self, name: str, args: tuple[Any, ...]) -> Any:
         self.keyspace.sweep()
         return self._ops[name](*args)
@@ -367,6 +390,12 @@ class MemoryStore:
     async def lrange(self, key: str) -> list[bytes]:
         self.keyspace.sweep()
         return self._op_lrange(key)
+
+    async def token_bucket(self, key: str, rate: float, burst: float, now: float,
+                           cost: float = 1) -> tuple[bool, float]:
+        check_bucket(rate, burst, now, cost)
+        self.keyspace.sweep()
+        return self._op_token_bucket(key, float(rate), float(burst), float(now), float(cost))
 
     async def publish(self, channel: str, message: bytes) -> int:
         subscribers = list(self.keyspace.channels.get(self._k(channel), ()))

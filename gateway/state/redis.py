@@ -49,6 +49,7 @@ from gateway.state.base import (
     StateTypeError,
     StateUnavailable,
     Subscription,
+    check_bucket,
     check_cap,
     check_score,
     ttl_ms,
@@ -97,6 +98,30 @@ if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return redis.call('LLEN', KEYS[1])
 """
 
+# KEYS[1] hash {tk: tokens, ts: stamp}; ARGV[1] rate, ARGV[2] burst, ARGV[3] now, ARGV[4] cost,
+# ARGV[5] ttl in ms. gateway/state/base.py bucket_take in Lua; numbers travel as %.17g text
+# (a Lua number in a reply would be truncated to an integer).
+_TOKEN_BUCKET = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
+local v = redis.call('HMGET', KEYS[1], 'tk', 'ts')
+local tokens, stamp = tonumber(v[1]), tonumber(v[2])
+if tokens == nil or stamp == nil then
+  tokens, stamp = burst, now
+elseif now > stamp then
+  tokens, stamp = math.min(burst, tokens + (now - stamp) * rate), now
+end
+local allowed, wait = 0, 0
+if tokens >= cost then
+  tokens, allowed = tokens - cost, 1
+else
+  wait = (cost - tokens) / rate + math.max(0, stamp - now)
+end
+redis.call('HSET', KEYS[1], 'tk', string.format('%.17g', tokens), 'ts', string.format('%.17g', stamp))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {allowed, string.format('%.17g', wait)}
+"""
+
 
 _PUBSUB_HEALTH = 10.0
 """Seconds of quiet after which a subscription's connection is pinged."""
@@ -122,6 +147,10 @@ def _as_is(raw: Any) -> Any:
 
 def _as_list(raw: Any) -> list[bytes | None]:
     return list(raw)
+
+
+def _as_bucket(raw: Any) -> tuple[bool, float]:
+    return bool(int(raw[0])), float(raw[1])
 
 
 def _as_members(raw: Any) -> list[str]:
@@ -224,6 +253,11 @@ class _Commands:
 
     def lrange(self, key: str) -> _Cmd:
         return _Cmd(("LRANGE", self.prefix + key, 0, -1), _as_list)
+
+    def token_bucket(self, key: str, rate: float, burst: float, now: float, cost: float) -> _Cmd:
+        ms = ttl_ms(check_bucket(rate, burst, now, cost))
+        args = (repr(float(rate)), repr(float(burst)), repr(float(now)), repr(float(cost)), ms)
+        return _Cmd(("EVAL", _TOKEN_BUCKET, 1, self.prefix + key, *args), _as_bucket)
 
 
 def _redacted(url: str) -> str:
@@ -369,6 +403,11 @@ class RedisStore:
 
     async def lrange(self, key: str) -> list[bytes]:
         result: list[bytes] = await self._one(self._cmds.lrange(key))
+        return result
+
+    async def token_bucket(self, key: str, rate: float, burst: float, now: float,
+                           cost: float = 1) -> tuple[bool, float]:
+        result: tuple[bool, float] = await self._one(self._cmds.token_bucket(key, rate, burst, now, cost))
         return result
 
     async def publish(self, channel: str, message: bytes) -> int:
