@@ -296,3 +296,16 @@ def test_step_costs_script_times_every_security_step() -> None:
     for step in ("authenticate", "require_role", "bind_account", "score", "decide", "audit",
                  "identity_headers"):
         assert costs[step] > 0, costs
+
+
+def test_risk_cost_script_measures_every_case_on_both_stores(redis_url: str) -> None:
+    """loadtests/risk_cost.py runs on memory and Redis (the risk rows of docs/PERFORMANCE.md)."""
+    script = Path(__file__).resolve().parents[1] / "loadtests" / "risk_cost.py"
+    out = subprocess.run([sys.executable, str(script), "--n", "30", "--rounds", "1", "--redis", redis_url],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    result = json.loads(out)
+    for store in ("memory", "redis"):
+        cases = result[store]
+        assert cases["baseline_one_get"]["p50_vs_baseline"] == 1.0
+        for name in ("no_device", "known_device", "trade"):
+            assert cases[name]["p50_us"] > 0 and cases[name]["p99_us"] >= cases[name]["p50_us"], cases
