@@ -146,23 +146,9 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = PrivateRedis(f"redis://127.0.0.1:{port}/0", proc)
+    server = PrivateRedis(binary, port, tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
-                    c.sendall(b"PING\r\n")
-                    if c.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                service_unavailable("REQUIRE_REDIS", f"a private redis-server did not start on port {port}")
-            time.sleep(0.02)
+        server.start()
         yield server
     finally:
         server.stop()
@@ -171,12 +157,33 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 class PrivateRedis:
     """A redis-server process of one test (see the ``private_redis`` fixture)."""
 
-    def __init__(self, url: str, proc: subprocess.Popen[bytes]) -> None:
-        self.url = url
-        self._proc = proc
+    def __init__(self, binary: str, port: int, directory: Path) -> None:
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                     "--dir", str(directory)]
+        self._port = port
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or start again, empty, on the same port) and wait until it answers PING."""
+        self._proc = proc = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self._port), timeout=0.2) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                service_unavailable("REQUIRE_REDIS", f"a private redis-server did not start on port {self._port}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         """Stop the server (idempotent); clients see refused connections from now on."""
+        if self._proc is None:
+            return
         if self._proc.poll() is None:
             self._proc.terminate()
             try:

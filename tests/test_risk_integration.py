@@ -1,0 +1,84 @@
+"""The risk engine inside a real gateway on loopback: what it records, what it shares, how it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from conftest import PrivateRedis
+from harness import Stack, run_stack
+
+from gateway.client import DeviceKey
+
+QUOTE = "/api/quotes/600519.SH"
+ORDERS = "/api/accounts/A1/orders"
+ORDER = {"symbol": "600519.SH", "side": "buy", "qty": 100, "price": 1450.0, "type": "limit",
+         "client_order_id": "c-1"}
+
+
+def _decisions(tmp: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for f in sorted((tmp / "audit").glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            record = json.loads(line)
+            if record["type"] == "decision":
+                out[record["request_id"]] = record
+    return out
+
+
+async def _get(s: aiohttp.ClientSession, st: Stack, headers: dict[str, str]) -> tuple[int, str]:
+    async with s.get(st.url + QUOTE, headers=headers) as r:
+        await r.read()
+        return r.status, r.headers["X-Request-Id"]
+
+
+async def test_one_device_on_three_customers_is_scored_as_a_mule_farm(tmp_path: Path) -> None:
+    phone = DeviceKey.generate()
+    async with run_stack(tmp_path) as st, aiohttp.ClientSession() as s:
+        rids = []
+        for sub, account in (("u1", "A1"), ("u2", "B9"), ("u3", "C3")):
+            token = st.token(sub=sub, accounts=(account,))
+            headers = {"Authorization": f"Bearer {token}", "DPoP": phone.proof("GET", st.url + QUOTE, token),
+                       "User-Agent": "BrokerApp/5.1"}
+            status, rid = await _get(s, st, headers)
+            assert status == 200
+            rids.append(rid)
+        await asyncio.sleep(0.05)
+    records = _decisions(tmp_path)
+    first, third = records[rids[0]], records[rids[2]]
+    assert first["device_id"] == phone.thumbprint
+    assert "unknown_device" in first["risk_factors"] and "device_many_accounts" not in first["risk_factors"]
+    assert "device_many_accounts" in third["risk_factors"]
+    assert third["risk_score"] > first["risk_score"]
+
+
+async def test_the_gateway_recovers_by_itself_when_redis_returns(tmp_path: Path,
+                                                                 private_redis: PrivateRedis) -> None:
+    state = {"backend": "redis", "url": private_redis.url, "prefix": "ptest:risk:", "timeout": 0.3}
+    async with run_stack(tmp_path, state=state) as st, aiohttp.ClientSession() as s:
+        auth = st.auth()
+
+        async def order(cid: str) -> tuple[int, Any]:
+            async with s.post(st.url + ORDERS, json={**ORDER, "client_order_id": cid}, headers=auth) as r:
+                return r.status, await r.json()
+
+        async def quote() -> int:
+            async with s.get(st.url + QUOTE, headers=auth) as r:
+                await r.read()
+                return r.status
+
+        assert (await order("before"))[0] == 201 and await quote() == 200
+        private_redis.stop()
+        down_order, down_quote = await order("down"), await quote()
+        private_redis.start()  # the same port, empty: nothing to restore, the clients reconnect
+        after = await order("after")
+        after_quote = await quote()
+    assert (down_order[0], down_order[1]["error"]) == (503, "state_unavailable")  # money fails closed
+    assert down_quote == 200  # the read route fails open, scored on local evidence
+    assert after[0] == 201 and after_quote == 200
+    decisions = list(_decisions(tmp_path).values())
+    degraded = [r for r in decisions if r["route"] == "quotes" and "state_unavailable" in r["degraded"]]
+    assert len(degraded) == 1 and "state_unavailable" in degraded[0]["risk_factors"]
