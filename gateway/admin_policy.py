@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -21,7 +21,6 @@ from aiohttp import web
 from gateway.admin import GATEWAY_KEY
 from gateway.authn.tokens import Subject
 from gateway.bundles.service import PolicyAdmin, reason_text
-from gateway.config import PolicyAdminConfig
 from gateway.errors import (
     BAD_REQUEST,
     BUNDLE_NOT_FOUND,
@@ -44,8 +43,21 @@ _PROPOSAL_ID = re.compile(r"[0-9]{1,18}")
 _SESSION_ID = _PROPOSAL_ID
 
 
-def require_recent_step_up(subject: Subject, cfg: PolicyAdminConfig, now: float) -> None:
-    """The officer authenticated recently enough and strongly enough (pure)."""
+class StepUpRequirement(Protocol):
+    """Which step-up a caller needs (``[policy_admin]``, ``[customer_settings]``)."""
+
+    @property
+    def acr_levels(self) -> tuple[str, ...]: ...
+    @property
+    def min_acr(self) -> str: ...
+    @property
+    def max_auth_age(self) -> float: ...
+
+
+def require_recent_step_up(subject: Subject, cfg: StepUpRequirement, now: float, *,
+                           what: str = "policy changes") -> None:
+    """The caller authenticated recently enough and strongly enough (pure); ``what`` names the action
+    in the refusal's message."""
     levels = cfg.acr_levels
     strong = subject.acr in levels and levels.index(subject.acr) >= levels.index(cfg.min_acr)
     auth_time = subject.auth_time
@@ -62,7 +74,7 @@ def require_recent_step_up(subject: Subject, cfg: PolicyAdminConfig, now: float)
         return
     challenge = (f'Bearer error="insufficient_user_authentication", '
                  f'error_description="A recent step-up is required", acr_values="{cfg.min_acr}", max_age={max_age}')
-    raise GatewayError(STEP_UP_REQUIRED, f"policy changes need a recent step-up: {why}",
+    raise GatewayError(STEP_UP_REQUIRED, f"{what} need a recent step-up: {why}",
                        headers={"WWW-Authenticate": challenge},
                        extra={"acr_values": cfg.min_acr, "max_age": max_age})
 

@@ -218,8 +218,37 @@ class PolicyAdminConfig:
 
 @dataclass(frozen=True, slots=True)
 class NotifierConfig:
-    sink: Literal["console", "file"] = "console"
+    sink: Literal["console", "file", "webhook"] = "console"
     path: Path | None = None
+    url: str | None = None
+    """webhook: where each notification is POSTed (http:// or https://)."""
+    secret_file: Path | None = None
+    """webhook: the HMAC-SHA256 key (the file's bytes, stripped) signing each body."""
+    timeout: float = 5.0
+    """webhook: seconds one attempt may take."""
+    retries: int = 3
+    """webhook: further attempts after a 5xx answer or a connection error (never after a 4xx)."""
+    backoff: float = 0.2
+    """webhook: seconds before the first retry, doubled before each next one."""
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSettingsConfig:
+    """The customer security settings API (gateway/settings.py, docs/RISK.md "Customer security settings")."""
+
+    enabled: bool = True
+    cooling_off: float = 86_400.0
+    """Seconds before a change that lowers protection (a higher limit, an alert off) takes effect."""
+    acr_levels: tuple[str, ...] = DEFAULT_ACR_LEVELS
+    """Authentication context classes, weakest first."""
+    min_acr: str = "urn:portcullis:acr:mfa"
+    """The step-up a change that lowers protection needs."""
+    max_auth_age: float = 300.0
+    """Seconds since that step-up (the token's auth_time)."""
+    max_limit: float = 100_000_000.0
+    """The highest limit (CNY) a customer may set."""
+    roles: tuple[str, ...] = ("client",)
+    """Roles that may use the API (a token's sub is the customer)."""
 
 
 DEFAULT_IDENTITY_PREFIXES: tuple[str, ...] = (
@@ -260,6 +289,7 @@ class Config:
     policy_admin: PolicyAdminConfig = field(default_factory=PolicyAdminConfig)
     dpop: DpopConfig = field(default_factory=DpopConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
+    customer_settings: CustomerSettingsConfig = field(default_factory=CustomerSettingsConfig)
 
 
 # --------------------------------------------------------------------------
@@ -598,14 +628,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     )
     at.finish()
 
-    nt = top.sub("notifier")
-    notifier = NotifierConfig(
-        sink=_choice(nt, "sink", ("console", "file"), "console"),  # type: ignore[arg-type]
-        path=_path(nt, "path", base, None),
-    )
-    if notifier.sink == "file" and notifier.path is None:
-        raise ConfigError("notifier.path: required when notifier.sink = \"file\"")
-    nt.finish()
+    notifier = _notifier(top.sub("notifier"), base)
 
     providers = _providers(top, upstreams) if "providers" in top.data else None
     top.used.add("providers")
@@ -613,6 +636,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     policy_admin = _policy_admin(top.sub("policy_admin"))
     dpop = _dpop(top.sub("dpop"))
     risk = _risk(top.sub("risk"), base)
+    customer_settings = _customer_settings(top.sub("customer_settings"))
 
     top.finish()
     return Config(
@@ -634,6 +658,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         policy_admin=policy_admin,
         dpop=dpop,
         risk=risk,
+        customer_settings=customer_settings,
     )
 
 
@@ -828,6 +853,59 @@ def _policy_admin(t: _Table) -> PolicyAdminConfig:
     )
     t.finish()
     return pa
+
+
+def _notifier(t: _Table, base: Path) -> NotifierConfig:
+    sink = _choice(t, "sink", ("console", "file", "webhook"), "console")
+    url = t.get("url", str, None)
+    if sink == "webhook":
+        if url is None:
+            raise ConfigError(f"{t.key('url')}: required when notifier.sink = \"webhook\"")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{t.key('url')}: must start with http:// or https:// (got {url!r})")
+        if "secret_file" not in t.data:
+            raise ConfigError(f"{t.key('secret_file')}: required when notifier.sink = \"webhook\" "
+                              "(the HMAC key that signs each body)")
+    cfg = NotifierConfig(
+        sink=sink,  # type: ignore[arg-type]
+        path=_path(t, "path", base, None),
+        url=url,
+        secret_file=_existing(t, "secret_file", base) if "secret_file" in t.data else None,
+        timeout=_number(t, "timeout", 5.0, minimum=0.01),
+        retries=_int(t, "retries", 3, 0, 20),
+        backoff=_number(t, "backoff", 0.2),
+    )
+    t.used.add("secret_file")
+    if cfg.sink == "file" and cfg.path is None:
+        raise ConfigError("notifier.path: required when notifier.sink = \"file\"")
+    t.finish()
+    return cfg
+
+
+def _customer_settings(t: _Table) -> CustomerSettingsConfig:
+    levels = _strs(t, "acr_levels", list(DEFAULT_ACR_LEVELS))
+    if not levels or len(set(levels)) != len(levels):
+        raise ConfigError(f"{t.key('acr_levels')}: must list distinct acr values, weakest first")
+    min_acr = t.get("min_acr", str, "urn:portcullis:acr:mfa")
+    if min_acr not in levels:
+        raise ConfigError(f"{t.key('min_acr')}: {min_acr!r} is not one of acr_levels ({', '.join(levels)})")
+    max_limit = _number(t, "max_limit", 100_000_000.0, minimum=1.0)
+    if max_limit > 1e15:
+        raise ConfigError(f"{t.key('max_limit')}: at most 1e15 CNY (got {max_limit:g})")
+    roles = _strs(t, "roles", ["client"])
+    if not roles:
+        raise ConfigError(f"{t.key('roles')}: name at least one role (customers' tokens carry it)")
+    cfg = CustomerSettingsConfig(
+        enabled=t.get("enabled", bool, True),
+        cooling_off=_number(t, "cooling_off", 86_400.0),
+        acr_levels=levels,
+        min_acr=min_acr,
+        max_auth_age=_number(t, "max_auth_age", 300.0, minimum=1.0),
+        max_limit=max_limit,
+        roles=roles,
+    )
+    t.finish()
+    return cfg
 
 
 def load(path: str | os.PathLike[str]) -> Config:

@@ -8,7 +8,8 @@ Tree (status: codes)::
 
     GatewayError
     ├── 400 bad request ......... bad_path, bad_request, invalid_json, bad_header,
-    │                             bundle_malformed, bundle_path_forbidden
+    │                             bundle_malformed, bundle_path_forbidden,
+    │                             settings_invalid
     ├── 401 unauthenticated ..... token_missing, token_malformed, token_invalid,
     │                             token_expired, token_not_yet_valid,
     │                             token_issuer_unknown, token_audience,
@@ -24,7 +25,8 @@ Tree (status: codes)::
     ├── 408 request timeout ..... body_timeout
     ├── 409 conflict ............ bundle_exists, bundle_not_validated, bundle_already_active,
     │                             bundle_never_active, proposal_exists, proposal_not_pending,
-    │                             proposal_expired, shadow_running, shadow_not_running
+    │                             proposal_expired, shadow_running, shadow_not_running,
+    │                             settings_busy
     ├── 413 too large ........... body_too_large, bundle_too_large
     ├── 415 media type .......... unsupported_media_type
     ├── 422 unprocessable ....... bundle_invalid
@@ -166,6 +168,11 @@ RESPONSE_UNMASKABLE = _kind(
     "response_unmaskable", 502, "the upstream's response cannot be masked as the policy requires"
 )
 FREEZE_NOT_FOUND = _kind("freeze_not_found", 404, "the account is not frozen")
+
+
+# Customer security settings (gateway/settings.py, gateway/settings_api.py).
+SETTINGS_INVALID = _kind("settings_invalid", 400, "the security settings are not valid")
+SETTINGS_BUSY = _kind("settings_busy", 409, "another change of these settings is in progress: retry")
 
 
 def catalogue() -> dict[str, ErrorKind]:

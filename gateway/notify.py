@@ -4,7 +4,9 @@
 They sit behind the small :class:`Notifier` interface because the real
 channel (e-mail, SMS, the broker's messaging service) belongs to the
 deployment; this module ships the sinks a single machine and the demo need:
-JSON lines on the console or in a file, plus :class:`MemoryNotifier` for tests.
+JSON lines on the console or in a file, plus :class:`MemoryNotifier` for tests,
+and the production one, an HTTP webhook with signed bodies and retries
+(gateway/notify_webhook.py, ``sink = "webhook"``).
 
 Notifications carry personal data (names, accounts, devices), so they go only
 to their own sink, never to the application log: this module does not log
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Protocol, TextIO, runtime_checkable
 
 from gateway.config import NotifierConfig
+from gateway.errors import ConfigError
 
 __all__ = [
     "ConsoleNotifier",
@@ -173,4 +176,15 @@ def build_notifier(cfg: NotifierConfig) -> Notifier:
         if cfg.path is None:
             raise ValueError("notifier.path is required when notifier.sink = \"file\"")
         return FileNotifier(cfg.path)
+    if cfg.sink == "webhook":
+        from gateway.notify_webhook import WebhookNotifier, read_secret  # imports this module
+
+        if cfg.url is None or cfg.secret_file is None:
+            raise ValueError("notifier.url and notifier.secret_file are required when notifier.sink = \"webhook\"")
+        try:
+            secret = read_secret(cfg.secret_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"notifier.secret_file: {exc}") from None
+        return WebhookNotifier(cfg.url, secret, timeout=cfg.timeout,
+                               retries=cfg.retries, backoff=cfg.backoff)
     raise ValueError(f"unknown notifier sink {cfg.sink!r}")

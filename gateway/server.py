@@ -15,6 +15,7 @@ import re
 import secrets
 import ssl
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from gateway.authn.revocation import RevocationList
 from gateway.authn.tokens import TokenVerifier
 from gateway.bundles.runtime import ActivePolicy
 from gateway.bundles.service import PolicyAdmin
-from gateway.config import Config, ListenerConfig
+from gateway.config import Config, ListenerConfig, RouteConfig
 from gateway.context import RequestContext
 from gateway.errors import BAD_HEADER, BAD_REQUEST, SHUTTING_DOWN, ConfigError, GatewayError
 from gateway.freezes import FreezeStore
@@ -42,6 +43,9 @@ from gateway.responses import error_response
 from gateway.risk.engine import RiskEngine, build_risk
 from gateway.risk.scorer import RiskScorer
 from gateway.routing import MethodNotAllowed, Router
+from gateway.settings import SettingsStore
+from gateway.settings_api import PATH as SETTINGS_PATH
+from gateway.settings_api import CustomerSettingsEndpoint, settings_route
 from gateway.state import build_store
 from gateway.state.base import StateStore
 from gateway.steps.audit import AuditDecision, base_record
@@ -140,8 +144,11 @@ class Gateway:
     def __init__(self, config: Config, *, state: StateStore | None = None,
                  audit_sink: AuditSink | None = None, notifier: Notifier | None = None,
                  policy: PolicyEngine | None = None, scorer: RiskScorer | None = None,
-                 providers: FactProviders | None = None) -> None:
+                 providers: FactProviders | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self._clock = clock
+        """Wall-clock time of each request's arrival (``ctx.now``: decisions, settings, the identity
+        assertion); tests move it to pass a cooling-off without sleeping."""
         self.metrics = Metrics()
         self.router = Router(config.routes)
         self.upstreams = Upstreams(config)
@@ -176,8 +183,11 @@ class Gateway:
         self.signers = build_signers(config) if g.security else {}
         self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout)
         self.freezes = FreezeStore(self.state)
+        self.settings = SettingsStore(self.state)
         self.bundles = PolicyAdmin(config, policy=self.policy, state=self.state, notifier=self.notifier,
                                    audit=self.audit, metrics=self.metrics)
+        self._settings_route: RouteConfig | None = None
+        self._settings_pipeline = Pipeline(())
         self.pipelines = self._build_pipelines()
 
     # -- assembly ---------------------------------------------------------
@@ -206,6 +216,13 @@ class Gateway:
             MaskResponse(self._auditor, count=self.metrics.obligation),
         ]
         full = Pipeline(guarded)
+        cs = self.config.customer_settings
+        if cs.enabled:
+            # Served by the gateway itself: the same authentication, then the endpoint (gateway/settings_api.py).
+            self._settings_route = settings_route(cs)
+            self._settings_pipeline = Pipeline([
+                Authenticate(self.verifier, self.device_proofs), RequireRole(), StateRound(), read_body,
+                CustomerSettingsEndpoint(cs, self.settings, self.notifier, self._auditor)])
         return {"public": Pipeline([read_body, forward]), "read": full, "trade": full,
                 "transfer": full, "admin": full}
 
@@ -243,7 +260,12 @@ class Gateway:
             path, query = normalise_target(request.raw_path, self._max_path)
             if path in ("/healthz", "/readyz") and request.method in ("GET", "HEAD"):
                 return await self._health(path, rid)
-            route, params = self.router.match(request.method, path)
+            if path == SETTINGS_PATH and self._settings_route is not None:
+                route, params = self._settings_route, dict[str, str]()
+                if request.method not in route.methods:
+                    raise MethodNotAllowed(route.methods)
+            else:
+                route, params = self.router.match(request.method, path)
             xff = request.headers.getall("X-Forwarded-For", ()) if peer_trusted else ()
             client = client_ip(peer, xff, self._trusted) if xff else peer
             peername = request.transport.get_extra_info("peername") if request.transport else None
@@ -252,10 +274,13 @@ class Gateway:
                 params=params, headers=request.headers,
                 client_ip=client,
                 client_port=peername[1] if isinstance(peername, tuple) else None,
-                scheme=request.scheme, started=started, now=time.time(),
+                scheme=request.scheme, started=started, now=self._clock(),
                 peer_trusted=peer_trusted, request=request,
             )
-            await self.pipelines[route.tier].run(ctx)
+            if route is self._settings_route:
+                await self._settings_pipeline.run(ctx)
+            else:
+                await self.pipelines[route.tier].run(ctx)
             response: web.StreamResponse = ctx.response
             if not response.prepared:
                 response.headers[self._rid_header] = rid
@@ -388,6 +413,9 @@ class Gateway:
         if self.access_log is not None:
             self.access_log.flush()
         await self.audit.close()
+        close_notifier = getattr(self.notifier, "close", None)
+        if close_notifier is not None:  # the webhook notifier's connection pool
+            await close_notifier()
         await self.risk.close()
         await self.state.close()
 

@@ -24,6 +24,13 @@ seen today on this account with a *different* body: the retry of the very same
 order after a step-up challenge is not a duplicate (the backend refuses a real
 replay of an executed order with its own 409).
 
+The customer's own security settings (gateway/settings.py: their limits, set
+through ``/api/me/security``) ride along the same way: ``custsec:<sub>`` in the
+counters' batch on an order, beside the freeze on a transfer. The limits in
+force at ``ctx.now`` are merged into ``account`` (the stricter of the broker's
+and the customer's, :func:`gateway.settings.merge_limits`), so the policy's
+``input.account.single_trade_limit`` / ``daily_limit`` are the effective ones.
+
 The gateway's own account freezes (gateway/freezes.py) are read in the same
 batch: ``freeze:<account>`` rides along with the counters on an order or a
 cancel, and is one ``GET`` beside the providers on a transfer (nothing else
@@ -55,6 +62,7 @@ from gateway.errors import PROVIDER_UNAVAILABLE, STATE_UNAVAILABLE, GatewayError
 from gateway.freezes import freeze_key, parse_freeze
 from gateway.policy.facts import Facts, exchange_time, order_doc, order_notional, seconds_to_day_end
 from gateway.policy.providers import MISS, FactProviders
+from gateway.settings import merge_limits, parse_record, settings_key
 from gateway.state.base import StateStore, StateUnavailable
 
 _DAY_TTL_MARGIN = 60.0  # seconds a daily counter outlives the exchange day (clock skew)
@@ -127,20 +135,21 @@ class FetchFacts:
         # A market order's notional needs the price: then the counters wait for the quote.
         price_known = order is None or order_notional(order, None) is not None
         freeze_raw: bytes | None = None
+        settings_raw: bytes | None = None
         try:
             if counted_as is not None and account is not None and price_known:
                 counted = self._counters(ctx, counted_as, account, order, None)
                 if lookups:
-                    *results, (facts.counters, freeze_raw) = await asyncio.gather(*lookups, counted)
+                    *results, (facts.counters, freeze_raw, settings_raw) = await asyncio.gather(*lookups, counted)
                 else:
-                    facts.counters, freeze_raw = await counted
+                    facts.counters, freeze_raw, settings_raw = await counted
             elif counted_as is None and account is not None:
-                # Not counted (a transfer): the freeze alone, one GET, alongside the providers.
-                frozen = self._freeze(account)
+                # Not counted (a transfer): the freeze and the customer's settings, one batch, beside the providers.
+                frozen = self._freeze(ctx, account)
                 if lookups:
-                    *results, freeze_raw = await asyncio.gather(*lookups, frozen)
+                    *results, (freeze_raw, settings_raw) = await asyncio.gather(*lookups, frozen)
                 else:
-                    freeze_raw = await frozen
+                    freeze_raw, settings_raw = await frozen
             elif lookups:
                 results = list(await asyncio.gather(*lookups))
         except GatewayError as exc:
@@ -163,15 +172,24 @@ class FetchFacts:
                 or (customer is not None and customer in restricted.persons),
             }
         if counted_as is not None and account is not None and not price_known:
-            facts.counters, freeze_raw = await self._counters(ctx, counted_as, account, order, facts.quote)
+            facts.counters, freeze_raw, settings_raw = await self._counters(
+                ctx, counted_as, account, order, facts.quote)
+        if settings_raw is not None and facts.account is not None:
+            # The customer's own limits in force now (docs/POLICIES.md: where the limits come from).
+            facts.account = merge_limits(facts.account, parse_record(settings_raw).effective(ctx.now))
         if freeze_raw is not None and account is not None:
             facts.freeze = parse_freeze(freeze_raw, account)
             if facts.account is not None:  # the policy sees the gateway's freeze too (docs/POLICIES.md)
                 facts.account = {**facts.account, "frozen": True}
 
-    async def _freeze(self, account: str) -> bytes | None:
+    async def _freeze(self, ctx: RequestContext, account: str) -> tuple[bytes | None, bytes | None]:
+        """The account's freeze and the customer's settings (one round trip)."""
+        sub = ctx.subject.sub if ctx.subject is not None else None
         try:
-            return await self._state.get(freeze_key(account))
+            if sub is None:
+                return await self._state.get(freeze_key(account)), None
+            frozen, settings = await self._state.mget([freeze_key(account), settings_key(sub)])
+            return frozen, settings
         except StateUnavailable:
             raise
         except Exception as exc:
@@ -179,7 +197,7 @@ class FetchFacts:
 
     async def _counters(self, ctx: RequestContext, kind: str, account: str,
                         order: dict[str, Any] | None,
-                        quote: dict[str, Any] | None) -> tuple[dict[str, Any], bytes | None]:
+                        quote: dict[str, Any] | None) -> tuple[dict[str, Any], bytes | None, bytes | None]:
         day = exchange_time(ctx.now).date().isoformat()
         ttl = seconds_to_day_end(ctx.now) + _DAY_TTL_MARGIN
         is_order = kind == "order"
@@ -199,6 +217,8 @@ class FetchFacts:
                     fingerprint = hashlib.sha256(ctx.body or b"").hexdigest().encode()
                     seen = b.get(key)
                     stored = b.set_if_absent(key, fingerprint, ttl)
+                sub = ctx.subject.sub if ctx.subject is not None and is_order else None
+                settings = b.get(settings_key(sub)) if sub is not None else None
         except StateUnavailable:
             raise
         except Exception as exc:
@@ -212,4 +232,4 @@ class FetchFacts:
             "actions_last_second": actions.value,
             "notional_today": total.value / 100,
             "duplicate_client_order_id": duplicate,
-        }, frozen.value
+        }, frozen.value, settings.value if settings is not None else None
