@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from conftest import PrivateRedis
 from redis.asyncio.connection import Connection
 
 from gateway.config import StateConfig
@@ -713,8 +714,11 @@ async def counted(
     await store.close()
 
 
-async def test_redis_batch_is_one_round_trip(counted: tuple[RedisStore, list[bytes]]) -> None:
+async def test_redis_batch_is_one_round_trip_and_one_command(counted: tuple[RedisStore, list[bytes]]) -> None:
     store, writes = counted
+    async with store.batch() as b:  # the first batch may load the script (see below)
+        b.get("warm-up")
+    writes.clear()
     async with store.batch() as b:
         b.get("freeze:A1")
         b.mget(["a", "b"])
@@ -725,7 +729,27 @@ async def test_redis_batch_is_one_round_trip(counted: tuple[RedisStore, list[byt
         b.getdel("otp:1")
         b.sismember("devices:alice", "d1")
     assert len(writes) == 1
-    assert len(re.findall(rb"\*\d+\r\n\$", writes[0])) == 8  # all eight commands in it
+    assert len(re.findall(rb"\*\d+\r\n\$", writes[0])) == 1 and b"EVALSHA" in writes[0]  # one command
+    for key in (b"freeze:A1", b"jti:1", b"orders:A1", b"devices:alice", b"rate:A1", b"otp:1"):
+        assert key in writes[0]
+
+
+async def test_a_redis_without_the_batch_script_is_sent_it_once(private_redis: PrivateRedis) -> None:
+    cls, writes = counting_connection()
+    store = RedisStore(private_redis.url, "p:", timeout=2.0, connection_class=cls)
+    try:
+        assert await store.ping()
+        writes.clear()
+        async with store.batch() as b:
+            first = b.incr("n", ttl=LONG)
+        assert first.value == 1 and len(writes) == 2  # EVALSHA answered NOSCRIPT (nothing ran), then EVAL
+        assert b"EVALSHA" in writes[0] and writes[1].count(b"EVAL") == 1
+        writes.clear()
+        async with store.batch() as b:
+            again = b.incr("n", ttl=LONG)
+        assert again.value == 2 and len(writes) == 1  # cached from now on: counted once each time
+    finally:
+        await store.close()
 
 
 async def test_redis_each_operation_is_one_round_trip(

@@ -22,8 +22,9 @@ operations and sends them in one round trip, returning typed handles::
         rate = b.zadd_window(f"rate:{account}", request_id, now, 1.0)
     if frozen.value is not None or rate.value > limit: ...
 
-A batch is not a transaction: on Redis each operation is atomic but another
-client's commands may interleave between them.
+Each operation is atomic; on both backends a whole batch runs without another
+client's commands in between (one script on Redis, no await in memory), but it
+is not a transaction: a failed operation does not undo the ones before it.
 
 Failure model: any connection failure or timeout raises
 :class:`StateUnavailable` (503 ``state_unavailable``); the route's fail mode

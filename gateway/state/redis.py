@@ -2,14 +2,18 @@
 
 Design choices, each for the per-request budget of one or two round trips:
 
-* Every operation is one Redis command. Those needing several steps to be
-  atomic (an ``INCRBY`` whose TTL is set only on creation, ``SADD`` with a
-  refreshed TTL, the sliding window's add/trim/count/expire) are small Lua
-  scripts. They are sent with ``EVAL``, not ``EVALSHA``: redis-py checks
-  pipeline scripts with an extra ``SCRIPT EXISTS`` round trip, and retrying
-  after ``NOSCRIPT`` would reorder a batch. The bodies are a few hundred bytes
-  and Redis caches their compiled form.
-* Batches are pipelines with ``transaction=False``: one write, one read.
+* Every operation, and every batch however many operations it holds, is ONE
+  Redis command: ``EVALSHA`` of one script (``_BATCH``) that runs the
+  operations in order, each under ``pcall`` so a wrong-kind key fails that
+  operation alone. redis-py spends tens of microseconds of client CPU per
+  pipelined command (packing, a deadline per reply), and a request's state
+  round holds about ten operations; as one command it pays that once. The
+  script is atomic: no other client's command runs between a batch's
+  operations (stronger than a pipeline; in a Redis Cluster every key of a
+  batch would have to share a hash slot, which this store does not support).
+  A Redis that lacks the script (restarted, flushed) answers ``NOSCRIPT``
+  without running anything, and the batch is sent once more with ``EVAL``,
+  which caches it.
 * No client-side retries: retrying ``INCR`` after a lost reply would count
   twice, and a gateway waiting for Redis is worse than one failing fast to the
   route's fail mode. A stale pooled connection is still replaced by redis-py
@@ -30,8 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,7 +44,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
 from gateway.config import StateConfig
 from gateway.state.base import (
@@ -50,8 +54,6 @@ from gateway.state.base import (
     StateUnavailable,
     Subscription,
     check_bucket,
-    check_cap,
-    check_score,
     ttl_ms,
 )
 
@@ -59,68 +61,190 @@ __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 
-# KEYS[1] counter; ARGV[1] amount, ARGV[2] ttl in ms.
-_INCR_TTL = """
-local created = redis.call('EXISTS', KEYS[1]) == 0
-local n = redis.call('INCRBY', KEYS[1], ARGV[1])
-if created then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return n
-"""
-
-# KEYS[1] set; ARGV[1] member, ARGV[2] ttl in ms.
-_SADD_TTL = """
-local n = redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return n
-"""
-
-# KEYS[1] sorted set; ARGV[1] score, ARGV[2] member, ARGV[3] lowest score kept,
-# ARGV[4] window in ms (an idle window expires on its own).
-_ZADD_WINDOW = """
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return redis.call('ZCARD', KEYS[1])
-"""
-
-# KEYS[1] hash; ARGV[1] field, ARGV[2] amount, ARGV[3] ttl in ms.
-_HINCRBY_TTL = """
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return n
-"""
-
-# KEYS[1] list; ARGV[1] value, ARGV[2] cap, ARGV[3] ttl in ms (0: none).
-_PUSH_CAPPED = """
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
-if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-return redis.call('LLEN', KEYS[1])
-"""
-
-# KEYS[1] hash {tk: tokens, ts: stamp}; ARGV[1] rate, ARGV[2] burst, ARGV[3] now, ARGV[4] cost,
-# ARGV[5] ttl in ms. gateway/state/base.py bucket_take in Lua; numbers travel as %.17g text
-# (a Lua number in a reply would be truncated to an integer).
-_TOKEN_BUCKET = """
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local now, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
-local v = redis.call('HMGET', KEYS[1], 'tk', 'ts')
-local tokens, stamp = tonumber(v[1]), tonumber(v[2])
-if tokens == nil or stamp == nil then
-  tokens, stamp = burst, now
-elseif now > stamp then
-  tokens, stamp = math.min(burst, tokens + (now - stamp) * rate), now
+# A whole batch as one script: one command and one reply however many operations it holds
+# (redis-py spends ~20-60 us of client CPU per pipelined command here; a request's state
+# round holds about ten). KEYS: every key of the batch in order; ARGV: for each operation
+# its name, then its arguments (variable-length ones preceded by their count). Each
+# operation runs under pcall, so a wrong-kind key fails that operation alone, as in a
+# pipeline; the reply holds {err = message} in its place. nil results travel as false.
+_BATCH = """
+local out, k, a = {}, 0, 0
+local function key() k = k + 1; return KEYS[k] end
+local function arg() a = a + 1; return ARGV[a] end
+local function n(x) return tonumber(x) end
+local ops = {}
+ops.get = function() return redis.call('GET', key()) end
+ops.mget = function()
+  local keys = {}
+  for i = 1, n(arg()) do keys[i] = key() end
+  if #keys == 0 then return {} end
+  return redis.call('MGET', unpack(keys))
 end
-local allowed, wait = 0, 0
-if tokens >= cost then
-  tokens, allowed = tokens - cost, 1
-else
-  wait = (cost - tokens) / rate + math.max(0, stamp - now)
+ops.set = function()
+  local kk, v, ms = key(), arg(), arg()
+  if ms == '' then redis.call('SET', kk, v) else redis.call('SET', kk, v, 'PX', ms) end
+  return 1
 end
-redis.call('HSET', KEYS[1], 'tk', string.format('%.17g', tokens), 'ts', string.format('%.17g', stamp))
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {allowed, string.format('%.17g', wait)}
+ops.set_if_absent = function()
+  local kk, v, ms = key(), arg(), arg()
+  local r
+  if ms == '' then r = redis.call('SET', kk, v, 'NX') else r = redis.call('SET', kk, v, 'NX', 'PX', ms) end
+  if r then return 1 end
+  return 0
+end
+ops.getdel = function() return redis.call('GETDEL', key()) end
+ops.delete = function()
+  local keys = {}
+  for i = 1, n(arg()) do keys[i] = key() end
+  if #keys == 0 then return 0 end
+  return redis.call('DEL', unpack(keys))
+end
+ops.incr = function()
+  local kk, amount, ms = key(), arg(), arg()
+  local created = redis.call('EXISTS', kk) == 0
+  local v = redis.call('INCRBY', kk, amount)
+  if created and ms ~= '' then redis.call('PEXPIRE', kk, ms) end
+  return v
+end
+ops.sadd = function()
+  local kk, member, ms = key(), arg(), arg()
+  local v = redis.call('SADD', kk, member)
+  if ms ~= '' then redis.call('PEXPIRE', kk, ms) end
+  return v
+end
+ops.scard = function() return redis.call('SCARD', key()) end
+ops.sismember = function() return redis.call('SISMEMBER', key(), arg()) end
+ops.smembers = function() return redis.call('SMEMBERS', key()) end
+ops.srem = function() return redis.call('SREM', key(), arg()) end
+ops.zadd_window = function()
+  local kk, score, member, lowest, ms = key(), arg(), arg(), arg(), arg()
+  redis.call('ZADD', kk, score, member)
+  redis.call('ZREMRANGEBYSCORE', kk, '-inf', '(' .. lowest)
+  redis.call('PEXPIRE', kk, ms)
+  return redis.call('ZCARD', kk)
+end
+ops.hincrby = function()
+  local kk, field, amount, ms = key(), arg(), arg(), arg()
+  local v = redis.call('HINCRBY', kk, field, amount)
+  if ms ~= '' then redis.call('PEXPIRE', kk, ms) end
+  return v
+end
+ops.hgetall = function() return redis.call('HGETALL', key()) end
+ops.push_capped = function()
+  local kk, value, cap, ms = key(), arg(), n(arg()), arg()
+  redis.call('RPUSH', kk, value)
+  redis.call('LTRIM', kk, -cap, -1)
+  if ms ~= '' then redis.call('PEXPIRE', kk, ms) end
+  return redis.call('LLEN', kk)
+end
+ops.lrange = function() return redis.call('LRANGE', key(), 0, -1) end
+ops.token_bucket = function()
+  local kk = key()
+  local rate, burst, now, cost, ms = n(arg()), n(arg()), n(arg()), n(arg()), arg()
+  local v = redis.call('HMGET', kk, 'tk', 'ts')
+  local tokens, stamp = tonumber(v[1]), tonumber(v[2])
+  if tokens == nil or stamp == nil then
+    tokens, stamp = burst, now
+  elseif now > stamp then
+    tokens, stamp = math.min(burst, tokens + (now - stamp) * rate), now
+  end
+  local allowed, wait = 0, 0
+  if tokens >= cost then
+    tokens, allowed = tokens - cost, 1
+  else
+    wait = (cost - tokens) / rate + math.max(0, stamp - now)
+  end
+  redis.call('HSET', kk, 'tk', string.format('%.17g', tokens), 'ts', string.format('%.17g', stamp))
+  redis.call('PEXPIRE', kk, ms)
+  return {allowed, string.format('%.17g', wait)}
+end
+local i = 0
+while a < #ARGV do
+  local op = ops[arg()]
+  local ok, res = pcall(op)
+  i = i + 1
+  if ok then
+    if res == nil then res = false end
+    out[i] = res
+  else
+    if type(res) == 'table' and res.err then out[i] = res else out[i] = {err = tostring(res)} end
+  end
+end
+return out
 """
+_BATCH_SHA = hashlib.sha1(_BATCH.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+
+def _ms(ttl: float | None) -> int | str:
+    ms = ttl_ms(ttl)
+    return "" if ms is None else ms
+
+
+class _Encoder:
+    """Each operation's keys and arguments for the batch script, and how to read its result."""
+
+    def get(self, key: str) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [], _as_is
+
+    def mget(self, keys: Sequence[str]) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return list(keys), [len(keys)], _as_list
+
+    def set(self, key: str, value: bytes, ttl: float | None) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [value, _ms(ttl)], _as_none
+
+    def set_if_absent(self, key: str, value: bytes,
+                      ttl: float | None) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [value, _ms(ttl)], _as_bool
+
+    def getdel(self, key: str) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [], _as_is
+
+    def delete(self, *keys: str) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return list(keys), [len(keys)], _as_int
+
+    def incr(self, key: str, amount: int, ttl: float | None) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [amount, _ms(ttl)], _as_int
+
+    def sadd(self, key: str, member: str, ttl: float | None) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [member, _ms(ttl)], _as_int
+
+    def scard(self, key: str) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [], _as_int
+
+    def sismember(self, key: str, member: str) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [member], _as_bool
+
+    def smembers(self, key: str) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [], _as_members
+
+    def srem(self, key: str, member: str) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [member], _as_int
+
+    def zadd_window(self, key: str, member: str, score: float,
+                    window: float) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [repr(float(score)), member, repr(float(score - window)), ttl_ms(window)], _as_int
+
+    def hincrby(self, key: str, field: str, amount: int,
+                ttl: float | None) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [field, amount, _ms(ttl)], _as_int
+
+    def hgetall(self, key: str) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [], _as_hash
+
+    def push_capped(self, key: str, value: bytes, cap: int,
+                    ttl: float | None) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [value, cap, _ms(ttl)], _as_int
+
+    def lrange(self, key: str) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [], _as_list
+
+    def token_bucket(self, key: str, rate: float, burst: float, now: float,
+                     cost: float) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        ms = ttl_ms(check_bucket(rate, burst, now, cost))
+        return [key], [repr(float(rate)), repr(float(burst)), repr(float(now)), repr(float(cost)), ms], _as_bucket
+
+
+_ENCODER = _Encoder()
 
 
 _PUBSUB_HEALTH = 10.0
@@ -162,104 +286,6 @@ def _as_hash(raw: Any) -> dict[str, bytes]:
     return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in items}
 
 
-@dataclass(frozen=True, slots=True)
-class _Cmd:
-    """One operation as a Redis command and how to read its reply.
-
-    ``args`` None means the answer is known without asking Redis (``delete()``
-    of no keys, ``mget([])``), and is ``constant``.
-    """
-
-    args: tuple[Any, ...] | None
-    convert: Callable[[Any], Any] = _as_is
-    constant: Any = None
-
-
-class _Commands:
-    """Builds the command for each operation, with the key prefix applied."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def get(self, key: str) -> _Cmd:
-        return _Cmd(("GET", self.prefix + key))
-
-    def mget(self, keys: Sequence[str]) -> _Cmd:
-        if not keys:
-            return _Cmd(None, constant=[])
-        return _Cmd(("MGET", *(self.prefix + k for k in keys)), _as_list)
-
-    def set(self, key: str, value: bytes, ttl: float | None) -> _Cmd:
-        ms = ttl_ms(ttl)
-        expiry = ("PX", ms) if ms is not None else ()
-        return _Cmd(("SET", self.prefix + key, value, *expiry), _as_none)
-
-    def set_if_absent(self, key: str, value: bytes, ttl: float | None) -> _Cmd:
-        ms = ttl_ms(ttl)
-        expiry = ("PX", ms) if ms is not None else ()
-        return _Cmd(("SET", self.prefix + key, value, "NX", *expiry), _as_bool)
-
-    def getdel(self, key: str) -> _Cmd:
-        return _Cmd(("GETDEL", self.prefix + key))
-
-    def delete(self, *keys: str) -> _Cmd:
-        if not keys:
-            return _Cmd(None, constant=0)
-        return _Cmd(("DEL", *(self.prefix + k for k in keys)), _as_int)
-
-    def incr(self, key: str, amount: int, ttl: float | None) -> _Cmd:
-        ms = ttl_ms(ttl)
-        if ms is None:
-            return _Cmd(("INCRBY", self.prefix + key, amount), _as_int)
-        return _Cmd(("EVAL", _INCR_TTL, 1, self.prefix + key, amount, ms), _as_int)
-
-    def sadd(self, key: str, member: str, ttl: float | None) -> _Cmd:
-        ms = ttl_ms(ttl)
-        if ms is None:
-            return _Cmd(("SADD", self.prefix + key, member), _as_int)
-        return _Cmd(("EVAL", _SADD_TTL, 1, self.prefix + key, member, ms), _as_int)
-
-    def scard(self, key: str) -> _Cmd:
-        return _Cmd(("SCARD", self.prefix + key), _as_int)
-
-    def sismember(self, key: str, member: str) -> _Cmd:
-        return _Cmd(("SISMEMBER", self.prefix + key, member), _as_bool)
-
-    def smembers(self, key: str) -> _Cmd:
-        return _Cmd(("SMEMBERS", self.prefix + key), _as_members)
-
-    def srem(self, key: str, member: str) -> _Cmd:
-        return _Cmd(("SREM", self.prefix + key, member), _as_int)
-
-    def zadd_window(self, key: str, member: str, score: float, window: float) -> _Cmd:
-        check_score(score, window)
-        ms = ttl_ms(window)
-        args = (repr(float(score)), member, repr(float(score - window)), ms)
-        return _Cmd(("EVAL", _ZADD_WINDOW, 1, self.prefix + key, *args), _as_int)
-
-    def hincrby(self, key: str, field: str, amount: int, ttl: float | None) -> _Cmd:
-        ms = ttl_ms(ttl)
-        if ms is None:
-            return _Cmd(("HINCRBY", self.prefix + key, field, amount), _as_int)
-        return _Cmd(("EVAL", _HINCRBY_TTL, 1, self.prefix + key, field, amount, ms), _as_int)
-
-    def hgetall(self, key: str) -> _Cmd:
-        return _Cmd(("HGETALL", self.prefix + key), _as_hash)
-
-    def push_capped(self, key: str, value: bytes, cap: int, ttl: float | None) -> _Cmd:
-        check_cap(cap)
-        ms = ttl_ms(ttl) or 0
-        return _Cmd(("EVAL", _PUSH_CAPPED, 1, self.prefix + key, value, cap, ms), _as_int)
-
-    def lrange(self, key: str) -> _Cmd:
-        return _Cmd(("LRANGE", self.prefix + key, 0, -1), _as_list)
-
-    def token_bucket(self, key: str, rate: float, burst: float, now: float, cost: float) -> _Cmd:
-        ms = ttl_ms(check_bucket(rate, burst, now, cost))
-        args = (repr(float(rate)), repr(float(burst)), repr(float(now)), repr(float(cost)), ms)
-        return _Cmd(("EVAL", _TOKEN_BUCKET, 1, self.prefix + key, *args), _as_bucket)
-
-
 def _redacted(url: str) -> str:
     """The URL without its password, for error messages."""
     parts = urlsplit(url)
@@ -291,7 +317,6 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = timeout
         self._where = _redacted(url)
-        self._cmds = _Commands(prefix)
         options: dict[str, Any] = {
             "max_connections": max_connections,
             "timeout": timeout,  # waiting for a free pooled connection
@@ -330,89 +355,90 @@ class RedisStore:
             detail = str(exc) or type(exc).__name__
             raise StateUnavailable(f"Redis at {self._where}: {detail}") from exc
 
-    async def _one(self, cmd: _Cmd) -> Any:
-        if cmd.args is None:
-            return cmd.constant
-        raw = await self._guard(self._send(*cmd.args))
-        return cmd.convert(raw)
+    async def _single(self, name: str, *args: Any) -> Any:
+        """One operation: a batch of one (the same script, so both paths behave alike)."""
+        batch = _RedisBatch(self)
+        pending = getattr(batch, name)(*args)
+        await batch.execute()
+        return pending.value
 
     # -- the StateStore interface -------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        result: bytes | None = await self._one(self._cmds.get(key))
+        result: bytes | None = await self._single("get", key)
         return result
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        result: list[bytes | None] = await self._one(self._cmds.mget(keys))
+        result: list[bytes | None] = await self._single("mget", keys)
         return result
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        await self._one(self._cmds.set(key, value, ttl))
+        await self._single("set", key, value, ttl)
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
-        result: bool = await self._one(self._cmds.set_if_absent(key, value, ttl))
+        result: bool = await self._single("set_if_absent", key, value, ttl)
         return result
 
     async def getdel(self, key: str) -> bytes | None:
-        result: bytes | None = await self._one(self._cmds.getdel(key))
+        result: bytes | None = await self._single("getdel", key)
         return result
 
     async def delete(self, *keys: str) -> int:
-        result: int = await self._one(self._cmds.delete(*keys))
+        result: int = await self._single("delete", *keys)
         return result
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
-        result: int = await self._one(self._cmds.incr(key, amount, ttl))
+        result: int = await self._single("incr", key, amount, ttl)
         return result
 
     async def sadd(self, key: str, member: str, ttl: float | None = None) -> int:
-        result: int = await self._one(self._cmds.sadd(key, member, ttl))
+        result: int = await self._single("sadd", key, member, ttl)
         return result
 
     async def scard(self, key: str) -> int:
-        result: int = await self._one(self._cmds.scard(key))
+        result: int = await self._single("scard", key)
         return result
 
     async def sismember(self, key: str, member: str) -> bool:
-        result: bool = await self._one(self._cmds.sismember(key, member))
+        result: bool = await self._single("sismember", key, member)
         return result
 
     async def smembers(self, key: str) -> list[str]:
-        result: list[str] = await self._one(self._cmds.smembers(key))
+        result: list[str] = await self._single("smembers", key)
         return result
 
     async def srem(self, key: str, member: str) -> int:
-        result: int = await self._one(self._cmds.srem(key, member))
+        result: int = await self._single("srem", key, member)
         return result
 
     async def zadd_window(self, key: str, member: str, score: float, window: float) -> int:
-        result: int = await self._one(self._cmds.zadd_window(key, member, score, window))
+        result: int = await self._single("zadd_window", key, member, score, window)
         return result
 
     async def hincrby(self, key: str, field: str, amount: int = 1, ttl: float | None = None) -> int:
-        result: int = await self._one(self._cmds.hincrby(key, field, amount, ttl))
+        result: int = await self._single("hincrby", key, field, amount, ttl)
         return result
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
-        result: dict[str, bytes] = await self._one(self._cmds.hgetall(key))
+        result: dict[str, bytes] = await self._single("hgetall", key)
         return result
 
     async def push_capped(self, key: str, value: bytes, cap: int, ttl: float | None = None) -> int:
-        result: int = await self._one(self._cmds.push_capped(key, value, cap, ttl))
+        result: int = await self._single("push_capped", key, value, cap, ttl)
         return result
 
     async def lrange(self, key: str) -> list[bytes]:
-        result: list[bytes] = await self._one(self._cmds.lrange(key))
+        result: list[bytes] = await self._single("lrange", key)
         return result
 
     async def token_bucket(self, key: str, rate: float, burst: float, now: float,
                            cost: float = 1) -> tuple[bool, float]:
-        result: tuple[bool, float] = await self._one(self._cmds.token_bucket(key, rate, burst, now, cost))
+        result: tuple[bool, float] = await self._single("token_bucket", key, rate, burst, now, cost)
         return result
 
     async def publish(self, channel: str, message: bytes) -> int:
-        result: int = await self._one(_Cmd(("PUBLISH", self.prefix + channel, message), _as_int))
-        return result
+        result = await self._guard(self._send("PUBLISH", self.prefix + channel, message))
+        return int(result)
 
     async def subscribe(self, channel: str) -> Subscription:
         sub = _RedisSubscription(self, channel)
@@ -442,18 +468,45 @@ class _RedisBatch(Batch):
         self._store = store
 
     async def _run(self, ops: Sequence[Op]) -> list[Any]:
+        """The whole batch as one EVALSHA of the batch script (EVAL when Redis lacks it)."""
         store = self._store
-        cmds = [getattr(store._cmds, name)(*args) for name, args, _ in ops]
-        sent = [c for c in cmds if c.args is not None]
-        raw: list[Any] = []
-        if sent:
-            async with store._client.pipeline(transaction=False) as pipe:
-                queue = cast(Callable[..., object], pipe.execute_command)
-                for c in sent:
-                    queue(*c.args)
-                raw = await store._guard(pipe.execute())
-        replies = iter(raw)
-        return [c.constant if c.args is None else c.convert(next(replies)) for c in cmds]
+        prefix = store.prefix
+        keys: list[str] = []
+        argv: list[Any] = []
+        converters: list[Callable[[Any], Any]] = []
+        local: dict[int, Any] = {}
+        for i, (name, args, _) in enumerate(ops):
+            if (name == "delete" and not args) or (name == "mget" and not args[0]):
+                local[i] = 0 if name == "delete" else []  # known without asking Redis
+                continue
+            op_keys, op_args, convert = getattr(_ENCODER, name)(*args)
+            keys.extend(prefix + k for k in op_keys)
+            argv.append(name)
+            argv.extend(op_args)
+            converters.append(convert)
+        if not converters:
+            return [local[i] for i in range(len(ops))]
+        try:
+            raw = await store._guard(store._send("EVALSHA", _BATCH_SHA, len(keys), *keys, *argv))
+        except StateUnavailable as exc:
+            # NOSCRIPT: nothing ran (a restarted or flushed Redis); send the body once, which caches it.
+            if not isinstance(exc.__cause__, NoScriptError):
+                raise
+            raw = await store._guard(store._send("EVAL", _BATCH, len(keys), *keys, *argv))
+        replies = iter(zip(converters, raw, strict=True))
+        out = []
+        for i in range(len(ops)):
+            if i in local:
+                out.append(local[i])
+                continue
+            convert, reply = next(replies)
+            if isinstance(reply, ResponseError):
+                text = str(reply)
+                if "WRONGTYPE" in text or "not an integer" in text or "overflow" in text:
+                    raise StateTypeError(text)
+                raise StateUnavailable(f"Redis at {store._where} refused: {text}")
+            out.append(convert(reply))
+        return out
 
 
 def _client_name(channel: str) -> str:
