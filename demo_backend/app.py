@@ -26,6 +26,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import internal
 from .book import Brokerage
+from .data import CUSTOMERS
 from .errors import DemoError, invalid_order, invalid_transfer
 from .identity import HEADER, AssertionVerifier, Identity
 from .market import TICK_SECONDS, Market
@@ -34,6 +35,9 @@ from .payloads import parse_order, parse_transfer
 log = logging.getLogger("demo_backend")
 
 INTERNAL_TOKEN_HEADER = "X-Portcullis-Internal-Token"
+DEMO_PASSWORD = "portcullis-demo"
+"""The password of every demo customer at ``POST /auth/login`` (a demo: no real credentials here)."""
+_DEMO_SUBS = frozenset(c.sub for c in CUSTOMERS.values())
 MAX_BODY = 256 * 1024
 MAX_SUBSCRIPTIONS = 50
 MAX_DEBUG_DELAY = 30.0
@@ -163,6 +167,23 @@ async def post_transfer(request: web.Request) -> web.Response:
     brokerage.profile(account)
     transfer = parse_transfer(await _json_body(request, invalid_transfer))
     return web.json_response(brokerage.transfer(account, transfer), status=201)
+
+
+async def login(request: web.Request) -> web.Response:
+    """``{"username": sub, "password": ...}``: 200 for a demo customer with the demo password, else 401.
+
+    The gateway's failed-login lockout (docs/RISK.md) counts the 401s; this
+    endpoint issues no token (the demo issuer's key lives with the gateway CLI).
+    """
+    body = await _json_body(request, lambda m: DemoError(400, "invalid_login", m))
+    username = body.get("username") if isinstance(body, dict) else None
+    password = body.get("password") if isinstance(body, dict) else None
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise DemoError(400, "invalid_login", "username and password (strings) are required")
+    ok = hmac.compare_digest(password.encode("utf-8", "replace"), DEMO_PASSWORD.encode())
+    if not ok or username not in _DEMO_SUBS:
+        raise DemoError(401, "login_failed", "the username or password is wrong")
+    return web.json_response({"status": "ok", "sub": username})
 
 
 # --------------------------------------------------------------------------
@@ -296,7 +317,7 @@ async def debug_echo(request: web.Request) -> web.Response:
     )
 
 
-_UNAUTHENTICATED = frozenset({healthz, debug_slow, debug_echo})
+_UNAUTHENTICATED = frozenset({healthz, login, debug_slow, debug_echo})
 
 
 # --------------------------------------------------------------------------
@@ -344,6 +365,7 @@ def create_app(
     r.add_post("/api/accounts/{account}/orders", post_order)
     r.add_delete("/api/accounts/{account}/orders/{order_id}", delete_order)
     r.add_post("/api/accounts/{account}/transfers", post_transfer)
+    r.add_post("/auth/login", login)
     if internal_token:
         internal.add_routes(app, market, app[BROKERAGE])
     if debug_routes:

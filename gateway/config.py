@@ -66,6 +66,43 @@ class IssuerConfig:
     jwks_min_refetch_interval: float = 30.0
 
 
+RateLimitBy = Literal["route", "account", "ip"]
+RATE_LIMIT_BY: tuple[str, ...] = ("route", "account", "ip")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One token bucket of a route (gateway/steps/rate_limit.py): ``burst`` requests at once,
+    refilled at ``rate`` a second, per route (all callers), per account or per client IP."""
+
+    by: RateLimitBy
+    rate: float
+    """Tokens a second (the configuration's ``rate`` / ``per``)."""
+    burst: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoginLockoutConfig:
+    """The failed-login lockout (docs/RISK.md "Rate limits and lockout"): ``max_failures`` failed
+    logins for one account from one client IP within ``window`` seconds lock that IP out of that
+    account for ``lock_time`` seconds."""
+
+    max_failures: int = 5
+    window: float = 900.0
+    lock_time: float = 900.0
+    failure_statuses: tuple[int, ...] = (401, 403)
+    """Upstream answers to a login route that count as a failed login."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitsConfig:
+    default: tuple[RateLimit, ...] = ()
+    """The buckets of routes without their own ``rate_limits``."""
+    fallback_size: int = 100_000
+    """Buckets (and lockouts) one process keeps for when the state store cannot answer."""
+    login: LoginLockoutConfig = field(default_factory=LoginLockoutConfig)
+
+
 @dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
@@ -85,6 +122,13 @@ class RouteConfig:
     body_kind: BodyKind | None = None
     """What the policy input calls the request: an `order` (body), a `cancel`
     (the `{order_id}` path parameter) or a `transfer` (body); None for others."""
+    rate_limits: tuple[RateLimit, ...] = ()
+    login: bool = False
+    """A login route: failed answers count towards the lockout (``[rate_limits.login]``)."""
+    login_field: str | None = None
+    """The JSON body member naming the account that logs in (login routes)."""
+    login_param: str | None = None
+    """Or the path parameter naming it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +333,7 @@ class Config:
     policy_admin: PolicyAdminConfig = field(default_factory=PolicyAdminConfig)
     dpop: DpopConfig = field(default_factory=DpopConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     customer_settings: CustomerSettingsConfig = field(default_factory=CustomerSettingsConfig)
 
 
@@ -446,7 +491,55 @@ _DEFAULT_BODY_LIMIT = {"public": 64 * 1024, "read": 64 * 1024, "trade": 64 * 102
                        "transfer": 64 * 1024, "admin": 1024 * 1024}
 
 
-def _route(t: _Table, upstreams: dict[str, UpstreamConfig]) -> RouteConfig:
+def _limits(t: _Table, name: str, *, account: bool) -> tuple[RateLimit, ...]:
+    """An array of buckets: ``{by = "ip", rate = 10, per = 1, burst = 20}`` (per and burst optional)."""
+    from gateway.state.base import check_bucket  # here: gateway.state imports this module
+
+    limits = []
+    for lt in _items(t, name):
+        by = _choice(lt, "by", RATE_LIMIT_BY)
+        if by == "account" and not account:
+            raise ConfigError(f"{lt.key('by')}: this route names no account (an unauthenticated route"
+                              " needs login = true with login_field or login_param)")
+        rate = _number(lt, "rate", minimum=0.0)
+        per = _number(lt, "per", 1.0, minimum=0.0)
+        burst = _number(lt, "burst", max(rate, 1.0), minimum=1.0)
+        if rate <= 0 or per <= 0:
+            raise ConfigError(f"{lt.key('rate')}: rate and per must be positive (got {rate:g} per {per:g} s)")
+        try:
+            check_bucket(rate / per, burst, 0.0, 1)
+        except ValueError as exc:
+            raise ConfigError(f"{lt.key('rate')}: {exc}") from None
+        limits.append(RateLimit(by=by, rate=rate / per, burst=burst))  # type: ignore[arg-type]
+        lt.finish()
+    return tuple(limits)
+
+
+def _rate_limits(t: _Table) -> RateLimitsConfig:
+    lt = t.sub("login")
+    statuses = lt.get("failure_statuses", list, [401, 403])
+    if not statuses or not all(isinstance(v, int) and not isinstance(v, bool) and 400 <= v <= 599
+                               for v in statuses):
+        raise ConfigError(f"{lt.key('failure_statuses')}: a list of HTTP error statuses (400-599)")
+    login = LoginLockoutConfig(
+        max_failures=_int(lt, "max_failures", 5, 1, 1000),
+        window=_number(lt, "window", 900.0, minimum=1.0),
+        lock_time=_number(lt, "lock_time", 900.0, minimum=1.0),
+        failure_statuses=tuple(statuses),
+    )
+    for key in ("window", "lock_time"):
+        if getattr(login, key) > 30 * 86_400:
+            raise ConfigError(f"{lt.key(key)}: at most 30 days (got {getattr(login, key):g} seconds)")
+    lt.finish()
+    # The default applies to every route, unauthenticated ones too: no account buckets there.
+    cfg = RateLimitsConfig(default=_limits(t, "default", account=False),
+                           fallback_size=_int(t, "fallback_size", 100_000, 1, 10_000_000), login=login)
+    t.finish()
+    return cfg
+
+
+def _route(t: _Table, upstreams: dict[str, UpstreamConfig],
+           limits: RateLimitsConfig | None = None) -> RouteConfig:
     tier = _choice(t, "tier", TIERS)
     path = t.get("path", str)
     _validate_path_pattern(path, t.key("path"))
@@ -473,6 +566,24 @@ def _route(t: _Table, upstreams: dict[str, UpstreamConfig]) -> RouteConfig:
         raise ConfigError(f"{t.key('body_kind')}: only trade and transfer routes carry orders or transfers")
     if body_kind == "cancel" and "{order_id}" not in path:
         raise ConfigError(f"{t.key('body_kind')}: a cancel route needs an {{order_id}} parameter in its path")
+    login = t.get("login", bool, False)
+    login_field = t.get("login_field", str, None)
+    login_param = t.get("login_param", str, None)
+    if login:
+        if tier != "public":
+            raise ConfigError(f"{t.key('login')}: login routes are public (the caller is not authenticated yet)")
+        if (login_field is None) == (login_param is None):
+            raise ConfigError(f"{t.key('login_field')}: a login route names its account with exactly one of"
+                              " login_field (a JSON body member) or login_param (a path parameter)")
+        if login_param is not None and "{" + login_param + "}" not in path:
+            raise ConfigError(f"{t.key('login_param')}: {login_param!r} is not a parameter of {path!r}")
+    elif login_field is not None or login_param is not None:
+        raise ConfigError(f"{t.key('login')}: login_field and login_param need login = true")
+    if "rate_limits" in t.data:
+        rate_limits = _limits(t, "rate_limits", account=tier != "public" or login)
+    else:
+        rate_limits = limits.default if limits is not None else ()
+    t.used.add("rate_limits")
     rc = RouteConfig(
         name=t.get("name", str, f"{methods[0]} {path}"),
         methods=methods,
@@ -489,6 +600,10 @@ def _route(t: _Table, upstreams: dict[str, UpstreamConfig]) -> RouteConfig:
         json_body=t.get("json_body", bool, tier in GUARDED_TIERS),
         roles=_strs(t, "roles", []),
         body_kind=body_kind,  # type: ignore[arg-type]
+        rate_limits=rate_limits,
+        login=login,
+        login_field=login_field,
+        login_param=login_param,
     )
     t.used.update({"connect_timeout", "read_timeout", "body_kind"})
     t.finish()
@@ -587,7 +702,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         u.finish()
     ups_t.finish()
 
-    routes = tuple(_route(rt, upstreams) for rt in _items(top, "routes"))
+    rate_limits = _rate_limits(top.sub("rate_limits"))
+    routes = tuple(_route(rt, upstreams, rate_limits) for rt in _items(top, "routes"))
     if settings.security and routes and not issuers:
         raise ConfigError("issuers: at least one issuer is required when gateway.security is on")
 
@@ -658,6 +774,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         policy_admin=policy_admin,
         dpop=dpop,
         risk=risk,
+        rate_limits=rate_limits,
         customer_settings=customer_settings,
     )
 

@@ -63,6 +63,8 @@ class RequestContext:
     """State-store operations queued for the request's state round (gateway/steps/state_round.py)."""
     round_checks: list[Callable[[RequestContext], None]] | None = None
     """Checks run once the state round has run; they read the batch's results."""
+    login_account: str | None = None
+    """On a login route: the account logging in, normalised (gateway/steps/rate_limit.py)."""
     request: Any = None
     response: Any = None
     upstream_seconds: float | None = None

@@ -31,6 +31,7 @@ Tree (status: codes)::
     ├── 415 media type .......... unsupported_media_type
     ├── 422 unprocessable ....... bundle_invalid
     ├── 428 precondition ........ confirmation_required
+    ├── 429 too many requests ... rate_limited, login_locked (with Retry-After)
     ├── 502 bad gateway ......... upstream_unreachable, upstream_bad_response,
     │                             response_unmaskable
     ├── 503 unavailable ......... state_unavailable, audit_unavailable,
@@ -111,6 +112,12 @@ UNSUPPORTED_MEDIA_TYPE = _kind(
 UPSTREAM_UNREACHABLE = _kind("upstream_unreachable", 502, "the upstream could not be reached")
 UPSTREAM_BAD_RESPONSE = _kind(
     "upstream_bad_response", 502, "the upstream sent an invalid response"
+)
+# Rate limits and the failed-login lockout (gateway/steps/rate_limit.py); both carry Retry-After.
+RATE_LIMITED = _kind("rate_limited", 429, "too many requests: retry after the time in Retry-After")
+LOGIN_LOCKED = _kind(
+    "login_locked", 429,
+    "too many failed logins for this account from this address: retry after the time in Retry-After",
 )
 STATE_UNAVAILABLE = _kind("state_unavailable", 503, "the state store is unavailable")
 AUDIT_UNAVAILABLE = _kind("audit_unavailable", 503, "the audit trail is unavailable")

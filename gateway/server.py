@@ -55,6 +55,7 @@ from gateway.steps.decrypt import Decrypt
 from gateway.steps.facts import FetchFacts
 from gateway.steps.judge import Decide, Score, StepUpChallenge
 from gateway.steps.obligations import MaskResponse, Obligations, RefuseFrozen
+from gateway.steps.rate_limit import LocalBuckets, Lockouts, LoginAttempt, LoginOutcome, RateLimits
 from gateway.steps.risk import Learn, RiskState
 from gateway.steps.state_round import StateRound
 
@@ -203,8 +204,12 @@ class Gateway:
                           strip_credentials=True, request_id_header=self._rid_header,
                           body_timeout=g.body_timeout, header_hooks=(self._identity_headers,))
         read_body = ReadBody(g.body_timeout)
+        limits = self.config.rate_limits
+        self.rate_limit = rate_limit = RateLimits(self.state, LocalBuckets(limits.fallback_size))
+        self.lockouts = Lockouts(limits, self.state, self.risk)
         guarded: list[Step] = [
-            Authenticate(self.verifier, self.device_proofs), RequireRole(), BindAccount(), RiskState(self.risk),
+            Authenticate(self.verifier, self.device_proofs), RequireRole(), BindAccount(), rate_limit,
+            RiskState(self.risk),
             StateRound(), read_body, Decrypt(),
             FetchFacts(self.providers, self.state,
                        read_account_facts=self.config.providers is None
@@ -223,7 +228,9 @@ class Gateway:
             self._settings_pipeline = Pipeline([
                 Authenticate(self.verifier, self.device_proofs), RequireRole(), StateRound(), read_body,
                 CustomerSettingsEndpoint(cs, self.settings, self.notifier, self._auditor)])
-        return {"public": Pipeline([read_body, forward]), "read": full, "trade": full,
+        public = Pipeline([LoginAttempt(self.lockouts, g.body_timeout), rate_limit, StateRound(), read_body,
+                           forward, LoginOutcome(self.lockouts)])
+        return {"public": public, "read": full, "trade": full,
                 "transfer": full, "admin": full}
 
     def _identity_headers(self, ctx: RequestContext, headers: dict[str, str]) -> None:
@@ -301,9 +308,11 @@ class Gateway:
     def _error(self, exc: GatewayError, rid: str, ctx: RequestContext | None,
                started: float) -> web.Response:
         if ctx is not None:
-            if ctx.subject is not None or ctx.route.tier != "public":
+            if ctx.subject is not None or ctx.route.tier != "public" or ctx.route.login:
                 record = base_record(ctx, "denial")
                 record.update({"decision": "deny", "code": exc.code, "status": exc.status})
+                if ctx.route.login:
+                    record["login"] = ctx.login_account
                 self._auditor.queue(record)
             self._finish(ctx, exc.status, exc.code, started)
         else:
@@ -317,12 +326,13 @@ class Gateway:
         d = ctx.decision
         self.metrics.observe_request(route, tier, outcome, status, total - (up or 0.0), up,
                                      None if d is None else ("allow" if d.allow else "deny"))
-        if outcome == "ok" and self._security and tier != "public":
+        if outcome == "ok" and self._security and (tier != "public" or ctx.route.login):
             self._auditor.queue({
                 "type": "outcome", "time": time.time(), "request_id": ctx.request_id,
                 "route": route, "status": status,
                 "upstream_us": int(up * 1e6) if up is not None else None,
                 "gateway_us": int((total - (up or 0.0)) * 1e6),
+                **({"client_ip": ctx.client_ip, "login": ctx.login_account} if ctx.route.login else {}),
             })
         if self.access_log is not None:
             self.access_log.request(ctx.request_id, ctx.method, route, status, outcome, ctx.client_ip,
