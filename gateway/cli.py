@@ -1,4 +1,4 @@
-"""The `portcullis` command: serve, demo, token, device-key, dpop-proof, bench."""
+"""The `portcullis` command: serve, demo, token, device-key, dpop-proof, bench, policy, risk."""
 
 from __future__ import annotations
 
@@ -233,6 +233,31 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return policy_check(Path(args.dir), verbose=args.verbose, bound=bound)
 
 
+def cmd_risk_eval(args: argparse.Namespace) -> int:
+    # The generator and the evaluation live in loadtests/ (a checkout's, not the installed package's);
+    # imported by name so that nothing here pulls in locust or the load-test tools.
+    import importlib
+    import json
+
+    sys.path.insert(0, str(REPO_ROOT / "loadtests"))
+    try:
+        risk_eval = importlib.import_module("risk_eval")
+    except ImportError as exc:
+        print(f"portcullis: risk eval needs the checkout's loadtests/ ({exc})", file=sys.stderr)
+        return 2
+    seeds = args.seeds or list(risk_eval.HELD_OUT_SEEDS)
+    tune_seeds = args.tune_seeds or list(risk_eval.TUNE_SEEDS)
+    scale = {k: v for k, v in (("customers", args.customers), ("warmup_days", args.warmup_days),
+                               ("eval_days", args.eval_days)) if v is not None}
+    try:
+        result = risk_eval.evaluate(seeds, tune_seeds=tune_seeds, config=risk_eval.TrafficConfig(**scale))
+    except ValueError as exc:
+        print(f"portcullis: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, separators=(",", ":")))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="portcullis", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -300,6 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--bound-ms", type=float, default=None,
                     help="time bound per evaluation in ms (default: the engine's budget, 50 ms)")
     pc.set_defaults(func=cmd_policy_check)
+
+    risk = sub.add_parser("risk", help="evaluate the risk engine")
+    risk_sub = risk.add_subparsers(dest="risk_command", required=True)
+    re_ = risk_sub.add_parser("eval", help="detection per attack scenario and legitimate step-ups on synthetic "
+                                           "traffic (held-out seeds), as one JSON line")
+    re_.add_argument("--seeds", type=int, nargs="+", help="held-out seeds to report on (default: 101 102 103)")
+    re_.add_argument("--tune-seeds", type=int, nargs="+",
+                     help="seeds used for tuning, refused as report seeds (default: 1 2 3 4)")
+    re_.add_argument("--customers", type=int, help="legitimate customers per seed (default 300)")
+    re_.add_argument("--warmup-days", type=int, help="days of learning before the scored window (default 12)")
+    re_.add_argument("--eval-days", type=int, help="days scored (default 7)")
+    re_.set_defaults(func=cmd_risk_eval)
     return p
 
 
