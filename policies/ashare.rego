@@ -81,6 +81,38 @@ applies := true if {
 }
 
 # ---------------------------------------------------------------------------
+# The usual order: one guard for the denials below
+# ---------------------------------------------------------------------------
+
+# The denials of this package are written as `order_deny` (except
+# insufficient_sellable, a sell-only check that a buy stops at once) and
+# reach `deny` only when `order_checks_hold` is not true. It lists, one line
+# each, the positive checks those denials test: every `order_deny` rule has a
+# condition that is the negation of one line here (`not lot_ok` against
+# `lot_ok`, `is_object(input.cancel)` against `not is_object(input.cancel)`),
+# so while every line holds no `order_deny` rule can fire and the Rvm skips
+# the whole group (~10 rule bodies) on a usual order. A new order_deny rule
+# needs its check here too: tests/test_policy_guards.py fails otherwise. A
+# rule written as `deny contains` is always evaluated.
+order_checks_hold if {
+	not is_object(input.cancel)
+	not input.order.type == "market"
+	market_open
+	order_shape_ok
+	instrument_ok
+	is_number(price_ticks)
+	lot_ok
+	size_ok
+	band_ok
+	cage_ok
+}
+
+deny contains d if {
+	not order_checks_hold
+	some d in order_deny
+}
+
+# ---------------------------------------------------------------------------
 # Clock and sessions
 # ---------------------------------------------------------------------------
 
@@ -151,13 +183,13 @@ cancel_window_ok if {
 }
 
 # RULES.md (Sessions): orders and cancels only during a session on a trading day.
-deny contains {"code": "market_closed", "message": "The A-share market is not open for orders or cancels at this time (sessions 09:15-09:25, 09:30-11:30, 13:00-15:00 on trading days)."} if {
+order_deny contains {"code": "market_closed", "message": "The A-share market is not open for orders or cancels at this time (sessions 09:15-09:25, 09:30-11:30, 13:00-15:00 on trading days)."} if {
 	not market_open
 	applies
 }
 
 # RULES.md: "No cancels 9:20-9:25 and 14:57-15:00."
-deny contains {"code": "cancel_window_closed", "message": "Cancels are not accepted from 09:20 to 09:25 and from 14:57 to 15:00."} if {
+order_deny contains {"code": "cancel_window_closed", "message": "Cancels are not accepted from 09:20 to 09:25 and from 14:57 to 15:00."} if {
 	is_object(input.cancel) # (in applies_cancel: an order stops here without calling it)
 	applies_cancel
 	market_open
@@ -165,7 +197,7 @@ deny contains {"code": "cancel_window_closed", "message": "Cancels are not accep
 }
 
 # RULES.md: "Market orders only in continuous trading."
-deny contains {"code": "market_order_not_allowed_now", "message": "Market orders are accepted only during continuous trading (09:30-11:30 and 13:00-14:57)."} if {
+order_deny contains {"code": "market_order_not_allowed_now", "message": "Market orders are accepted only during continuous trading (09:30-11:30 and 13:00-14:57)."} if {
 	input.order.type == "market"
 	applies_order
 	not continuous_now
@@ -191,7 +223,7 @@ order_shape_ok if {
 
 # Order types (input document v1): side buy|sell, type limit|market, a
 # positive whole quantity.
-deny contains {"code": "invalid_order", "message": "An order needs side buy or sell, type limit or market, and a positive whole number of shares."} if {
+order_deny contains {"code": "invalid_order", "message": "An order needs side buy or sell, type limit or market, and a positive whole number of shares."} if {
 	not order_shape_ok
 	applies_order
 }
@@ -222,7 +254,7 @@ instrument_ok if {
 	is_number(prev_close)
 }
 
-deny contains {"code": "invalid_instrument", "message": "The instrument's reference data is incomplete or names an unknown board (main, star or chinext)."} if {
+order_deny contains {"code": "invalid_instrument", "message": "The instrument's reference data is incomplete or names an unknown board (main, star or chinext)."} if {
 	not instrument_ok
 	applies_order
 }
@@ -242,7 +274,7 @@ price_ticks := n if {
 }
 
 # Limit orders need a positive price that is a multiple of the tick size.
-deny contains {"code": "invalid_order", "message": "A limit order needs a positive price that is a multiple of the tick size."} if {
+order_deny contains {"code": "invalid_order", "message": "A limit order needs a positive price that is a multiple of the tick size."} if {
 	input.order.type == "limit"
 	not is_number(price_ticks)
 	applies_order
@@ -315,7 +347,7 @@ lot_ok if {
 	qty == s
 }
 
-deny contains {"code": "lot_size", "message": "The quantity does not fit the board's lot rules (main board and ChiNext: buys in multiples of 100, an odd remainder sold in one order; STAR: at least 200 shares)."} if {
+order_deny contains {"code": "lot_size", "message": "The quantity does not fit the board's lot rules (main board and ChiNext: buys in multiples of 100, an odd remainder sold in one order; STAR: at least 200 shares)."} if {
 	not lot_ok
 	applies_order
 	order_shape_ok
@@ -331,7 +363,7 @@ size_ok if {
 	qty <= m
 }
 
-deny contains {"code": "order_too_large", "message": "The quantity is above the per-order maximum for this board and order type."} if {
+order_deny contains {"code": "order_too_large", "message": "The quantity is above the per-order maximum for this board and order type."} if {
 	not size_ok
 	applies_order
 	order_shape_ok
@@ -373,7 +405,7 @@ band_ok if {
 }
 
 # Market orders carry no price and are not checked against the band here.
-deny contains {"code": "price_outside_band", "message": "The limit price is outside the daily price band around the previous close."} if {
+order_deny contains {"code": "price_outside_band", "message": "The limit price is outside the daily price band around the previous close."} if {
 	input.order.type == "limit"
 	not band_ok
 	applies_order
@@ -519,7 +551,7 @@ cage_ok if {
 	price_ticks >= round(reference / tick) - ticks
 }
 
-deny contains {"code": "price_cage", "message": "During continuous trading a limit price must stay within the price cage: buys at most 2% (or 10 ticks) above the best ask, sells at most 2% (or 10 ticks) below the best bid."} if {
+order_deny contains {"code": "price_cage", "message": "During continuous trading a limit price must stay within the price cage: buys at most 2% (or 10 ticks) above the best ask, sells at most 2% (or 10 ticks) below the best bid."} if {
 	input.order.type == "limit"
 	not cage_ok
 	continuous_now

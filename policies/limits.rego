@@ -42,6 +42,44 @@ is_buy if {
 	input.order.side == "buy"
 }
 
+# --- the usual order: one guard for the order's denials and step-ups --------------
+
+# The order's denials and step-ups below are written as `order_deny` and
+# `order_step_up` and reach `deny` and `step_up` only when
+# `order_checks_hold` is not true. It lists, one line each, the positive
+# checks they test: every `order_deny` and `order_step_up` rule has a
+# condition that is the negation of one line here (`not symbol_ok` against
+# `symbol_ok`; `input.restricted.symbol == true` and
+# `not is_boolean(input.restricted.symbol)` against
+# `input.restricted.symbol == false`), so while every line holds none of them
+# can fire and the Rvm skips the whole group on a usual order. A new order
+# rule in the group needs its check here too (tests/test_policy_guards.py
+# fails otherwise); a rule written as `deny contains` is always evaluated.
+order_checks_hold if {
+	order_shape_ok
+	is_object(input.instrument)
+	is_number(notional)
+	symbol_ok
+	limit_facts_ok
+	is_number(input.account.buying_power)
+	notional <= input.account.buying_power
+	input.restricted.symbol == false
+	input.restricted.person == false
+	input.counters.duplicate_client_order_id == false
+	single_trade_ok
+	daily_ok
+}
+
+deny contains d if {
+	not order_checks_hold
+	some d in order_deny
+}
+
+step_up contains r if {
+	not order_checks_hold
+	some r in order_step_up
+}
+
 # --- the order itself ----------------------------------------------------------
 
 order_shape_ok if {
@@ -51,13 +89,13 @@ order_shape_ok if {
 	input.order.qty > 0
 }
 
-deny contains {"code": "invalid_order", "message": "The order needs a valid side, type and a positive quantity."} if {
+order_deny contains {"code": "invalid_order", "message": "The order needs a valid side, type and a positive quantity."} if {
 	not order_shape_ok
 	order_present
 }
 
 # docs/POLICIES.md: instrument is null for a symbol not in the reference data.
-deny contains {"code": "unknown_symbol", "message": "The symbol is not in the reference data."} if {
+order_deny contains {"code": "unknown_symbol", "message": "The symbol is not in the reference data."} if {
 	not is_object(input.instrument)
 	order_present
 }
@@ -91,7 +129,7 @@ notional := round((input.order.qty * p) * 100) / 100 if {
 	order_shape_ok
 }
 
-deny contains {"code": "price_unavailable", "message": "The order has no valid price or market quote."} if {
+order_deny contains {"code": "price_unavailable", "message": "The order has no valid price or market quote."} if {
 	not is_number(notional)
 	order_present
 	order_shape_ok
@@ -103,7 +141,7 @@ symbol_ok if {
 	input.order.symbol == input.instrument.symbol
 }
 
-deny contains {"code": "instrument_mismatch", "message": "The reference data does not match the ordered symbol."} if {
+order_deny contains {"code": "instrument_mismatch", "message": "The reference data does not match the ordered symbol."} if {
 	is_object(input.order) # (in order_present: a transfer stops here)
 	not symbol_ok
 	order_present
@@ -121,7 +159,7 @@ order_ok if {
 # A number or null: `type_name(x) in {"number", "null"}`, one builtin call and
 # a literal (a function with two definitions, or a rule holding the set,
 # costs the Rvm more).
-deny contains {"code": "account_facts_unavailable", "message": "The account's limits are missing or invalid."} if {
+order_deny contains {"code": "account_facts_unavailable", "message": "The account's limits are missing or invalid."} if {
 	is_object(input.order) # (in order_present: a transfer stops here)
 	not limit_facts_ok
 	order_present
@@ -148,7 +186,7 @@ single_trade_ok if {
 
 single_trade_ok if input.account.single_trade_limit == null
 
-step_up contains {
+order_step_up contains {
 	"acr": data.limits.notional_step_up_acr,
 	"reason": "single_trade_limit",
 	"max_age": data.limits.notional_step_up_max_age_s,
@@ -170,7 +208,7 @@ daily_ok if {
 
 daily_ok if input.account.daily_limit == null
 
-step_up contains {
+order_step_up contains {
 	"acr": data.limits.notional_step_up_acr,
 	"reason": "daily_limit",
 	"max_age": data.limits.notional_step_up_max_age_s,
@@ -187,53 +225,53 @@ step_up contains {
 # below, one per condition).
 # Two definitions: a buying power that is not a number (it is also
 # account_facts_unavailable below), or a notional above it.
-deny contains {"code": "insufficient_buying_power", "message": "The order exceeds your buying power."} if {
+order_deny contains {"code": "insufficient_buying_power", "message": "The order exceeds your buying power."} if {
 	not is_number(input.account.buying_power)
 	is_buy
 	is_number(notional)
 }
 
-deny contains {"code": "insufficient_buying_power", "message": "The order exceeds your buying power."} if {
+order_deny contains {"code": "insufficient_buying_power", "message": "The order exceeds your buying power."} if {
 	is_object(input.order) # (in is_buy: a transfer stops here)
 	not notional <= input.account.buying_power
 	is_buy
 	is_number(notional)
 }
 
-deny contains {"code": "account_facts_unavailable", "message": "The account's limits are missing or invalid."} if {
+order_deny contains {"code": "account_facts_unavailable", "message": "The account's limits are missing or invalid."} if {
 	not is_number(input.account.buying_power)
 	is_buy
 }
 
 # RULES.md United States: "restricted securities and persons".
-deny contains {"code": "restricted_security", "message": "This security is on the restricted list."} if {
+order_deny contains {"code": "restricted_security", "message": "This security is on the restricted list."} if {
 	input.restricted.symbol == true
 	order_present
 }
 
-deny contains {"code": "restricted_person", "message": "You are restricted from trading."} if {
+order_deny contains {"code": "restricted_person", "message": "You are restricted from trading."} if {
 	input.restricted.person == true
 	order_present
 }
 
 # Both lists must be booleans: one definition per list (the same denial).
-deny contains {"code": "restricted_list_unavailable", "message": "The restricted lists could not be checked."} if {
+order_deny contains {"code": "restricted_list_unavailable", "message": "The restricted lists could not be checked."} if {
 	not is_boolean(input.restricted.symbol)
 	order_present
 }
 
-deny contains {"code": "restricted_list_unavailable", "message": "The restricted lists could not be checked."} if {
+order_deny contains {"code": "restricted_list_unavailable", "message": "The restricted lists could not be checked."} if {
 	not is_boolean(input.restricted.person)
 	order_present
 }
 
 # RULES.md United States: "duplicate-order rejection".
-deny contains {"code": "duplicate_order", "message": "An order with this client order id was already placed."} if {
+order_deny contains {"code": "duplicate_order", "message": "An order with this client order id was already placed."} if {
 	input.counters.duplicate_client_order_id == true
 	order_present
 }
 
-deny contains {"code": "counters_unavailable", "message": "The order counters could not be checked."} if {
+order_deny contains {"code": "counters_unavailable", "message": "The order counters could not be checked."} if {
 	not is_boolean(input.counters.duplicate_client_order_id)
 	order_present
 }

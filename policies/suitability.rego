@@ -29,6 +29,32 @@ applies := true if {
 # plain-allow branch answer without collecting).
 default step_up := set()
 
+# --- the usual buy: one guard for the denials below ------------------------------
+
+# The denials of this package are written as `buy_deny` and reach `deny`
+# only when `buy_checks_hold` is not true. It lists, one line each, the
+# positive checks they test: every `buy_deny` rule has a condition that is
+# the negation of one line here (`not levels_known` against `levels_known`;
+# `input.account.lowest_category == true` and
+# `not is_boolean(input.account.lowest_category)` against
+# `input.account.lowest_category == false`), so while every line holds none
+# of them can fire and the Rvm skips the whole group on a usual buy (a STAR
+# or Connect buy, or one above the investor's level, takes the full path). A
+# new rule in the group needs its check here too (tests/test_policy_guards.py
+# fails otherwise); a rule written as `deny contains` is always evaluated.
+buy_checks_hold if {
+	levels_known
+	input.account.lowest_category == false
+	not data.suitability.product_levels[input.instrument.risk_level] > data.suitability.investor_levels[input.account.investor_level]
+	not input.instrument.board == data.suitability.star.board
+	not input.instrument.market == data.suitability.hk_connect.market
+}
+
+deny contains d if {
+	not buy_checks_hold
+	some d in buy_deny
+}
+
 # The investor's level (data.suitability.investor_levels[input.account.investor_level])
 # and the product's (data.suitability.product_levels[input.instrument.risk_level]),
 # read in place in the three rules below (a rule for each would cost a call).
@@ -37,12 +63,12 @@ levels_known if {
 	is_number(data.suitability.product_levels[input.instrument.risk_level])
 }
 
-deny contains {"code": "suitability_unknown", "message": "The investor category or the product risk level is unknown."} if {
+buy_deny contains {"code": "suitability_unknown", "message": "The investor category or the product risk level is unknown."} if {
 	not levels_known
 	is_buy
 }
 
-deny contains {"code": "suitability_facts_unavailable", "message": "The investor's suitability facts are missing or invalid."} if {
+buy_deny contains {"code": "suitability_facts_unavailable", "message": "The investor's suitability facts are missing or invalid."} if {
 	not is_boolean(input.account.lowest_category)
 	is_buy
 }
@@ -64,7 +90,7 @@ obligation contains {"require_confirmation": true} if {
 	input.account.lowest_category == false
 }
 
-deny contains {"code": "risk_warning_required", "message": "This product is above your risk level: acknowledge the risk warning first."} if {
+buy_deny contains {"code": "risk_warning_required", "message": "This product is above your risk level: acknowledge the risk warning first."} if {
 	levels_known
 	data.suitability.product_levels[input.instrument.risk_level] > data.suitability.investor_levels[input.account.investor_level]
 	is_buy
@@ -81,7 +107,7 @@ lowest_within_limit if {
 	data.suitability.product_levels[input.instrument.risk_level] <= max_level
 }
 
-deny contains {"code": "suitability_lowest_category", "message": "Investors in the lowest category may not buy this product."} if {
+buy_deny contains {"code": "suitability_lowest_category", "message": "Investors in the lowest category may not buy this product."} if {
 	input.account.lowest_category == true
 	is_buy
 	not lowest_within_limit
@@ -100,7 +126,7 @@ star_ok if {
 	input.account.trading_months >= data.suitability.star.min_trading_months
 }
 
-deny contains {"code": "star_not_eligible", "message": "STAR market buys need the required assets and trading experience."} if {
+buy_deny contains {"code": "star_not_eligible", "message": "STAR market buys need the required assets and trading experience."} if {
 	input.instrument.board == data.suitability.star.board
 	input.instrument.market == data.suitability.star.market
 	is_buy
@@ -117,7 +143,7 @@ hk_connect_ok if {
 	input.account.assets_cny >= data.suitability.hk_connect.min_assets_cny
 }
 
-deny contains {"code": "hk_connect_not_eligible", "message": "Hong Kong Stock Connect buys need the required assets."} if {
+buy_deny contains {"code": "hk_connect_not_eligible", "message": "Hong Kong Stock Connect buys need the required assets."} if {
 	input.instrument.market == data.suitability.hk_connect.market
 	is_buy
 	not hk_connect_ok
