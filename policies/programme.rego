@@ -55,3 +55,18 @@ obligation contains {"alert": data.programme.alert_message} if {
 	not below_thresholds
 	input.request.tier == "trade"
 }
+
+# RULES.md China A-shares: "frequent cancels within 1 s with a high daily cancel
+# ratio" are abnormal. Cancelling at that pace with nearly every order of the
+# day cancelled is layering or spoofing, or a runaway bot: the account is
+# frozen at once in every gateway process (obligation freeze_account; the
+# cancel that tipped it is refused too) and compliance is alerted. Thresholds:
+# data/programme.json (the exchanges do not publish theirs).
+obligation contains {"freeze_account": true, "alert": data.programme.cancel_burst_alert} if {
+	is_object(input.cancel)
+	c := input.counters
+	p := data.programme
+	c.actions_last_second >= p.cancel_burst_actions_per_second
+	c.cancels_today >= p.cancel_burst_min_cancels
+	c.cancels_today >= p.cancel_burst_ratio * c.orders_today
+}

@@ -68,3 +68,27 @@ test_read_not_flagged if {
 	codes(inp) == set()
 	obligations(inp) == set()
 }
+
+# --- cancel bursts: freeze and alert ----------------------------------------
+
+freeze := {{"freeze_account": true, "alert": "cancel burst: account frozen"}}
+
+burst(per_second, cancels, orders) := with_counters(cancel_input, {
+	"actions_last_second": per_second, "cancels_today": cancels, "orders_today": orders,
+})
+
+test_cancel_burst_freezes if {
+	obligations(burst(20, 50, 55)) == freeze
+}
+
+test_cancel_burst_boundaries if {
+	obligations(burst(19, 50, 55)) == set()  # slower than 20 a second
+	obligations(burst(20, 49, 50)) == set()  # fewer than 50 cancels today
+	obligations(burst(20, 50, 56)) == set()  # 50 of 56 orders cancelled: below 90%
+	obligations(burst(20, 90, 100)) == freeze # exactly 90%
+}
+
+test_cancel_burst_only_on_cancels if {
+	inp := with_counters(base_input, {"actions_last_second": 20, "cancels_today": 50, "orders_today": 55})
+	obligations(inp) == set()
+}

@@ -82,3 +82,31 @@ async def test_the_gateway_recovers_by_itself_when_redis_returns(tmp_path: Path,
     decisions = list(_decisions(tmp_path).values())
     degraded = [r for r in decisions if r["route"] == "quotes" and "state_unavailable" in r["degraded"]]
     assert len(degraded) == 1 and "state_unavailable" in degraded[0]["risk_factors"]
+
+
+async def test_the_broker_bundle_acts_on_the_risk_engine(tmp_path: Path) -> None:
+    """The real bundle and the real demo facts: a transfer to the bank account alice linked two days
+    ago asks for a face check; the same transfer to her old account asks for nothing more from a
+    fresh strong authentication; the step-up challenge names the factors as codes."""
+    from harness import routes_with_body_kinds
+
+    from gateway.policy.rego import RegoPolicy
+
+    bundle = RegoPolicy.from_directory(Path(__file__).resolve().parent.parent / "policies")
+    transfer = {"direction": "out", "amount": 100.0, "currency": "CNY"}
+    async with run_stack(tmp_path, internal_token="risk-facts", routes=routes_with_body_kinds(),
+                         gateway_kwargs={"policy": bundle}) as st, aiohttp.ClientSession() as s:
+        fresh_mfa = st.auth(acr="urn:portcullis:acr:mfa", amr=("pwd", "otp"))
+
+        async def send(bank: str) -> tuple[int, Any]:
+            async with s.post(st.url + "/api/accounts/A1/transfers", headers=fresh_mfa,
+                              json={**transfer, "bank_account_id": bank}) as r:
+                return r.status, await r.json()
+
+        new_bank = await send("bank-a1-2")
+        old_bank = await send("bank-a1-1")
+    status, body = new_bank
+    assert (status, body["error"]) == (401, "insufficient_user_authentication"), body
+    assert body["acr_values"] == "urn:portcullis:acr:face" and body["methods"] == ["face"]
+    assert "new_bank_account_transfer" in body["reasons"] and "new_bank_account_transfer" in body["risk_factors"]
+    assert old_bank[0] == 201, old_bank  # medium (just logged in, no device proof): the fresh MFA suffices
