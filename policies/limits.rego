@@ -71,11 +71,13 @@ order_checks_hold if {
 }
 
 deny contains d if {
+	is_object(input.order) # (every rule of the group needs it: a transfer stops here)
 	not order_checks_hold
 	some d in order_deny
 }
 
 step_up contains r if {
+	is_object(input.order) # (every rule of the group needs it: a transfer stops here)
 	not order_checks_hold
 	some r in order_step_up
 }

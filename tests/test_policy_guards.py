@@ -25,7 +25,7 @@ import pytest
 
 BUNDLE = Path(__file__).resolve().parent.parent / "policies"
 
-_FORWARD = re.compile(r"^(\w+) contains (\w+) if \{\n\tnot (\w+)\n\tsome \2 in (\w+)\n\}", re.M)
+_FORWARD = re.compile(r"^(\w+) contains (\w+) if \{\n((?:\t[^\n]*\n)*?)\tnot (\w+)\n\tsome \2 in (\w+)\n\}", re.M)
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 
 
@@ -61,10 +61,23 @@ def _negates(line: str, guard: set[str]) -> bool:
     return False
 
 
+def _implies(line: str, scope: str, source: str, depth: int = 3) -> bool:
+    """Whether a body line implies a scope line: the same text, or a rule every definition of which implies it."""
+    if line == scope:
+        return True
+    if depth == 0 or not re.fullmatch(r"\w+", line):
+        return False
+    definitions = _bodies(source, rf"^{line} if \{{")
+    return bool(definitions) and all(any(_implies(inner, scope, source, depth - 1) for inner in body)
+                                     for body in definitions)
+
+
 def guard_problems(source: str) -> list[str]:
     """What makes a module's guards unsound (empty when every guarded rule is covered)."""
     problems: list[str] = []
-    for _, _, guard_name, group in _FORWARD.findall(source):
+    for _, _, scope_text, guard_name, group in _FORWARD.findall(source):
+        # Conditions before `not guard` only narrow the group when every rule of it implies them.
+        scopes = [line.strip().split(" #", 1)[0].strip() for line in scope_text.splitlines() if line.strip()]
         guards = _bodies(source, rf"^{guard_name} if \{{")
         if len(guards) != 1 or re.search(rf"^(default )?{guard_name}\b(?! if \{{)", source, re.M):
             problems.append(f"{guard_name}: a guard must have exactly one definition, `{guard_name} if {{...}}`")
@@ -83,6 +96,10 @@ def guard_problems(source: str) -> list[str]:
             if not covered:
                 problems.append(f"{group}: a definition with the body {body} has no condition that "
                                 f"negates a line of {guard_name}")
+            for scope in scopes:
+                if not any(_implies(line, scope, source) for line in body):
+                    problems.append(f"{group}: a definition with the body {body} does not imply `{scope}`, "
+                                    "which the rule collecting the group requires")
     return problems
 
 
@@ -96,7 +113,7 @@ def test_every_guarded_rule_negates_a_line_of_its_guard(module: Path) -> None:
 
 def test_the_bundle_has_guarded_groups() -> None:
     # If the groups are renamed the test above would pass vacuously: it must find them.
-    groups = {group for p in MODULES for _, _, _, group in _FORWARD.findall(p.read_text(encoding="utf-8"))}
+    groups = {m[-1] for p in MODULES for m in _FORWARD.findall(p.read_text(encoding="utf-8"))}
     assert {"order_deny", "order_step_up", "buy_deny"} <= groups
 
 
@@ -143,6 +160,16 @@ def test_a_guard_line_removed_is_refused() -> None:
 
 def test_a_second_guard_definition_is_refused() -> None:
     assert guard_problems(GUARDED + "\norder_checks_hold if input.z\n") != []
+
+
+def test_a_scope_every_rule_implies_passes() -> None:
+    source = GUARDED.replace("\tnot order_checks_hold\n", "\tin_scope\n\tnot order_checks_hold\n")
+    source = source.replace("order_deny contains \"a\" if {\n", "order_deny contains \"a\" if {\n\tin_scope\n")
+    source = source.replace("order_deny contains \"b\" if {\n", "order_deny contains \"b\" if {\n\tscoped\n")
+    source += "\nscoped if {\n\tin_scope\n}\n"
+    assert len(guard_problems(source)) == 1  # "c" does not imply in_scope
+    source = source.replace("order_deny contains \"c\" if {\n", "order_deny contains \"c\" if {\n\tscoped\n")
+    assert guard_problems(source) == []
 
 
 def test_a_negation_of_a_local_does_not_count() -> None:
