@@ -144,7 +144,8 @@ class Traffic:
 
 @dataclass(slots=True)
 class Device:
-    id: str
+    id: str | None
+    """None: no device key (no DPoP proof), as on part of the web site."""
     ua: str
     kind: str  # phone, pc, tablet
 
@@ -280,8 +281,8 @@ class Generator:
         rng = self.rng
         region = _weighted(rng, [4, 3, 3, 2, 2, 1, 1, 1])
         devices = [Device(f"c{i}-phone1", rng.choice(APP_UAS), "phone")]
-        if rng.random() < 0.5:
-            devices.append(Device(f"c{i}-pc", PC_UA, "pc"))
+        if rng.random() < 0.5:  # the web site; a third of them without a device key (no DPoP proof)
+            devices.append(Device(f"c{i}-pc" if rng.random() < 0.67 else None, PC_UA, "pc"))
         if rng.random() < 0.2:
             devices.append(Device(f"c{i}-tablet", TABLET_UA, "tablet"))
         weekday = [0.002] * 24
@@ -308,8 +309,7 @@ class Generator:
             mobile_share=rng.uniform(0.1, 0.7), vpn=rng.random() < 0.02)
         c.facts.append((0.0, {"assets_cny": round(assets, 2), "last_deposit": None,
                               "bank_accounts": [{"id": f"{c.sub}-b1", "added_at": T0 - 400 * DAY}]}))
-        for d in devices:
-            self.known.append((c.sub, d.id))
+        self.known.extend((c.sub, d.id) for d in devices if d.id is not None)
         return c
 
     def households(self) -> None:
@@ -317,11 +317,11 @@ class Generator:
         rng = self.rng
         for _ in range(max(1, len(self.customers) // 40)):
             members = rng.sample(self.customers, rng.choice((2, 2, 2, 3)))
-            tablet = Device(f"home-{members[0].sub}", TABLET_UA, "tablet")
+            tablet = f"home-{members[0].sub}"
             for m in members:
-                m.devices.append(tablet)
+                m.devices.append(Device(tablet, TABLET_UA, "tablet"))
                 m.home_ip = members[0].home_ip
-                self.known.append((m.sub, tablet.id))
+                self.known.append((m.sub, tablet))
 
     def legit_days(self, c: Customer) -> None:
         rng = self.rng
