@@ -1,4 +1,4 @@
-"""The `portcullis` command: serve, demo, token, device-key, dpop-proof, bench, policy, risk."""
+"""The `portcullis` command: serve, demo, token, device-key, dpop-proof, bench, policy, risk, biometrics."""
 
 from __future__ import annotations
 
@@ -258,6 +258,25 @@ def cmd_risk_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_biometrics_eval(args: argparse.Namespace) -> int:
+    # Imported here: the face stack is heavy and the gateway never needs it in-process.
+    import json
+
+    from biometrics.evaluate import evaluate
+
+    face_dir = Path(args.vectors)
+    if not (face_dir / "deepface" / "master.csv").is_file():
+        print(f"portcullis: no {face_dir}/deepface/master.csv (set --vectors)", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate(face_dir)
+    except (ValueError, RuntimeError) as exc:
+        print(f"portcullis: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, separators=(",", ":")))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="portcullis", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -337,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--warmup-days", type=int, help="days of learning before the scored window (default 12)")
     re_.add_argument("--eval-days", type=int, help="days scored (default 7)")
     re_.set_defaults(func=cmd_risk_eval)
+
+    bio = sub.add_parser("biometrics", help="the face check")
+    bio_sub = bio.add_subparsers(dest="biometrics_command", required=True)
+    be = bio_sub.add_parser("eval", help="false-match and false-non-match rates at the chosen threshold on the "
+                                         "shared face photos, as one JSON line")
+    be.add_argument("--vectors", default=os.environ.get("PORTCULLIS_VECTORS", str(REPO_ROOT.parent / "shared" /
+                                                                                  "vectors")) + "/face",
+                    help="the face vectors folder (default ../shared/vectors/face)")
+    be.set_defaults(func=cmd_biometrics_eval)
     return p
 
 
