@@ -1,0 +1,194 @@
+"""Milliseconds per face check on one core, and what face load does to the service's other routes.
+
+    .venv/bin/python loadtests/face_cost.py [--n 15] [--vectors ../shared/vectors] [--no-service]
+
+In-process, pinned to one core (``sched_setaffinity``), on a selfie-sized JPEG
+(a shared photo re-encoded at 640x480-ish, quality 90; never written to disk):
+
+* ``decode_only``: the same-run baseline, decoding the JPEG to the working size;
+* ``verify``: one frame: decode, HOG detect, 5-point align, encode, compare;
+* ``liveness5``: five frames: decode and detect all, 68 landmarks on each,
+  EAR and tracking, one frame encoded. Still photos cannot blink, so this case
+  runs with a blink rule relaxed to accept any middle frame: the work done is
+  the same as for a real blink sequence.
+
+Then, unless ``--no-service``: the face service (``python -m biometrics serve``,
+one worker) answers ``/healthz`` at a fixed rate, first idle, then while
+clients keep its face pool saturated with verifications; the ratio of the two
+p99s is what face load costs requests that do not use it (the point of the
+process pool). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from PIL import Image  # noqa: E402
+
+from biometrics import faces, imaging, liveness, worker  # noqa: E402
+
+
+def _ms(fn: Callable[[], object], n: int) -> dict[str, float]:
+    fn()  # warm
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    return {"p50_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1),
+            "min_ms": round(times[0], 1)}
+
+
+def _selfie(path: Path, quality: int = 90, shift: int = 0) -> bytes:
+    img = Image.open(path).convert("RGB")
+    img.thumbnail((640, 640))
+    if shift:
+        img = img.crop((shift, 0, img.width, img.height))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def in_process(images: Path, n: int) -> dict[str, Any]:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    frame = _selfie(images / "img11.jpg")
+    template = worker.analyse_frame(_selfie(images / "img10.jpg"))
+    assert template.encoding is not None
+    import numpy as np
+
+    tpl = np.frombuffer(template.encoding, dtype=np.float64)
+    frames = [_selfie(images / "img11.jpg", q, s) for q, s in ((92, 0), (88, 2), (84, 4), (80, 6), (76, 8))]
+    relaxed = liveness.BlinkRule(open_min=0.0, closed_max=1.0, closed_ratio=10.0)
+
+    def verify() -> None:
+        r = worker.analyse_frame(frame)
+        assert r.encoding is not None, r.error
+        faces.matches(np.frombuffer(r.encoding, dtype=np.float64), tpl)
+
+    def live() -> None:
+        r = worker.analyse_sequence(frames, rule=relaxed)
+        assert r.encoding is not None, r.error
+
+    return {"frame_bytes": len(frame), "frame_size": list(Image.open(io.BytesIO(frame)).size),
+            "decode_only": _ms(lambda: imaging.decode(frame), n * 3),
+            "verify": _ms(verify, n), "liveness5": _ms(live, n)}
+
+
+async def _p99(url: str, rate: float, seconds: float) -> dict[str, float]:
+    import aiohttp
+
+    lat: list[float] = []
+    async with aiohttp.ClientSession() as s:
+        async def one() -> None:
+            t = time.perf_counter()
+            async with s.get(url) as r:
+                await r.read()
+            lat.append((time.perf_counter() - t) * 1000)
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    lat.sort()
+    return {"p50_ms": round(statistics.median(lat), 2), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))], 2)}
+
+
+async def _service_run(base: str, secret: bytes, frame: bytes, enrol: bytes, seconds: float) -> dict[str, Any]:
+    from biometrics.client import BiometricsClient, FaceServiceError
+
+    async with BiometricsClient(base, secret, timeout=30) as c:
+        await c.consent("bench", True, "bench")
+        await c.enrol("bench", enrol)
+        idle = await _p99(base + "/healthz", 100, seconds)
+        done = 0
+        stop = asyncio.Event()
+
+        async def hammer() -> None:
+            nonlocal done
+            while not stop.is_set():
+                # A fresh frame each time (one pixel column cropped), or it is a replay.
+                img = Image.open(io.BytesIO(frame))
+                img = img.crop((0, 0, img.width - 1 - done % 50, img.height))
+                buf = io.BytesIO()
+                img.save(buf, "JPEG", quality=90 - done % 7)
+                try:
+                    await c.verify("bench", buf.getvalue())
+                except FaceServiceError:
+                    pass
+                done += 1
+
+        hammers = [asyncio.create_task(hammer()) for _ in range(3)]
+        await asyncio.sleep(1)
+        t0, d0 = time.perf_counter(), done
+        busy = await _p99(base + "/healthz", 100, seconds)
+        rate = (done - d0) / (time.perf_counter() - t0)
+        stop.set()
+        await asyncio.gather(*hammers)
+    return {"healthz_idle": idle, "healthz_under_face_load": busy, "face_checks_per_s": round(rate, 2),
+            "p99_ratio": round(busy["p99_ms"] / idle["p99_ms"], 2)}
+
+
+def service(images: Path, seconds: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        secret = secrets.token_urlsafe(32).encode()
+        Path(tmp, "secret").write_bytes(secret)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "biometrics", "serve", "--port", str(port), "--secret-file",
+                                 str(Path(tmp, "secret")), "--data-dir", str(Path(tmp, "data")),
+                                 "--log-level", "WARNING"], cwd=REPO, stdout=subprocess.DEVNULL)
+        try:
+            for _ in range(600):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            return asyncio.run(_service_run(f"http://127.0.0.1:{port}", secret, _selfie(images / "img11.jpg"),
+                                            _selfie(images / "img10.jpg"), seconds))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=15)
+    p.add_argument("--seconds", type=float, default=8.0, help="seconds per /healthz latency run")
+    p.add_argument("--vectors", default=str(REPO.parent / "shared" / "vectors"))
+    p.add_argument("--no-service", action="store_true")
+    args = p.parse_args()
+    images = Path(args.vectors) / "face" / "deepface" / "images"
+    out: dict[str, Any] = {}
+    if not args.no_service:
+        out["service"] = service(images, args.seconds)  # before pinning this process to one core
+    out = {"one_core": in_process(images, args.n), **out, "load_avg": os.getloadavg()[0]}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
