@@ -264,12 +264,14 @@ def test_prefix_of() -> None:
 
 def test_profile_decays_is_bounded_and_round_trips() -> None:
     p = Profile()
-    half_life = 10.0
+    half_life = 3600.0
     p.learn(Observation(now=100.0, hour=9, prefix="a", region="CN-SH"), half_life)
-    p.learn(Observation(now=110.0, hour=9, prefix="b", region="CN-SH"), half_life)
-    assert p.prefixes == {"a": 0.5, "b": 1.0} and p.n == 1.5
+    p.learn(Observation(now=110.0, hour=9, prefix="a", region="CN-SH"), half_life)
+    assert p.prefixes == {"a": 2.0}  # within the hour: no decay yet
+    p.learn(Observation(now=3700.0, hour=9, prefix="b", region="CN-SH"), half_life)
+    assert p.prefixes == {"a": 1.0, "b": 1.0} and p.n == 2.0 and p.last_seen == 3700.0  # one half-life later
     for i in range(100):
-        p.learn(Observation(now=120.0 + i, hour=i % 24, prefix=f"p{i}", route=f"r{i}"), half_life)
+        p.learn(Observation(now=4000.0 + i, hour=i % 24, prefix=f"p{i}", route=f"r{i}"), half_life)
     assert len(p.prefixes) <= 32 and len(p.routes) <= 64
     again = Profile.from_json(p.to_json())
     assert again is not None and again.to_json() == p.to_json()
@@ -483,3 +485,24 @@ async def test_configured_points_thresholds_levels_and_tables_reach_the_engine(t
 
     with pytest.raises(ConfigError, match="risk.network: .*broken.csv:1"):
         build_risk(_parse_risk({"network": {"regions_file": "broken.csv"}}, tmp_path), MemoryStore())
+
+
+def test_session_signals_count_from_the_login_not_the_last_token_refresh() -> None:
+    refreshed = subject(iat=T0 - 300, auth_time=T0 - 13 * 3600)  # logged in 13 h ago, token 5 min old
+    assert fires(sig.stale_session, ctx(sub=refreshed), RiskView())
+    assert not fires(sig.transfer_soon_after_login, ctx("transfer", sub=refreshed), RiskView())
+    just_in = subject(iat=T0 - 60, auth_time=T0 - 60)
+    assert fires(sig.transfer_soon_after_login, ctx("transfer", sub=just_in), RiskView())
+
+
+async def test_a_burst_never_teaches_its_own_pace() -> None:
+    engine = RiskEngine(MemoryStore(), network=sh_network())
+    await engine.mark_known("alice", "dev-1")
+    for i in range(25):  # 25 requests in a minute from the known device: under the floor (30)
+        await judged(engine, ctx(now=T0 + i, rid=f"q{i}"))
+    calm = engine.writer.local("alice")
+    assert calm is not None and 0 < calm.rate <= 25
+    for i in range(60):  # a burst: the minute's count passes the floor
+        await judged(engine, ctx(now=T0 + 30 + i * 0.1, rid=f"b{i}"))
+    after = engine.writer.local("alice")
+    assert after is not None and after.rate <= S.rate_floor  # the burst did not raise the baseline

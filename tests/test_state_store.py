@@ -172,6 +172,27 @@ async def test_set_if_absent_has_exactly_one_winner_under_concurrency(
     assert await store.get("jti") == str(winner).encode()
 
 
+async def test_get_or_set_answers_the_first_writers_value(store: StateStore) -> None:
+    assert await store.get_or_set("first-seen", b"100.5", ttl=LONG) == b"100.5"
+    assert await store.get_or_set("first-seen", b"200.0", ttl=LONG) == b"100.5"  # unchanged
+    assert await store.get("first-seen") == b"100.5"
+    async with store.batch() as b:
+        again = b.get_or_set("first-seen", b"300", ttl=LONG)
+        fresh = b.get_or_set("other", b"7", ttl=None)
+    assert (again.value, fresh.value) == (b"100.5", b"7")
+    results = await asyncio.gather(*(store.get_or_set("race", str(i).encode(), ttl=LONG) for i in range(20)))
+    assert len(set(results)) == 1  # one winner, and everyone sees it
+    await store.sadd("a-set", "m")
+    with pytest.raises(StateTypeError):
+        await store.get_or_set("a-set", b"x", ttl=LONG)
+
+
+async def test_get_or_set_stores_again_after_expiry(backend: Backend) -> None:
+    assert await backend.store.get_or_set("k", b"1", ttl=backend.short) == b"1"
+    await backend.pass_short()
+    assert await backend.store.get_or_set("k", b"2", ttl=LONG) == b"2"
+
+
 async def test_getdel_returns_the_value_and_removes_the_key(store: StateStore) -> None:
     await store.set("otp", b"123456")
     assert await store.getdel("otp") == b"123456"

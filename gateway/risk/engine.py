@@ -94,12 +94,12 @@ class _Reads:
     __slots__ = ("first_seen", "known", "device_subs", "ip_subs", "rate", "session", "failures", "profile")
 
     def __init__(self) -> None:
-        self.first_seen: Pending[bytes | None] | None = None
+        self.first_seen: Pending[bytes] | None = None
         self.known: Pending[bool] | None = None
         self.device_subs: Pending[int] | None = None
         self.ip_subs: Pending[int] | None = None
         self.rate: Pending[int] | None = None
-        self.session: Pending[bytes | None] | None = None
+        self.session: Pending[bytes] | None = None
         self.failures: Pending[list[bytes | None]] | None = None
         self.profile: Pending[bytes | None] | None = None
 
@@ -144,9 +144,7 @@ class RiskEngine:
         r = _Reads()
         device = ctx.device_id
         if device:
-            seen_key = f"risk:seen:{sub}:{device}"
-            batch.set_if_absent(seen_key, repr(now).encode(), cfg.device_ttl)
-            r.first_seen = batch.get(seen_key)
+            r.first_seen = batch.get_or_set(f"risk:seen:{sub}:{device}", repr(now).encode(), cfg.device_ttl)
             r.known = batch.sismember(f"risk:known:{sub}", device)
             subs_key = f"risk:devsubs:{device}"
             batch.sadd(subs_key, sub, cfg.fanout_ttl)
@@ -155,10 +153,8 @@ class RiskEngine:
         r.rate = batch.incr(f"risk:rate:{sub}:{int(now // 60)}", 1, 120.0)
         agent = ctx.headers.get("User-Agent")
         if subject.jti and agent:
-            session_key = f"risk:sess:{subject.jti}"
             ttl = max(min(float(subject.exp) - now, DAY), 60.0) if subject.exp else DAY
-            batch.set_if_absent(session_key, agent_digest(agent).encode(), ttl)
-            r.session = batch.get(session_key)
+            r.session = batch.get_or_set(f"risk:sess:{subject.jti}", agent_digest(agent).encode(), ttl)
         hour = int(now // 3600)
         r.failures = batch.mget((f"risk:fail:{sub}:{hour}", f"risk:fail:{sub}:{hour - 1}"))
         r.profile = batch.get(f"risk:profile:{sub}")
@@ -183,7 +179,7 @@ class RiskEngine:
         agent = ctx.headers.get("User-Agent")
         stored = self._parsed(subject.sub, _value(reads.profile)) if subject is not None else None
         local = self.writer.local(subject.sub) if subject is not None else None
-        profile = local if local is not None and (stored is None or local.updated >= stored.updated) else stored
+        profile = local if local is not None and (stored is None or local.last_seen >= stored.last_seen) else stored
         return RiskView(
             device_first_seen=_float(_value(reads.first_seen)),
             device_known=_value(reads.known),
@@ -244,7 +240,11 @@ class RiskEngine:
         place = view.place
         profile.learn(Observation(
             now=ctx.now, hour=view.hour, prefix=view.prefix, region=place.region, asn=place.asn,
-            lat=place.lat, lon=place.lon, route=ctx.route.name, rate=view.requests_last_minute,
+            lat=place.lat, lon=place.lon, route=ctx.route.name,
+            # A minute above the spike floor never teaches the pace: a burst on a known device
+            # would otherwise raise its own baseline until the spike signal stops firing.
+            rate=rate if (rate := view.requests_last_minute) is not None and rate <= self.settings.rate_floor
+            else None,
             notional=order_notional(ctx)), self.config.half_life)
         self.writer.put(subject.sub, profile)
         return True

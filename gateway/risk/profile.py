@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 
 HOURS = 24
+DECAY_STEP = 3600.0
+"""Seconds between two decays of a profile's weights."""
 
 # Bounds on each learned map (the heaviest entries are kept).
 MAX_PREFIXES = 32
@@ -52,7 +54,7 @@ class Observation:
 @dataclass(slots=True)
 class Profile:
     updated: float = 0.0
-    """When the profile last learned (weights are decayed to this time)."""
+    """When the weights were last decayed (at most once per DECAY_STEP; ``last_seen`` is the last learning)."""
     n: float = 0.0
     """Decayed count of requests learned from: how much history the weights rest on."""
     prefixes: dict[str, float] = field(default_factory=dict)
@@ -75,8 +77,15 @@ class Profile:
     # -- learning ---------------------------------------------------------------------------
 
     def learn(self, obs: Observation, half_life: float) -> None:
-        """Decay every weight to ``obs.now``, then add this request's evidence (pure, in place)."""
-        if self.updated and obs.now > self.updated:
+        """Decay every weight to ``obs.now``, then add this request's evidence (pure, in place).
+
+        Weights are decayed at most once per ``DECAY_STEP`` (an hour): a request's weight
+        then counts from the start of that hour, an error of 0.5 ** (1 h / half-life), about
+        0.1% for 30 days, for a tenth of the learning's cost under steady traffic.
+        """
+        if not self.updated:
+            self.updated = obs.now
+        elif obs.now - self.updated >= DECAY_STEP:
             k = 0.5 ** ((obs.now - self.updated) / half_life)
             self.n *= k
             self.orders *= k
@@ -84,7 +93,7 @@ class Profile:
                 for key in table:
                     table[key] *= k
             self.hours = [h * k for h in self.hours]
-        self.updated = max(self.updated, obs.now)
+            self.updated = obs.now
         self.n += 1.0
         _bump(self.prefixes, obs.prefix, MAX_PREFIXES)
         _bump(self.regions, obs.region, MAX_REGIONS)

@@ -372,9 +372,10 @@ def _number(value: Any) -> float | None:
 def stale_session(ctx: RequestContext, v: RiskView, s: RiskSettings) -> Factor | None:
     """A session far older than a working day is more likely a token lifted from a device."""
     sub = ctx.subject
-    started = _number(sub.claims.get("iat")) if sub is not None else None
+    # The login (auth_time), not the token's iat: refreshed tokens are minutes old all session long.
+    started = _number(sub.auth_time) if sub is not None else None
     if started is None and sub is not None:
-        started = _number(sub.auth_time)
+        started = _number(sub.claims.get("iat"))
     return s.factor("stale_session") if started is not None and ctx.now - started > s.session_max_age else None
 
 
@@ -413,7 +414,7 @@ def transfer_soon_after_login(ctx: RequestContext, v: RiskView, s: RiskSettings)
     sub = ctx.subject
     if ctx.route.tier != "transfer" or sub is None:
         return None
-    login = _number(sub.claims.get("iat")) or _number(sub.auth_time)
+    login = _number(sub.auth_time) or _number(sub.claims.get("iat"))  # the login, not the last refresh
     if login is not None and ctx.now - login < s.login_transfer_window:
         return s.factor("transfer_soon_after_login")
     return None

@@ -231,6 +231,10 @@ class Batch(ABC):
         ttl_ms(ttl)
         return self._queue("set_if_absent", key, value, ttl)
 
+    def get_or_set(self, key: str, value: bytes, ttl: float | None) -> Pending[bytes]:
+        ttl_ms(ttl)
+        return self._queue("get_or_set", key, value, ttl)
+
     def getdel(self, key: str) -> Pending[bytes | None]:
         return self._queue("getdel", key)
 
@@ -431,6 +435,11 @@ class StateStore(Protocol):
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         """Atomically store a value only if the key is absent; True if it was stored."""
+        ...
+
+    async def get_or_set(self, key: str, value: bytes, ttl: float | None) -> bytes:
+        """Atomically store a value if the key is absent; the value the key holds afterwards
+        (the first writer's): "first seen", "first user agent of the session" in one operation."""
         ...
 
     async def getdel(self, key: str) -> bytes | None:

@@ -177,6 +177,14 @@ class MemoryStore:
         self.keyspace.put(self._k(key), bytes(value), ttl)
         return True
 
+    def _op_get_or_set(self, key: str, value: bytes, ttl: float | None) -> bytes:
+        current = self._string(key)
+        if current is not None:
+            return current
+        stored = bytes(value)
+        self.keyspace.put(self._k(key), stored, ttl)
+        return stored
+
     def _op_getdel(self, key: str) -> bytes | None:
         value = self._string(key)
         if value is not None:
@@ -328,6 +336,11 @@ class MemoryStore:
         ttl_ms(ttl)
         self.keyspace.sweep()
         self._op_set(key, value, ttl)
+
+    async def get_or_set(self, key: str, value: bytes, ttl: float | None) -> bytes:
+        ttl_ms(ttl)
+        self.keyspace.sweep()
+        return self._op_get_or_set(key, value, ttl)
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         ttl_ms(ttl)

@@ -92,6 +92,17 @@ ops.set_if_absent = function()
   if r then return 1 end
   return 0
 end
+ops.get_or_set = function()
+  local kk, v, ms = key(), arg(), arg()
+  local old
+  if ms == '' then
+    old = redis.call('SET', kk, v, 'NX', 'GET')
+  else
+    old = redis.call('SET', kk, v, 'NX', 'PX', ms, 'GET')
+  end
+  if old then return old end
+  return v
+end
 ops.getdel = function() return redis.call('GETDEL', key()) end
 ops.delete = function()
   local keys = {}
@@ -195,6 +206,10 @@ class _Encoder:
     def set_if_absent(self, key: str, value: bytes,
                       ttl: float | None) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
         return [key], [value, _ms(ttl)], _as_bool
+
+    def get_or_set(self, key: str, value: bytes,
+                   ttl: float | None) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
+        return [key], [value, _ms(ttl)], _as_is
 
     def getdel(self, key: str) -> tuple[list[str], list[Any], Callable[[Any], Any]]:
         return [key], [], _as_is
@@ -377,6 +392,10 @@ class RedisStore:
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float | None) -> bool:
         result: bool = await self._single("set_if_absent", key, value, ttl)
+        return result
+
+    async def get_or_set(self, key: str, value: bytes, ttl: float | None) -> bytes:
+        result: bytes = await self._single("get_or_set", key, value, ttl)
         return result
 
     async def getdel(self, key: str) -> bytes | None:
