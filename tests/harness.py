@@ -19,6 +19,7 @@ from demo_backend.app import create_app
 from gateway.config import RouteConfig, parse
 from gateway.demo_keys import DEMO_AUDIENCE, DEMO_ISSUER, DemoKeys, ensure_demo_keys, mint_token
 from gateway.server import Gateway
+from gateway.state.base import Batch, StateStore
 
 ROUTES: list[dict[str, Any]] = [
     {"name": "quotes", "methods": ["GET"], "path": "/api/quotes/{symbol}", "upstream": "trading",
@@ -156,3 +157,18 @@ async def _gateway(keys: DemoKeys, tmp: Path, backend_url: str, gateway_kwargs: 
         yield Stack(gw, keys, backend_url, tmp)
     finally:
         await gw.stop()
+
+
+class BatchCountingStore:
+    """The real store, counting the batches it runs (one per round trip)."""
+
+    def __init__(self, inner: StateStore) -> None:
+        self.inner = inner
+        self.batches = 0
+
+    def batch(self) -> Batch:
+        self.batches += 1
+        return self.inner.batch()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import BatchCountingStore as CountingStore
 from harness import route_config
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -21,7 +22,7 @@ from gateway.risk.engine import RiskEngine, exchange_hour
 from gateway.risk.network import NetworkDataError, NetworkIntel, Place, PrefixTable, prefix_of, read_region_table
 from gateway.risk.profile import Observation, Profile, distance_km
 from gateway.risk.signals import SIGNALS, RiskSettings, RiskView
-from gateway.state.base import Batch, StateStore
+from gateway.state.base import StateStore
 from gateway.state.memory import MemoryStore
 from gateway.state.redis import RedisStore
 from gateway.steps.state_round import StateRound
@@ -288,21 +289,6 @@ def test_exchange_hour_is_shanghai_time() -> None:
 
 
 # -- the engine on real stores -----------------------------------------------------------------
-
-
-class CountingStore:
-    """The real store, counting the batches (round trips) the requests make."""
-
-    def __init__(self, inner: StateStore) -> None:
-        self.inner = inner
-        self.batches = 0
-
-    def batch(self) -> Batch:
-        self.batches += 1
-        return self.inner.batch()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -5,15 +5,15 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
+from harness import BatchCountingStore as CountingStore
 from harness import route_config
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 from gateway.errors import TOKEN_INVALID, GatewayError
-from gateway.state.base import Batch, StateStore
+from gateway.state.base import StateStore
 from gateway.state.memory import MemoryStore
 from gateway.state.redis import RedisStore
 from gateway.steps.state_round import StateRound, after_round, state_batch
@@ -25,21 +25,6 @@ def _ctx(tier: str) -> RequestContext:
         request_id="rid", method="GET", path="/p", query="", route=route, params={},
         headers=CIMultiDictProxy(CIMultiDict()), client_ip="198.51.100.7", client_port=1,
         scheme="https", started=0.0, now=time.time())
-
-
-class CountingStore:
-    """The real store, counting the batches it runs (one per round trip)."""
-
-    def __init__(self, inner: StateStore) -> None:
-        self.inner = inner
-        self.batches = 0
-
-    def batch(self) -> Batch:
-        self.batches += 1
-        return self.inner.batch()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 async def _replay_round(store: StateStore, ctx: RequestContext, jti: str) -> list[str]:

@@ -32,7 +32,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ from gateway.risk.signals import (
     order_notional,
     signals_for,
 )
-from gateway.state.base import Pending, StateStore, StateUnavailable
+from gateway.state.base import Pending, StateStore, StateUnavailable, stored_float
 from gateway.steps.state_round import after_round, state_batch
 
 log = logging.getLogger("portcullis.risk")
@@ -106,14 +105,6 @@ class _Reads:
 
 def _value(p: Pending[Any] | None) -> Any:
     return p.value if p is not None and p.done else None
-
-
-def _float(raw: bytes | None) -> float | None:
-    try:
-        value = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None
 
 
 class RiskEngine:
@@ -181,7 +172,7 @@ class RiskEngine:
         local = self.writer.local(subject.sub) if subject is not None else None
         profile = local if local is not None and (stored is None or local.last_seen >= stored.last_seen) else stored
         return RiskView(
-            device_first_seen=_float(_value(reads.first_seen)),
+            device_first_seen=stored_float(_value(reads.first_seen)),
             device_known=_value(reads.known),
             device_accounts=_value(reads.device_subs),
             ip_accounts_hour=_value(reads.ip_subs),

@@ -159,12 +159,9 @@ class NetworkIntel:
                    mmdb=mmdb_file)
 
     def _lookup(self, ip: str) -> Place:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
+        address = _address(ip)
+        if address is None:
             return UNKNOWN
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         place = self._regions.match(address)
         if place is None and self._reader is not None:
             place = _from_mmdb(self._reader.get(str(address)))
@@ -201,14 +198,22 @@ def _from_mmdb(record: Any) -> Place | None:
                  asn=asn if isinstance(asn, int) else None, lat=lat, lon=lon)
 
 
-@functools.lru_cache(maxsize=65_536)
-def prefix_of(ip: str) -> str | None:
-    """The address's /24 (IPv4) or /48 (IPv6) network, the unit of "a new network for this customer"."""
+def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The parsed address (an IPv4-mapped IPv6 address as its IPv4 address), or None."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return None
     if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+        return address.ipv4_mapped
+    return address
+
+
+@functools.lru_cache(maxsize=65_536)
+def prefix_of(ip: str) -> str | None:
+    """The address's /24 (IPv4) or /48 (IPv6) network, the unit of "a new network for this customer"."""
+    address = _address(ip)
+    if address is None:
+        return None
     length = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network((address, length), strict=False))

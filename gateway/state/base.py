@@ -68,6 +68,7 @@ __all__ = [
     "check_bucket",
     "check_cap",
     "check_score",
+    "stored_float",
     "ttl_ms",
 ]
 
@@ -162,6 +163,15 @@ def bucket_take(tokens: float | None, stamp: float | None, rate: float, burst: f
 
 # --------------------------------------------------------------------------
 # Batches
+
+
+def stored_float(raw: bytes | None) -> float | None:
+    """A number stored as text (``repr(float)``), or None when absent, unreadable or not finite."""
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 class Pending(Generic[T]):

@@ -62,7 +62,7 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.proxy import BoundedBody
-from gateway.state.base import Pending, StateStore, StateUnavailable, bucket_take
+from gateway.state.base import Pending, StateStore, StateUnavailable, bucket_take, stored_float
 from gateway.steps.state_round import after_round, state_batch
 
 log = logging.getLogger("portcullis.rate_limit")
@@ -231,7 +231,7 @@ class Lockouts:
     def _check(self, ctx: RequestContext, key: str, pending: Pending[bytes | None]) -> None:
         until: float | None
         if pending.done:
-            until = _float(pending.value)
+            until = stored_float(pending.value)
         else:
             until = self.local.locked_until(key)
         if until is not None and until > ctx.now:
@@ -262,14 +262,6 @@ class Lockouts:
             await self._store.set("login:lock:" + key, repr(until).encode(), cfg.lock_time)
         except StateUnavailable:
             logs.event(log, "login_lock_not_shared", logging.WARNING, route=ctx.route.name)
-
-
-def _float(raw: bytes | None) -> float | None:
-    try:
-        value = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None
 
 
 class LoginAttempt:
