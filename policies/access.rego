@@ -130,35 +130,6 @@ step_up contains {
 	input.request.tier in data.access.privileged_tiers
 }
 
-# --- risk (docs/RISK.md) ---------------------------------------------------------
-
-# The risk engine's level decides how much proof a request needs, per tier
-# (data/access.json risk_step_up: tier -> level -> {acr, max_age}). A level
-# with no entry needs nothing more; a known device doing a usual thing scores
-# low and goes straight through. The max_age makes a step-up count for this
-# request (and the next minutes), not for the whole session.
-step_up contains {"acr": s.acr, "reason": concat("", ["risk_", input.risk.level]), "max_age": s.max_age} if {
-	s := data.access.risk_step_up[input.request.tier][input.risk.level]
-}
-
-# RULES.md Fraud signals: "New device or remote location at login or before a
-# transfer: step-up" (whatever the score), and "Transfer to a newly added bank
-# account shortly after login: step-up (face)". Reason codes of the engine's
-# top factors, mapped to the level they need (data/access.json risk_factor_step_up).
-step_up contains {"acr": s.acr, "reason": f.code, "max_age": s.max_age} if {
-	input.request.tier == "transfer"
-	some f in input.risk.factors
-	s := data.access.risk_factor_step_up[f.code]
-}
-
-# RULES.md Fraud signals: "Large deposit followed by a concentrated buy of an
-# illiquid stock (a pig-butchering pattern): alert and require confirmation."
-obligation contains {"alert": data.access.pig_butchering_alert, "require_confirmation": true} if {
-	input.request.tier == "trade"
-	some f in input.risk.factors
-	f.code == "deposit_then_illiquid_buy"
-}
-
 # --- frozen accounts -----------------------------------------------------------
 
 # A frozen account cannot trade or transfer; reads stay allowed. The tiers
@@ -195,3 +166,4 @@ ok if {
 	role_ok
 }
 
+default obligation := set()

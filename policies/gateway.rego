@@ -10,7 +10,7 @@
 # "undefined"), ends in a deny or in the default deny below.
 #
 # REQUIREMENT on every rule package (gateway.access, gateway.suitability,
-# gateway.limits, gateway.programme, gateway.ashare, gateway.hkconnect):
+# gateway.limits, gateway.programme, gateway.ashare, gateway.hkconnect, gateway.risk):
 #   loaded := true (the packages write `default loaded := true`: the same
 #   value, which the Rvm answers without running a rule body)
 #   applies, a boolean (`default applies := false` plus the package's scope):
@@ -50,12 +50,14 @@ packages_loaded if {
 	data.gateway.programme.loaded == true
 	data.gateway.ashare.loaded == true
 	data.gateway.hkconnect.loaded == true
+	data.gateway.risk.loaded == true
 	is_boolean(data.gateway.access.applies)
 	is_boolean(data.gateway.suitability.applies)
 	is_boolean(data.gateway.limits.applies)
 	is_boolean(data.gateway.programme.applies)
 	is_boolean(data.gateway.ashare.applies)
 	is_boolean(data.gateway.hkconnect.applies)
+	is_boolean(data.gateway.risk.applies)
 }
 
 # --- 2. positive checks per route tier ----------------------------------------------
@@ -121,6 +123,11 @@ rule_denies contains d if {
 	some d in data.gateway.hkconnect.deny
 }
 
+rule_denies contains d if {
+	data.gateway.risk.applies == true
+	some d in data.gateway.risk.deny
+}
+
 own_denies contains {"code": "policy_bundle_incomplete", "message": "The policy bundle is incomplete."} if {
 	not packages_loaded
 }
@@ -184,6 +191,11 @@ step_up_requests contains r if {
 step_up_requests contains r if {
 	data.gateway.hkconnect.applies == true
 	some r in data.gateway.hkconnect.step_up
+}
+
+step_up_requests contains r if {
+	data.gateway.risk.applies == true
+	some r in data.gateway.risk.step_up
 }
 
 # The acr ladder (data/access.json acr_ladder): a higher index is stronger.
@@ -271,6 +283,11 @@ obligation_items contains o if {
 	some o in data.gateway.hkconnect.obligation
 }
 
+obligation_items contains o if {
+	data.gateway.risk.applies == true
+	some o in data.gateway.risk.obligation
+}
+
 # A package that applies has something to collect: its deny, step_up and
 # obligation do not all count 0. A set that is undefined (a package without
 # step_up) or not a collection makes the count undefined, so `not ... == 0`
@@ -304,6 +321,11 @@ collected if {
 collected if {
 	data.gateway.hkconnect.applies == true
 	not count(data.gateway.hkconnect.deny) + count(data.gateway.hkconnect.step_up) + count(data.gateway.hkconnect.obligation) == 0
+}
+
+collected if {
+	data.gateway.risk.applies == true
+	not count(data.gateway.risk.deny) + count(data.gateway.risk.step_up) + count(data.gateway.risk.obligation) == 0
 }
 
 known_obligations := {"freeze_account", "alert", "require_confirmation", "mask_fields"}
