@@ -28,6 +28,7 @@ from gateway.bundles.runtime import ActivePolicy
 from gateway.bundles.service import PolicyAdmin
 from gateway.config import Config, ListenerConfig, RouteConfig
 from gateway.context import RequestContext
+from gateway.customer_alerts import CustomerAlerts, TransferAlert
 from gateway.errors import BAD_HEADER, BAD_REQUEST, SHUTTING_DOWN, ConfigError, GatewayError
 from gateway.freezes import FreezeStore
 from gateway.identity import AssertionSigner, HmacIdentitySigner, IdentitySigner, terminal_info
@@ -185,6 +186,7 @@ class Gateway:
         self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout)
         self.freezes = FreezeStore(self.state)
         self.settings = SettingsStore(self.state)
+        self.customer_alerts = CustomerAlerts(self.notifier, self.settings, self._auditor.queue)
         self.bundles = PolicyAdmin(config, policy=self.policy, state=self.state, notifier=self.notifier,
                                    audit=self.audit, metrics=self.metrics)
         self._settings_route: RouteConfig | None = None
@@ -218,8 +220,9 @@ class Gateway:
             Obligations(self.freezes, self.notifier, self._auditor, officers=self.config.policy_admin.officers,
                         count=self.metrics.obligation),
             StepUpChallenge(), self._auditor, Learn(self.risk), forward,
-            MaskResponse(self._auditor, count=self.metrics.obligation),
+            MaskResponse(self._auditor, count=self.metrics.obligation), TransferAlert(self.customer_alerts),
         ]
+        self.risk.on_first_sight = self._new_device
         full = Pipeline(guarded)
         cs = self.config.customer_settings
         if cs.enabled:
@@ -232,6 +235,10 @@ class Gateway:
                            forward, LoginOutcome(self.lockouts)])
         return {"public": public, "read": full, "trade": full,
                 "transfer": full, "admin": full}
+
+    def _new_device(self, ctx: RequestContext, region: str | None) -> None:
+        if ctx.subject is not None and ctx.device_id:
+            self.customer_alerts.new_device_seen(ctx.subject.sub, ctx.device_id, region, ctx.now, ctx.request_id)
 
     def _identity_headers(self, ctx: RequestContext, headers: dict[str, str]) -> None:
         ident = self.config.identity
@@ -422,6 +429,7 @@ class Gateway:
             self._flusher.cancel()
         if self.access_log is not None:
             self.access_log.flush()
+        await self.customer_alerts.drain()
         await self.audit.close()
         close_notifier = getattr(self.notifier, "close", None)
         if close_notifier is not None:  # the webhook notifier's connection pool

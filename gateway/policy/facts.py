@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
     from gateway.freezes import Freeze
+    from gateway.settings import SecuritySettings
 
 EXCHANGE_TZ_NAME = "Asia/Shanghai"
 EXCHANGE_TZ = ZoneInfo(EXCHANGE_TZ_NAME)
@@ -40,6 +41,8 @@ class Facts:
     counters: dict[str, Any] | None = None
     freeze: Freeze | None = None
     """The gateway's own freeze of the request's account (trade and transfer routes); None: not frozen."""
+    settings: SecuritySettings | None = None
+    """The customer's security settings in force (read beside the freeze on a transfer); None: not read."""
 
 
 def exchange_time(now: float) -> datetime:

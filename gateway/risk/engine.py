@@ -33,7 +33,7 @@ import functools
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,9 @@ class RiskEngine:
         self.config = config or RiskStateConfig()
         self.writer = ProfileWriter(state, self.config)
         self._profiles: OrderedDict[str, tuple[bytes, Profile]] = OrderedDict()
+        self.on_first_sight: Callable[[RequestContext, str | None], None] | None = None
+        """Called after the round when a customer's device is seen for the first time (the
+        new-device alert, gateway/customer_alerts.py), with the coarse region of the request."""
 
     # -- 1. before the round -------------------------------------------------------------
 
@@ -154,7 +157,12 @@ class RiskEngine:
     # -- 2. after the round --------------------------------------------------------------
 
     def _view(self, ctx: RequestContext, reads: _Reads) -> None:
-        ctx.risk_view = self.view(ctx, reads)
+        view = ctx.risk_view = self.view(ctx, reads)
+        hook = self.on_first_sight
+        first = reads.first_seen
+        # First sight: the get-or-set found nothing and stored this request's time.
+        if hook is not None and first is not None and first.done and first.value == repr(ctx.now).encode():
+            hook(ctx, view.place.region)
 
     def view(self, ctx: RequestContext, reads: _Reads | None) -> RiskView:
         place = self.network.lookup(ctx.client_ip)

@@ -174,9 +174,13 @@ class FetchFacts:
         if counted_as is not None and account is not None and not price_known:
             facts.counters, freeze_raw, settings_raw = await self._counters(
                 ctx, counted_as, account, order, facts.quote)
+        if counted_as is None and account is not None and ctx.subject is not None:
+            # Read beside the freeze (an absent record: the defaults); the transfer alert reuses them.
+            facts.settings = parse_record(settings_raw).effective(ctx.now)
         if settings_raw is not None and facts.account is not None:
             # The customer's own limits in force now (docs/POLICIES.md: where the limits come from).
-            facts.account = merge_limits(facts.account, parse_record(settings_raw).effective(ctx.now))
+            in_force = facts.settings or parse_record(settings_raw).effective(ctx.now)
+            facts.account = merge_limits(facts.account, in_force)
         if freeze_raw is not None and account is not None:
             facts.freeze = parse_freeze(freeze_raw, account)
             if facts.account is not None:  # the policy sees the gateway's freeze too (docs/POLICIES.md)
