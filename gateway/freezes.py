@@ -92,6 +92,10 @@ class FreezeStore:
     def __init__(self, state: StateStore) -> None:
         self._state = state
 
+    @property
+    def state(self) -> StateStore:
+        return self._state
+
     async def freeze(self, freeze: Freeze) -> bool:
         """Record a freeze (one round trip); False when the account was already frozen (the first record stays)."""
         async with self._state.batch() as b:

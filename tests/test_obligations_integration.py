@@ -324,3 +324,18 @@ async def test_a_gateway_freeze_rides_the_one_batch_and_reaches_the_input(
             assert err.value.code == "account_frozen"
         finally:
             await providers.close()
+
+
+async def test_the_customers_freeze_notice_follows_their_choice(tmp_path: Path) -> None:
+    """alerts.freezes off (a weaker setting in force after its cooling-off): officers are told, the
+    customer is not; docs/RISK.md "Customer security settings"."""
+    from gateway.settings import SecuritySettings, SettingsRecord, SettingsStore
+
+    notifier = MemoryNotifier()
+    async with _stack(tmp_path, notifier) as gw, aiohttp.ClientSession() as s:
+        quiet = SettingsRecord(settings=SecuritySettings(freezes=False))
+        await SettingsStore(gw.gateway.state).put("alice", quiet)
+        async with s.post(gw.url + "/api/accounts/A1/orders", json=_order("freeze-me"), headers=gw.auth()) as r:
+            assert (r.status, (await r.json())["error"]) == (403, "account_frozen")
+    told = sorted(n.recipient for n in notifier.sent if n.kind == "account_frozen")
+    assert told == sorted(OFFICERS)  # not alice

@@ -61,6 +61,7 @@ from gateway.masking import mask_document, parse_paths
 from gateway.notify import Notifier
 from gateway.policy.engine import Decision
 from gateway.policy.input import RISK_ACK_HEADER, risk_warning_acknowledged
+from gateway.settings import SettingsStore
 from gateway.state.base import StateUnavailable
 from gateway.steps.audit import AuditDecision
 
@@ -190,18 +191,30 @@ class Obligations:
             self._failed(ctx, d, "freeze_account", "state store unavailable")
             raise
         outcome = "applied" if created else "already_frozen"
-        notified = await self._notify_freeze(freeze) if created else None
+        tell_customer = await self._customer_wants_freeze_notice(ctx, freeze)
+        notified = await self._notify_freeze(freeze, tell_customer) if created else None
         self._count("freeze_account", outcome)
         # Awaited: the freeze is in force already (freezing is never held back by the trail),
         # and the request does not go on until its record is durable.
         await self._auditor.write(obligation_record(ctx, d, "freeze_account", outcome,
                                                     reasons=list(freeze.reasons), notified=notified))
 
-    async def _notify_freeze(self, freeze: Freeze) -> bool:
+    async def _customer_wants_freeze_notice(self, ctx: RequestContext, freeze: Freeze) -> bool:
+        """The customer's own choice (alerts.freezes, docs/RISK.md): from the facts step when it read
+        the settings, else one read now (a freeze is rare); unknown or unreadable: they are told."""
+        settings = ctx.facts.settings if ctx.facts is not None else None
+        if settings is None and freeze.sub:
+            try:
+                settings = (await SettingsStore(self._freezes.state).get(freeze.sub)).effective(ctx.now)
+            except StateUnavailable:
+                return True
+        return settings is None or settings.freezes
+
+    async def _notify_freeze(self, freeze: Freeze, tell_customer: bool = True) -> bool:
         fields = {"request_id": freeze.request_id or "", "reasons": ",".join(freeze.reasons)}
         sends = [self._notifier.notify("account_frozen", officer, "An account was frozen by policy",
                                        {**fields, "account": freeze.account}) for officer in self._officers]
-        if freeze.sub:
+        if freeze.sub and tell_customer:
             sends.append(self._notifier.notify(
                 "account_frozen", freeze.sub,
                 "Your account is frozen: trading and transfers are suspended pending a compliance review",
