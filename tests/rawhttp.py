@@ -337,10 +337,12 @@ class RecordingBackend:
         return web.json_response({"recorded": True, "method": rec.method, "path": rec.path,
                                   "body_len": len(rec.body)})
 
-    def from_port(self, *ports: int) -> list[Recorded]:
-        """Requests forwarded on behalf of clients using these local ports."""
+    def from_port(self, *ports: int, since: int = 0) -> list[Recorded]:
+        """Requests forwarded on behalf of clients using these local ports, recorded at index
+        ``since`` or later (a test passes ``len(records)`` from before its exchange: the OS reuses
+        ephemeral ports, and a late forward of an earlier case must not count for this one)."""
         wanted = set(ports)
-        return [r for r in self.records if r.client_port in wanted]
+        return [r for r in self.records[since:] if r.client_port in wanted]
 
     async def start(self) -> str:
         self._runner = web.ServerRunner(web.Server(self._handle, access_log=None))
