@@ -161,6 +161,11 @@ class Brokerage:
         book = self._account(account)
         return {"account": account, "orders": [o.to_json() for o in book.orders.values()]}
 
+    def order(self, account: str, order_id: str) -> dict[str, Any] | None:
+        """One order of this account (None when it has none by this id)."""
+        found = self._account(account).orders.get(order_id)
+        return None if found is None else found.to_json()
+
     # -- trading
 
     def place_order(self, account: str, req: OrderRequest) -> dict[str, Any]:

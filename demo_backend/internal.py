@@ -11,6 +11,8 @@ gateway route table, so no client reaches them through the gateway.
 * ``GET /internal/quotes/{symbol}/bbo``              best bid / offer and last
 * ``GET /internal/accounts/{account}/facts``         suitability, limits, cash
 * ``GET /internal/accounts/{account}/positions/{symbol}``  qty, today_bought, sellable
+* ``GET /internal/accounts/{account}/orders/{order_id}``  symbol, side, status of an order (404 unknown,
+  or not this account's)
 * ``GET /internal/restricted``                       restricted symbols and persons
 * ``GET /internal/calendar?year=YYYY``               trading days and holidays
 """
@@ -128,6 +130,15 @@ async def position(request: web.Request) -> web.Response:
     })
 
 
+async def order(request: web.Request) -> web.Response:
+    m = request.match_info
+    found = request.app[BROKERAGE].order(m["account"], m["order_id"])  # 404 unknown account
+    if found is None:  # unknown here, or another account's: nothing about it
+        raise DemoError(404, "unknown_order", "no such order in this account")
+    return web.json_response({"order_id": found["order_id"], "account": found["account"],
+                              "symbol": found["symbol"], "side": found["side"], "status": found["status"]})
+
+
 async def restricted(request: web.Request) -> web.Response:
     return web.json_response({"symbols": list(RESTRICTED_SYMBOLS), "persons": list(RESTRICTED_PERSONS)})
 
@@ -158,7 +169,7 @@ async def calendar(request: web.Request) -> web.Response:
                               "holidays": holidays(year), "trading_days": trading_days(year)})
 
 
-HANDLERS = frozenset({reference, bbo, account_facts, position, restricted, calendar})
+HANDLERS = frozenset({reference, bbo, account_facts, position, order, restricted, calendar})
 
 
 def add_routes(app: web.Application, market: Market, brokerage: Brokerage) -> None:
@@ -170,5 +181,6 @@ def add_routes(app: web.Application, market: Market, brokerage: Brokerage) -> No
     r.add_get("/internal/quotes/{symbol}/bbo", bbo)
     r.add_get("/internal/accounts/{account}/facts", account_facts)
     r.add_get("/internal/accounts/{account}/positions/{symbol}", position)
+    r.add_get("/internal/accounts/{account}/orders/{order_id}", order)
     r.add_get("/internal/restricted", restricted)
     r.add_get("/internal/calendar", calendar)

@@ -202,6 +202,7 @@ class ProvidersConfig:
     restricted_ttl: float = 60.0
     account_ttl: float = 1.0
     position_ttl: float = 1.0
+    order_ttl: float = 1.0
     quote_ttl: float = 1.0
     max_stale: float = 2.0
     """How long past its TTL an entry may still answer while refreshing it fails."""
@@ -805,6 +806,7 @@ def _providers(top: _Table, upstreams: dict[str, UpstreamConfig]) -> ProvidersCo
         restricted_ttl=_number(t, "restricted_ttl", 60.0),
         account_ttl=_number(t, "account_ttl", 1.0),
         position_ttl=_number(t, "position_ttl", 1.0),
+        order_ttl=_number(t, "order_ttl", 1.0),
         quote_ttl=_number(t, "quote_ttl", 1.0),
         max_stale=_number(t, "max_stale", 2.0),
         cache_size=_int(t, "cache_size", 10_000, 1, 10_000_000),

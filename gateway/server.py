@@ -118,7 +118,7 @@ def build_providers(config: Config) -> FactProviders | None:
     return HttpFactProviders(
         up.url, pc.internal_token, timeout=pc.timeout, reference_ttl=pc.reference_ttl,
         calendar_ttl=pc.calendar_ttl, restricted_ttl=pc.restricted_ttl, account_ttl=pc.account_ttl,
-        position_ttl=pc.position_ttl, quote_ttl=pc.quote_ttl, max_stale=pc.max_stale,
+        position_ttl=pc.position_ttl, order_ttl=pc.order_ttl, quote_ttl=pc.quote_ttl, max_stale=pc.max_stale,
         cache_size=pc.cache_size, pool_size=pc.pool_size, ssl_context=tls)
 
 

@@ -7,8 +7,9 @@
 #
 # Scope: a request whose instrument is on the A-share market
 # (input.instrument.market == "cn_a") and that places a new order
-# (input.order) or cancels one (input.cancel). A cancel is only checked here
-# when the gateway fills input.instrument for it.
+# (input.order) or cancels one (input.cancel). On a cancel the gateway fills
+# input.instrument from the order being cancelled (its order provider); an
+# order it cannot find is denied by gateway.rego (order_not_found).
 #
 # Every figure (session times, lot sizes, order limits, bands, cage) lives in
 # data.ashare (policies/data/ashare.json); compliance signs those off.

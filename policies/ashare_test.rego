@@ -103,6 +103,10 @@ test_150000_closed if codes(at(54000)) == {"market_closed"}
 
 # --- cancels ----------------------------------------------------------------
 
+test_cancel_091459_closed if codes(cancel_at(33299)) == {"market_closed"}
+
+test_cancel_091500_allowed if codes(cancel_at(33300)) == set()
+
 test_cancel_091959_allowed if codes(cancel_at(33599)) == set()
 
 test_cancel_092000_refused if codes(cancel_at(33600)) == {"cancel_window_closed"}

@@ -77,11 +77,28 @@ route_checks_ok if {
 	data.gateway.access.ok == true
 }
 
+# A cancel of a known order of the request's account, with the order's
+# instrument (the gateway fills input.instrument from the order, so the
+# market packages judge the cancel: sessions, no-cancel windows).
 route_checks_ok if {
 	input.request.tier == "trade"
 	is_object(input.cancel)
 	data.gateway.access.ok == true
 	not is_object(input.order)
+	cancel_order_known
+	is_object(input.instrument)
+	input.instrument.symbol == input.cancel.symbol
+}
+
+# The order being cancelled is one of the request's account: the gateway's
+# order provider found it (input.cancel.symbol, side, status and account are
+# null when the account has no order by that id, whoever's it is).
+cancel_order_known if {
+	is_string(input.cancel.symbol)
+	input.cancel.side in {"buy", "sell"}
+	is_string(input.cancel.status)
+	is_string(input.request.account)
+	input.cancel.account == input.request.account
 }
 
 route_checks_ok if {
@@ -126,6 +143,17 @@ rule_denies contains d if {
 rule_denies contains d if {
 	data.gateway.risk.applies == true
 	some d in data.gateway.risk.deny
+}
+
+# RULES.md (A-shares, Stock Connect): cancels are judged by the order's market
+# (sessions, no-cancel windows), so a cancel must name an order the gateway can
+# find on the request's account. An unknown order id and another account's
+# order get the same answer (nothing about the other account leaks). (Here,
+# not in a package: the decision reads rule_denies only off the plain-allow
+# branch, so an order pays nothing for it.)
+rule_denies contains {"code": "order_not_found", "message": "No such order in this account."} if {
+	is_object(input.cancel)
+	not cancel_order_known
 }
 
 own_denies contains {"code": "policy_bundle_incomplete", "message": "The policy bundle is incomplete."} if {

@@ -61,10 +61,13 @@ read_input := object.union(base_input, {
 	"order": null, "instrument": null, "quote": null, "position": null,
 })
 
-# A cancel of an order of the client's own account.
+# A cancel of an order of the client's own account: the gateway's order
+# provider found it (symbol, side, status, account) and filled the instrument
+# from its symbol (09:31:05, continuous trading: cancels allowed).
 cancel_input := object.union(base_input, {
 	"request": {"method": "DELETE", "path": "/api/accounts/A1/orders/o1", "route": "order_cancel"},
-	"order": null, "cancel": {"order_id": "o1"}, "instrument": null, "quote": null, "position": null,
+	"order": null, "quote": null, "position": null,
+	"cancel": {"order_id": "o1", "symbol": "600519.SH", "side": "buy", "status": "accepted", "account": "A1"},
 })
 
 transfer_input := object.union(base_input, {

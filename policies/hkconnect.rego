@@ -8,8 +8,10 @@
 #
 # Scope: a request whose instrument is a Connect security
 # (input.instrument.market == "hk_connect") and that places a new order
-# (input.order) or cancels one (input.cancel). A cancel is only checked here
-# when the gateway fills input.instrument for it. input.clock.trading_day is
+# (input.order) or cancels one (input.cancel). On a cancel the gateway fills
+# input.instrument from the order being cancelled (its order provider); an
+# order it cannot find is denied by gateway.rego (order_not_found).
+# input.clock.trading_day is
 # taken to be the Connect calendar (both Hong Kong and the mainland open).
 #
 # Every figure lives in data.hkconnect (policies/data/hkconnect.json). The

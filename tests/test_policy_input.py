@@ -19,6 +19,7 @@ from gateway.errors import ConfigError
 from gateway.policy.engine import BaselinePolicy
 from gateway.policy.facts import Facts, body_accounts, exchange_clock, seconds_to_day_end
 from gateway.policy.input import build_input
+from gateway.policy.providers import MISS, Restricted
 from gateway.policy.rego import RegoPolicy
 from gateway.state.base import Batch, StateStore
 from gateway.state.memory import Keyspace, MemoryStore
@@ -127,7 +128,8 @@ def test_order_section_keeps_client_types() -> None:
 
 def test_cancel_and_transfer_sections() -> None:
     cancel = build_input(_ctx("order_cancel", params={"account": "A1", "order_id": "ord-1"}))
-    assert cancel["cancel"] == {"order_id": "ord-1"} and cancel["order"] is None
+    assert cancel["cancel"] == {"order_id": "ord-1", "symbol": None, "side": None, "status": None,
+                                "account": None} and cancel["order"] is None
     body = {"direction": "out", "amount": 5000, "bank_account_id": "bank-a1-1"}
     t = build_input(_ctx("transfer", body=body))
     assert t["transfer"] == {"direction": "out", "amount": 5000, "currency": None,
@@ -307,3 +309,78 @@ async def test_counters_on_redis(redis_store: StateStore, redis_url: str, redis_
     finally:
         await client.aclose()
     assert 0 < ttl_ms <= (seconds_to_day_end(T_0931) + 60) * 1000 + 1
+
+
+# --------------------------------------------------------------------------
+# A cancel: the order being cancelled and its instrument, beside the other lookups
+
+
+class FakeProviders:
+    """In-memory providers with caches that start cold; counts the lookups."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.warm: dict[tuple[str, Any], Any] = {}
+        self.orders = {("A1", "ord-1"): {"order_id": "ord-1", "account": "A1", "symbol": "00700.HK",
+                                         "side": "sell", "status": "accepted"}}
+
+    def cached(self, kind: str, key: Any) -> Any:
+        return self.warm.get((kind, key), MISS)
+
+    async def _answer(self, kind: str, key: Any, value: Any) -> Any:
+        self.calls.append(kind)
+        self.warm[(kind, key)] = value
+        return value
+
+    async def instrument(self, symbol: str) -> Any:
+        return await self._answer("instrument", symbol, {"symbol": symbol, "market": "hk_connect"})
+
+    async def bbo(self, symbol: str) -> Any:
+        return await self._answer("bbo", symbol, {"bid": 1.0, "ask": 1.0, "last": 1.0})
+
+    async def account(self, account: str) -> Any:
+        return await self._answer("account", account, {"id": account, "customer_id": "alice"})
+
+    async def position(self, account: str, symbol: str) -> Any:
+        return await self._answer("position", (account, symbol), None)
+
+    async def order(self, account: str, order_id: str) -> Any:
+        return await self._answer("order", (account, order_id), self.orders.get((account, order_id)))
+
+    async def restricted(self) -> Any:
+        return await self._answer("restricted", None, Restricted(frozenset(), frozenset()))
+
+    async def is_trading_day(self, day: Any) -> Any:
+        return await self._answer("is_trading_day", day, True)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_cancel_looks_up_the_order_and_its_instrument() -> None:
+    providers = FakeProviders()
+    counting = CountingStore(MemoryStore(keyspace=Keyspace(clock=lambda: 0.0)))
+    step = FetchFacts(providers, counting)  # type: ignore[arg-type]
+
+    async def cancel(order_id: str) -> dict[str, Any]:
+        ctx = _ctx("order_cancel", params={"account": "A1", "order_id": order_id})
+        await step(ctx)
+        return build_input(ctx)
+
+    doc = await cancel("ord-1")
+    assert doc["cancel"] == {"order_id": "ord-1", "symbol": "00700.HK", "side": "sell",
+                             "status": "accepted", "account": "A1"}
+    assert doc["instrument"] == {"symbol": "00700.HK", "market": "hk_connect"}
+    assert doc["quote"] is None and doc["position"] is None and doc["counters"]["cancels_today"] == 1
+    assert sorted(providers.calls) == ["account", "instrument", "is_trading_day", "order", "restricted"]
+    assert counting.round_trips == 1  # the counters' one batch: the order lookup costs none
+
+    providers.calls.clear()
+    again = await cancel("ord-1")  # warm caches: no lookup at all
+    assert providers.calls == [] and again["instrument"] == doc["instrument"]
+
+    unknown = await cancel("ord-2")  # unknown (or another account's): nothing but the id
+    assert unknown["cancel"] == {"order_id": "ord-2", "symbol": None, "side": None, "status": None,
+                                 "account": None}
+    assert unknown["instrument"] is None
+    assert "order" in providers.calls and "instrument" not in providers.calls

@@ -41,6 +41,8 @@ class Facts:
     counters: dict[str, Any] | None = None
     freeze: Freeze | None = None
     """The gateway's own freeze of the request's account (trade and transfer routes); None: not frozen."""
+    cancelled: dict[str, Any] | None = None
+    """On a cancel: the order being cancelled (the order provider's answer); None: no such order here."""
     settings: SecuritySettings | None = None
     """The customer's security settings in force (read beside the freeze on a transfer); None: not read."""
 
@@ -108,8 +110,15 @@ def transfer_doc(body: Any) -> dict[str, Any]:
     return _fields(body, TRANSFER_FIELDS)
 
 
-def cancel_doc(params: dict[str, str]) -> dict[str, Any]:
-    return {"order_id": params.get("order_id")}
+CANCEL_ORDER_FIELDS = ("symbol", "side", "status", "account")
+
+
+def cancel_doc(params: dict[str, str], cancelled: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The input's ``cancel``: the order id, and the order's symbol, side, status and account from
+    the order provider (all null when the account has no such order: nothing about another
+    account's order reaches the policy)."""
+    src = cancelled if cancelled is not None else {}
+    return {"order_id": params.get("order_id"), **{name: src.get(name) for name in CANCEL_ORDER_FIELDS}}
 
 
 def body_accounts(body: Any) -> list[Any]:

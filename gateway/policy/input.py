@@ -56,7 +56,7 @@ MEMBERS: dict[str, str] = {
     "mfa": """{"acr": s.acr if s is not None else None, "age_s": mfa_age(s, ctx.now)}""",
     "clock": "exchange_clock(ctx.now, facts.trading_day)",
     "order": """order_doc(body) if ctx.route.body_kind == "order" else None""",
-    "cancel": """cancel_doc(ctx.params) if ctx.route.body_kind == "cancel" else None""",
+    "cancel": """cancel_doc(ctx.params, facts.cancelled) if ctx.route.body_kind == "cancel" else None""",
     "transfer": """transfer_doc(body) if ctx.route.body_kind == "transfer" else None""",
     "body_accounts": "body_accounts(body) if body is not None else []",
     "instrument": "facts.instrument",

@@ -120,7 +120,10 @@ def base_input(route: str = "order_place", *, account: str = "A1", token_account
         doc["order"] = {"symbol": "600519.SH", "side": side, "qty": 100, "price": 1450.0, "type": "limit",
                         "client_order_id": "c1", "account": None}
     elif route == "order_cancel":
-        doc["cancel"] = {"order_id": "O123"}
+        # The order provider's answer for O123, and the order's instrument (docs/POLICIES.md).
+        doc["cancel"] = {"order_id": "O123", "symbol": "600519.SH", "side": "buy", "status": "accepted",
+                         "account": account}
+        doc["instrument"] = _instrument()
     elif route == "transfer":
         doc["transfer"] = {"direction": "out", "amount": 10000.0, "currency": "CNY",
                            "bank_account_id": "BK-0001", "account": None}

@@ -7,7 +7,7 @@ shared ``X-Portcullis-Internal-Token``.
 
 Caching: every answer is kept in a bounded LRU :class:`TtlCache` with a TTL
 per kind (reference data, restricted lists and the calendar: minutes; account
-facts, positions and best bid/offer: about a second). Concurrent misses for the
+facts, positions, orders and best bid/offer: about a second). Concurrent misses for the
 same key share one fetch. When a refresh fails, an entry at most ``max_stale``
 seconds past its TTL still answers; otherwise the failure raises
 :class:`ProviderUnavailable` (503 ``provider_unavailable``), and the route's
@@ -66,6 +66,7 @@ ACCOUNT_KEYS = ("id", "investor_level", "lowest_category", "assets_cny", "tradin
                 # For the risk engine (gateway/risk/signals.py): bank accounts' link times, last deposit.
                 "bank_accounts", "last_deposit")
 POSITION_KEYS = ("symbol", "qty", "today_bought", "sellable")
+ORDER_KEYS = ("order_id", "account", "symbol", "side", "status")
 
 
 class ProviderUnavailable(GatewayError):
@@ -114,6 +115,11 @@ class AccountFacts(Protocol):
         """``{"symbol", "qty", "today_bought", "sellable"}`` (zeros when none held)."""
         ...
 
+    async def order(self, account: str, order_id: str) -> Json | None:
+        """``{"order_id", "account", "symbol", "side", "status"}`` of one of the account's orders;
+        None when the account has no order by that id (unknown, or another account's)."""
+        ...
+
 
 class RestrictedLists(Protocol):
     async def restricted(self) -> Restricted: ...
@@ -136,8 +142,8 @@ class FactProviders(ReferenceData, Quotes, AccountFacts, RestrictedLists, Tradin
         """A fresh cached answer without I/O, or :data:`MISS` (the step's no-task fast path).
 
         ``kind`` is the method name (``instrument``, ``bbo``, ``account``, ``position``
-        with key ``(account, symbol)``, ``restricted`` with key None, ``is_trading_day``
-        with a ``date`` key).
+        with key ``(account, symbol)``, ``order`` with key ``(account, order_id)``, ``restricted``
+        with key None, ``is_trading_day`` with a ``date`` key).
         """
         ...
 
@@ -220,7 +226,8 @@ class HttpFactProviders:
     def __init__(self, base_url: str, token: str, *, timeout: float = 0.5,
                  reference_ttl: float = 300.0, calendar_ttl: float = 3600.0,
                  restricted_ttl: float = 60.0, account_ttl: float = 1.0,
-                 position_ttl: float = 1.0, quote_ttl: float = 1.0, max_stale: float = 2.0,
+                 position_ttl: float = 1.0, order_ttl: float = 1.0, quote_ttl: float = 1.0,
+                 max_stale: float = 2.0,
                  cache_size: int = 10_000, pool_size: int = 32,
                  ssl_context: ssl.SSLContext | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -238,6 +245,7 @@ class HttpFactProviders:
         self.quotes: TtlCache[str, Json | None] = cache(quote_ttl, "quotes")
         self.accounts: TtlCache[str, Json | None] = cache(account_ttl, "accounts")
         self.positions: TtlCache[tuple[str, str], Json | None] = cache(position_ttl, "positions")
+        self.orders: TtlCache[tuple[str, str], Json | None] = cache(order_ttl, "orders")
         self.lists: TtlCache[str, Restricted] = cache(restricted_ttl, "restricted")
         self.calendars: TtlCache[int, frozenset[str]] = cache(calendar_ttl, "calendar")
 
@@ -275,7 +283,7 @@ class HttpFactProviders:
             return MISS if days is MISS else key.isoformat() in days
         caches: dict[str, TtlCache[Any, Any]] = {
             "instrument": self.instruments, "bbo": self.quotes, "account": self.accounts,
-            "position": self.positions, "restricted": self.lists}
+            "position": self.positions, "order": self.orders, "restricted": self.lists}
         cache = caches.get(kind)
         if cache is None:
             return MISS
@@ -316,6 +324,19 @@ class HttpFactProviders:
                 f"/internal/accounts/{quote(account, safe='')}/positions/{quote(symbol, safe='')}")
             return None if data is None else _pick(data, POSITION_KEYS)
         return await self.positions.get((account, symbol), fetch)
+
+    async def order(self, account: str, order_id: str) -> Json | None:
+        async def fetch() -> Json | None:
+            data = await self._get(
+                f"/internal/accounts/{quote(account, safe='')}/orders/{quote(order_id, safe='')}")
+            if data is None:
+                return None
+            picked = _pick(data, ORDER_KEYS)
+            # Only this account's order, by this id: anything else is "no such order" (nothing leaks).
+            if picked["account"] != account or picked["order_id"] != order_id:
+                return None
+            return picked
+        return await self.orders.get((account, order_id), fetch)
 
     async def restricted(self) -> Restricted:
         async def fetch() -> Restricted:

@@ -4,7 +4,11 @@ Runs after read_body/decrypt and before score/decide, and fills ``ctx.facts``.
 
 Trade and transfer routes: instrument, best bid/offer, position (when the
 order names a symbol), account facts, the restricted lists and today's
-trading-day flag are fetched together (``asyncio.gather``; warm caches answer
+trading-day flag are fetched together. On a cancel the order being cancelled
+(``providers.order(account, order_id)``: symbol, side, status; None when the
+account has no such order) is fetched beside them, then its instrument (one
+chained lookup, no extra state-store round trip): ``facts.cancelled`` and
+``facts.instrument``, so the market packages judge cancels too (``asyncio.gather``; warm caches answer
 without I/O). Any provider failure fails the request closed with 503
 ``provider_unavailable``, whatever it was (transport, bad answer, a bug).
 
@@ -72,6 +76,30 @@ async def _none() -> None:
     return None
 
 
+def _order_symbol(order: Any) -> str | None:
+    symbol = order.get("symbol") if isinstance(order, dict) else None
+    return symbol if isinstance(symbol, str) and symbol else None
+
+
+async def _cancelled(p: FactProviders, account: str, order_id: str) -> tuple[Any, Any]:
+    """The order being cancelled and its instrument (None, None: the account has no such order)."""
+    order = await p.order(account, order_id)
+    symbol = _order_symbol(order)
+    return order, (await p.instrument(symbol) if symbol is not None else None)
+
+
+def _cancelled_cached(p: FactProviders, key: tuple[str, str]) -> Any:
+    """What `_cancelled` would answer, from warm caches only, or MISS."""
+    order = p.cached("order", key)
+    if order is MISS:
+        return MISS
+    symbol = _order_symbol(order)
+    if symbol is None:
+        return order, None
+    instrument = p.cached("instrument", symbol)
+    return MISS if instrument is MISS else (order, instrument)
+
+
 class FetchFacts:
     name = "facts"
 
@@ -108,6 +136,8 @@ class FetchFacts:
         symbol = order.get("symbol") if order is not None else None
         if not isinstance(symbol, str) or not symbol:
             symbol = None
+        order_id = ctx.params.get("order_id") if kind == "cancel" else None
+        cancel_key = (account, order_id) if account and isinstance(order_id, str) and order_id else None
         facts = Facts()
         ctx.facts = facts
         p = self._providers
@@ -123,9 +153,13 @@ class FetchFacts:
                  (lambda: p.position(account, symbol)) if account and symbol else None),
                 ("restricted", None, p.restricted),
                 ("is_trading_day", day, lambda: p.is_trading_day(day)),
+                ("cancelled", cancel_key,
+                 (lambda: _cancelled(p, account, order_id)) if cancel_key and account and order_id else None),
             ]
             # Warm caches answer without I/O and without a task each (a gather of six costs ~90 us).
-            hits = [None if fetch is None else p.cached(kind, key) for kind, key, fetch in wanted]
+            hits = [None if fetch is None
+                    else _cancelled_cached(p, key) if kind == "cancelled" else p.cached(kind, key)
+                    for kind, key, fetch in wanted]
             if any(hit is MISS for hit in hits):
                 lookups = [_none() if fetch is None else fetch() for _, _, fetch in wanted]
             else:
@@ -159,7 +193,9 @@ class FetchFacts:
         except Exception as exc:  # fail closed whatever happened
             raise GatewayError(PROVIDER_UNAVAILABLE) from exc
         if results:
-            instrument, quote, acct, position, restricted, trading_day = results
+            instrument, quote, acct, position, restricted, trading_day, cancelled = results
+            if cancelled is not None:  # a cancel: the order's instrument is the request's
+                facts.cancelled, instrument = cancelled
             facts.instrument, facts.quote, facts.account = instrument, quote, acct
             facts.position, facts.trading_day = position, trading_day
             if facts.account is not None:
