@@ -922,6 +922,17 @@ def _risk(t: _Table, base: Path) -> RiskConfig:
     return config
 
 
+def _acr_levels(t: _Table) -> tuple[tuple[str, ...], str]:
+    """``acr_levels`` (distinct, weakest first) and ``min_acr`` (one of them): a step-up's settings."""
+    levels = _strs(t, "acr_levels", list(DEFAULT_ACR_LEVELS))
+    if not levels or len(set(levels)) != len(levels):
+        raise ConfigError(f"{t.key('acr_levels')}: must list distinct acr values, weakest first")
+    min_acr = t.get("min_acr", str, "urn:portcullis:acr:mfa")
+    if min_acr not in levels:
+        raise ConfigError(f"{t.key('min_acr')}: {min_acr!r} is not one of acr_levels ({', '.join(levels)})")
+    return levels, str(min_acr)
+
+
 def _policy_admin(t: _Table) -> PolicyAdminConfig:
     repository = _choice(t, "repository", ("memory", "postgres"), "memory")
     dsn = _env(t, "postgres_dsn") if "postgres_dsn" in t.data else None
@@ -934,12 +945,7 @@ def _policy_admin(t: _Table) -> PolicyAdminConfig:
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ConfigError(f"{t.key('postgres_schema')}: must be a plain SQL identifier "
                           f"(letters, digits, underscore; got {schema!r})")
-    levels = _strs(t, "acr_levels", list(DEFAULT_ACR_LEVELS))
-    if not levels or len(set(levels)) != len(levels):
-        raise ConfigError(f"{t.key('acr_levels')}: must list distinct acr values, weakest first")
-    min_acr = t.get("min_acr", str, "urn:portcullis:acr:mfa")
-    if min_acr not in levels:
-        raise ConfigError(f"{t.key('min_acr')}: {min_acr!r} is not one of acr_levels ({', '.join(levels)})")
+    levels, min_acr = _acr_levels(t)
     max_bytes = _size(t, "max_bundle_bytes", 2 * 1024 * 1024)
     if not 1024 <= max_bytes <= 64 * 1024 * 1024:
         raise ConfigError(f"{t.key('max_bundle_bytes')}: must be between 1KiB and 64MiB (got {max_bytes})")
@@ -1002,12 +1008,7 @@ def _notifier(t: _Table, base: Path) -> NotifierConfig:
 
 
 def _customer_settings(t: _Table) -> CustomerSettingsConfig:
-    levels = _strs(t, "acr_levels", list(DEFAULT_ACR_LEVELS))
-    if not levels or len(set(levels)) != len(levels):
-        raise ConfigError(f"{t.key('acr_levels')}: must list distinct acr values, weakest first")
-    min_acr = t.get("min_acr", str, "urn:portcullis:acr:mfa")
-    if min_acr not in levels:
-        raise ConfigError(f"{t.key('min_acr')}: {min_acr!r} is not one of acr_levels ({', '.join(levels)})")
+    levels, min_acr = _acr_levels(t)
     max_limit = _number(t, "max_limit", 100_000_000.0, minimum=1.0)
     if max_limit > 1e15:
         raise ConfigError(f"{t.key('max_limit')}: at most 1e15 CNY (got {max_limit:g})")

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -31,3 +32,25 @@ def jwk_thumbprint(jwk: Mapping[str, str]) -> str:
     members = _THUMBPRINT_MEMBERS[jwk["kty"]]
     canonical = json.dumps({k: jwk[k] for k in members}, separators=(",", ":"), sort_keys=True)
     return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member")
+    return obj
+
+
+def _reject_constant(_: str) -> Any:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+def strict_json_object(data: bytes) -> dict[str, Any] | None:
+    """A JOSE header or claims set: a JSON object in UTF-8 without duplicate members, NaN or
+    Infinity (two parsers must never read one token two ways); None when it is not one."""
+    try:
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates,
+                         parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None

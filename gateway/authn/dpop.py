@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import math
 import re
 from collections import OrderedDict
@@ -48,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.errors import DPOP_INVALID, GatewayError
-from gateway.jose import jwk_thumbprint
+from gateway.jose import jwk_thumbprint, strict_json_object
 from gateway.paths import normalise_target
 
 __all__ = [
@@ -103,24 +102,9 @@ def _b64decode(segment: str, what: str) -> bytes:
     return raw
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member")
-    return obj
-
-
-def _reject_constant(_: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
-
-
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates,
-                         parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _invalid(f"its {what} is not a JSON object") from None
-    if not isinstance(obj, dict):
+    obj = strict_json_object(data)
+    if obj is None:
         raise _invalid(f"its {what} is not a JSON object")
     return obj
 

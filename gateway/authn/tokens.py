@@ -46,7 +46,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 import time
 from collections import OrderedDict
@@ -74,6 +73,7 @@ from gateway.errors import (
     ErrorKind,
     GatewayError,
 )
+from gateway.jose import strict_json_object
 
 __all__ = [
     "MAX_TOKEN_BYTES",
@@ -149,27 +149,9 @@ def _b64decode(segment: str, what: str) -> bytes:
     return raw
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member")
-    return obj
-
-
-def _reject_constant(_: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
-
-
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _fail(TOKEN_MALFORMED, f"the token {what} is not a JSON object") from None
-    if not isinstance(obj, dict):
+    obj = strict_json_object(data)
+    if obj is None:
         raise _fail(TOKEN_MALFORMED, f"the token {what} is not a JSON object")
     return obj
 
