@@ -217,7 +217,10 @@ def projector(shape: InputShape | None) -> Callable[[Any], Any]:
                 members.append(f"{name!r}: {var}[{name!r}]")
             else:
                 child = f"v{next(counter)}"
-                lines.append(f"        {child} = {var}[{name!r}]")
+                # Below the root, the parent may be null (input.cancel on an order): look down only
+                # into a dict, or every such request would fall back to the slow `project`.
+                guard = "" if var == "doc" else f" if type({var}) is dict else None"
+                lines.append(f"        {child} = {var}[{name!r}]{guard}")
                 members.append(f"{name!r}: ({literal(child, sub)} if type({child}) is dict else {child})")
         return "{" + ", ".join(members) + "}"
 
