@@ -36,6 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis.asyncio
 
+from gateway.state.base import StateStore
+from gateway.state.memory import MemoryStore
 from gateway.state.redis import RedisStore
 
 # --------------------------------------------------------------------------
@@ -123,6 +125,17 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"ptest:{uuid.uuid4().hex}:"
     yield prefix
     _run(lambda: delete_redis_prefix(redis_url, prefix))
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
+    """Each test twice: on a MemoryStore and on a RedisStore under the test's own prefix."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    store = RedisStore(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"), timeout=2.0)
+    yield store
+    await store.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -291,14 +290,9 @@ def test_exchange_hour_is_shanghai_time() -> None:
 # -- the engine on real stores -----------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    s = RedisStore(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"), timeout=2.0)
-    yield s
-    await s.close()
+@pytest.fixture
+def store(any_store: StateStore) -> StateStore:
+    return any_store
 
 
 async def judged(engine: RiskEngine, c: RequestContext, *, allow: bool = True) -> RequestContext:

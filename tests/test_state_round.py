@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from harness import BatchCountingStore as CountingStore
@@ -49,16 +48,6 @@ async def _replay_round(store: StateStore, ctx: RequestContext, jti: str) -> lis
     if pending is not None:
         await pending
     return seen
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    store = RedisStore(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"), timeout=2.0)
-    yield store
-    await store.close()
 
 
 async def test_one_round_trip_then_the_checks_in_order(any_store: StateStore) -> None:
