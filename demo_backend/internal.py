@@ -99,6 +99,7 @@ async def account_facts(request: web.Request) -> web.Response:
     return web.json_response({
         "id": c.account,
         "customer_id": c.sub,
+        "phone": c.phone,  # the phone on file: step-up codes go there until the customer enrols another
         "investor_level": c.investor_level,
         "lowest_category": c.lowest_category,
         "assets_cny": c.assets_cny,

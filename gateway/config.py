@@ -296,6 +296,53 @@ class CustomerSettingsConfig:
     """Roles that may use the API (a token's sub is the customer)."""
 
 
+DEFAULT_STEP_UP_LEVELS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
+    ("urn:portcullis:acr:pwd", ()),
+    ("urn:portcullis:acr:mfa", (("totp",), ("sms",), ("face",))),
+    ("urn:portcullis:acr:face", (("face",), ("totp", "sms"))),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StepUpConfig:
+    """Step-up challenges and factors (gateway/mfa, docs/STEP_UP.md)."""
+
+    enabled: bool = True
+    levels: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = DEFAULT_STEP_UP_LEVELS
+    """acr values weakest first, each with its ways (sets of methods that together reach it)."""
+    challenge_ttl: float = 300.0
+    """Seconds a challenge may be answered."""
+    token_ttl: int = 120
+    """Seconds a transaction step-up token is valid (it is also consumed on first use)."""
+    session_ttl: int = 900
+    """Seconds a session step-up token raises the session's acr (at most the policy's max_age)."""
+    max_attempts: int = 5
+    """Failed attempts of one method on one challenge before that method is withdrawn from it."""
+    cooling_off: float = 86_400.0
+    """Seconds before a newly enrolled or changed factor may answer transfer step-ups or factor changes."""
+    key_file: Path | None = None
+    """The step-up token key (32+ bytes, base64; created with mode 0600 if absent)."""
+    secrets_file: Path | None = None
+    """The SM4 key file sealing TOTP secrets and phone numbers (created if absent)."""
+    sms_key_file: Path | None = None
+    """The HMAC key the SMS codes are hashed under (created if absent)."""
+    sms_sender: str = "file"
+    """"file" (the demo's phone: one JSON line per message) or "webhook" (a real SMS provider)."""
+    sms_file: Path | None = None
+    sms_url: str | None = None
+    sms_token_file: Path | None = None
+    sms_timeout: float = 5.0
+    sms_retries: int = 2
+    face_url: str | None = None
+    """The biometrics service (``python -m biometrics serve``); None: no face method."""
+    face_secret_file: Path | None = None
+    face_liveness: bool = True
+    """A face step-up needs a blink sequence (3-5 frames); false accepts a single photo."""
+    totp_issuer: str = "Portcullis"
+    roles: tuple[str, ...] = ("client",)
+    """Roles that may enrol factors (a token's sub is the customer)."""
+
+
 DEFAULT_IDENTITY_PREFIXES: tuple[str, ...] = (
     "x-user-", "x-portcullis-", "x-remote-user", "x-forwarded-user", "x-authenticated-",
 )
@@ -336,6 +383,7 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     customer_settings: CustomerSettingsConfig = field(default_factory=CustomerSettingsConfig)
+    step_up: StepUpConfig = field(default_factory=StepUpConfig)
 
 
 # --------------------------------------------------------------------------
@@ -754,6 +802,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     dpop = _dpop(top.sub("dpop"))
     risk = _risk(top.sub("risk"), base)
     customer_settings = _customer_settings(top.sub("customer_settings"))
+    step_up = _step_up(top.sub("step_up"), base)
 
     top.finish()
     return Config(
@@ -777,6 +826,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         risk=risk,
         rate_limits=rate_limits,
         customer_settings=customer_settings,
+        step_up=step_up,
     )
 
 
@@ -1040,3 +1090,59 @@ def load(path: str | os.PathLike[str]) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     return parse(data, p.resolve().parent, p.resolve())
+
+
+def _step_up_levels(t: _Table) -> tuple[tuple[str, tuple[tuple[str, ...], ...]], ...]:
+    if "levels" not in t.data:
+        return DEFAULT_STEP_UP_LEVELS
+    raw = t.get("levels", list)
+    levels: list[tuple[str, tuple[tuple[str, ...], ...]]] = []
+    for i, item in enumerate(raw):
+        where = f"{t.key('levels')}[{i}]"
+        if not isinstance(item, dict) or set(item) - {"acr", "ways"} or not isinstance(item.get("acr"), str):
+            raise ConfigError(f"{where}: must be {{acr = \"...\", ways = [[\"totp\"], [\"face\"]]}}")
+        ways = item.get("ways", [])
+        if not isinstance(ways, list) or not all(
+                isinstance(w, list) and w and all(isinstance(m, str) for m in w) for w in ways):
+            raise ConfigError(f"{where}.ways: must be a list of non-empty lists of methods")
+        levels.append((item["acr"], tuple(tuple(w) for w in ways)))
+    from gateway.mfa.levels import Ladder  # the ladder's own checks (unknown methods, duplicates)
+    try:
+        Ladder.build(levels)
+    except ValueError as exc:
+        raise ConfigError(f"{t.key('levels')}: {exc}") from None
+    return tuple(levels)
+
+
+def _step_up(t: _Table, base: Path) -> StepUpConfig:
+    sender = _choice(t, "sms_sender", ("file", "webhook"), "file")
+    cfg = StepUpConfig(
+        enabled=t.get("enabled", bool, True),
+        levels=_step_up_levels(t),
+        challenge_ttl=_number(t, "challenge_ttl", 300.0, minimum=10.0),
+        token_ttl=_int(t, "token_ttl", 120, 5, 3600),
+        session_ttl=_int(t, "session_ttl", 900, 5, 86_400),
+        max_attempts=_int(t, "max_attempts", 5, 1, 100),
+        cooling_off=_number(t, "cooling_off", 86_400.0),
+        key_file=_path(t, "key_file", base, None),
+        secrets_file=_path(t, "secrets_file", base, None),
+        sms_key_file=_path(t, "sms_key_file", base, None),
+        sms_sender=sender,
+        sms_file=_path(t, "sms_file", base, None),
+        sms_url=t.get("sms_url", str, None),
+        sms_token_file=_existing(t, "sms_token_file", base) if "sms_token_file" in t.data else None,
+        sms_timeout=_number(t, "sms_timeout", 5.0, minimum=0.01),
+        sms_retries=_int(t, "sms_retries", 2, 0, 10),
+        face_url=t.get("face_url", str, None),
+        face_secret_file=_existing(t, "face_secret_file", base) if "face_secret_file" in t.data else None,
+        face_liveness=t.get("face_liveness", bool, True),
+        totp_issuer=t.get("totp_issuer", str, "Portcullis"),
+        roles=_strs(t, "roles", ["client"]),
+    )
+    t.used.update({"sms_token_file", "face_secret_file"})
+    if cfg.sms_sender == "webhook" and not cfg.sms_url:
+        raise ConfigError(f"{t.key('sms_url')}: required when sms_sender = \"webhook\"")
+    if cfg.face_url is not None and cfg.face_secret_file is None:
+        raise ConfigError(f"{t.key('face_secret_file')}: required with face_url (the service's shared secret)")
+    t.finish()
+    return cfg

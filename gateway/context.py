@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from gateway.authn.tokens import Subject
+    from gateway.mfa.tokens import StepUpClaims
     from gateway.policy.engine import Decision
     from gateway.policy.facts import Facts
     from gateway.proxy import BoundedBody
@@ -57,6 +58,8 @@ class RequestContext:
     """Provider facts and counters for the policy input (the facts step)."""
     degraded: list[str] = field(default_factory=list)
     """Dependencies that failed open on this request (read routes only)."""
+    step_up: StepUpClaims | None = None
+    """The step-up token the request was retried with, once checked (gateway/steps/step_up.py)."""
     mask_fields: tuple[tuple[str, ...], ...] | None = None
     """JSON field paths to mask in the upstream's response (the mask_fields obligation)."""
     batch: Batch | None = None

@@ -9,36 +9,47 @@ Tree (status: codes)::
     GatewayError
     ├── 400 bad request ......... bad_path, bad_request, invalid_json, bad_header,
     │                             bundle_malformed, bundle_path_forbidden,
-    │                             settings_invalid
+    │                             settings_invalid, otp_malformed, phone_invalid,
+    │                             face_image_invalid, face_frames_invalid
     ├── 401 unauthenticated ..... token_missing, token_malformed, token_invalid,
     │                             token_expired, token_not_yet_valid,
     │                             token_issuer_unknown, token_audience,
     │                             token_alg_not_allowed, token_key_unknown,
     │                             token_revoked, insufficient_user_authentication,
     │                             dpop_invalid, dpop_replayed, dpop_required,
-    │                             dpop_key_mismatch
+    │                             dpop_key_mismatch, step_up_token_invalid,
+    │                             step_up_token_used
     ├── 403 forbidden ........... account_forbidden, policy_denied, role_forbidden,
-    │                             self_approval, account_frozen
+    │                             self_approval, account_frozen, challenge_failed,
+    │                             no_step_up_method, step_up_token_mismatch, otp_invalid,
+    │                             otp_replayed, face_consent_required, face_mismatch
     ├── 404 not found ........... route_not_found, bundle_not_found, proposal_not_found,
-    │                             shadow_not_found, freeze_not_found
+    │                             shadow_not_found, freeze_not_found, challenge_not_found,
+    │                             enrolment_not_found
     ├── 405 method not allowed .. method_not_allowed
     ├── 408 request timeout ..... body_timeout
     ├── 409 conflict ............ bundle_exists, bundle_not_validated, bundle_already_active,
     │                             bundle_never_active, proposal_exists, proposal_not_pending,
     │                             proposal_expired, shadow_running, shadow_not_running,
-    │                             settings_busy
-    ├── 413 too large ........... body_too_large, bundle_too_large
+    │                             settings_busy, challenge_used, method_not_offered,
+    │                             factor_not_enrolled, phone_unknown, face_not_enrolled,
+    │                             face_replayed
+    ├── 410 gone ................ challenge_expired, otp_expired
+    ├── 413 too large ........... body_too_large, bundle_too_large, face_image_too_large
     ├── 415 media type .......... unsupported_media_type
-    ├── 422 unprocessable ....... bundle_invalid
+    ├── 422 unprocessable ....... bundle_invalid, face_no_face, face_multiple_faces,
+    │                             face_too_small, face_identity_mismatch, face_liveness_failed
     ├── 428 precondition ........ confirmation_required
-    ├── 429 too many requests ... rate_limited, login_locked (with Retry-After)
+    ├── 429 too many requests ... rate_limited, login_locked, otp_locked, otp_throttled,
+    │                             sms_cooldown, sms_send_limited (with Retry-After)
     ├── 502 bad gateway ......... upstream_unreachable, upstream_bad_response,
     │                             response_unmaskable
     ├── 503 unavailable ......... state_unavailable, audit_unavailable,
     │                             policy_unavailable, risk_unavailable,
     │                             provider_unavailable, shutting_down,
     │                             repository_unavailable, notify_unavailable,
-    │                             break_glass_unavailable, obligation_failed
+    │                             break_glass_unavailable, obligation_failed,
+    │                             sms_unavailable, face_unavailable
     └── 504 gateway timeout ..... upstream_timeout
 """
 
@@ -180,6 +191,50 @@ FREEZE_NOT_FOUND = _kind("freeze_not_found", 404, "the account is not frozen")
 # Customer security settings (gateway/settings.py, gateway/settings_api.py).
 SETTINGS_INVALID = _kind("settings_invalid", 400, "the security settings are not valid")
 SETTINGS_BUSY = _kind("settings_busy", 409, "another change of these settings is in progress: retry")
+
+# Step-up authentication (gateway/mfa, docs/STEP_UP.md): challenges, step-up tokens, factors.
+CHALLENGE_NOT_FOUND = _kind("challenge_not_found", 404, "no step-up challenge of yours has this id")
+CHALLENGE_EXPIRED = _kind("challenge_expired", 410, "the step-up challenge has expired: retry the request")
+CHALLENGE_USED = _kind("challenge_used", 409, "the step-up challenge has already been completed")
+CHALLENGE_FAILED = _kind(
+    "challenge_failed", 403, "the step-up challenge has no method left: retry the request later")
+METHOD_NOT_OFFERED = _kind("method_not_offered", 409, "this method is not offered by the step-up challenge")
+NO_STEP_UP_METHOD = _kind(
+    "no_step_up_method", 403,
+    "no enrolled factor of yours reaches the authentication this request needs: enrol one first")
+STEP_UP_TOKEN_INVALID = _kind("step_up_token_invalid", 401, "the step-up token is not valid")
+STEP_UP_TOKEN_USED = _kind("step_up_token_used", 401, "the step-up token has already been used")
+STEP_UP_TOKEN_MISMATCH = _kind(
+    "step_up_token_mismatch", 403, "the step-up token was issued for another request, token or device")
+OTP_MALFORMED = _kind("otp_malformed", 400, "the one-time code must be 6 digits")
+OTP_INVALID = _kind("otp_invalid", 403, "the one-time code is wrong")
+OTP_REPLAYED = _kind("otp_replayed", 403, "this one-time code has already been used: wait for the next one")
+OTP_EXPIRED = _kind("otp_expired", 410, "no valid one-time code: request a new one")
+OTP_LOCKED = _kind(
+    "otp_locked", 429, "too many wrong one-time codes: retry after the time in Retry-After")
+OTP_THROTTLED = _kind("otp_throttled", 429, "wait before the next attempt: retry after the time in Retry-After")
+SMS_COOLDOWN = _kind("sms_cooldown", 429, "a code was sent moments ago: retry after the time in Retry-After")
+SMS_SEND_LIMITED = _kind("sms_send_limited", 429, "too many codes sent: retry after the time in Retry-After")
+SMS_UNAVAILABLE = _kind("sms_unavailable", 503, "the text message could not be sent: try another method")
+FACTOR_NOT_ENROLLED = _kind("factor_not_enrolled", 409, "this factor is not enrolled")
+ENROLMENT_NOT_FOUND = _kind("enrolment_not_found", 404, "no enrolment of this factor is pending: start again")
+PHONE_INVALID = _kind("phone_invalid", 400, "the phone number is not valid (E.164, e.g. +8613800000001)")
+PHONE_UNKNOWN = _kind("phone_unknown", 409, "no phone number is on file for you: contact the broker")
+FACE_IMAGE_INVALID = _kind("face_image_invalid", 400, "the image is not a JPEG or PNG")
+FACE_FRAMES_INVALID = _kind("face_frames_invalid", 400, "a liveness check needs 3 to 5 frames")
+FACE_CONSENT_REQUIRED = _kind(
+    "face_consent_required", 403, "face processing needs your explicit consent first")
+FACE_NOT_ENROLLED = _kind("face_not_enrolled", 409, "no face is enrolled for you")
+FACE_REPLAYED = _kind("face_replayed", 409, "an image was submitted before: take new pictures")
+FACE_IMAGE_TOO_LARGE = _kind("face_image_too_large", 413, "the image is too large")
+FACE_NOT_FOUND = _kind("face_no_face", 422, "no face was found in the image")
+FACE_MULTIPLE = _kind("face_multiple_faces", 422, "more than one face is in the image")
+FACE_TOO_SMALL = _kind("face_too_small", 422, "the face is too small: come closer")
+FACE_IDENTITY_MISMATCH = _kind(
+    "face_identity_mismatch", 422, "the pictures do not show one and the same person")
+FACE_LIVENESS_FAILED = _kind("face_liveness_failed", 422, "no blink was seen in the pictures")
+FACE_MISMATCH = _kind("face_mismatch", 403, "the face does not match the enrolled one")
+FACE_UNAVAILABLE = _kind("face_unavailable", 503, "the face check is not available: use another method")
 
 
 def catalogue() -> dict[str, ErrorKind]:

@@ -33,6 +33,11 @@ from gateway.errors import BAD_HEADER, BAD_REQUEST, SHUTTING_DOWN, ConfigError, 
 from gateway.freezes import FreezeStore
 from gateway.identity import AssertionSigner, HmacIdentitySigner, IdentitySigner, terminal_info
 from gateway.metrics import Metrics
+from gateway.mfa.build import build_stepups
+from gateway.mfa.handlers import PREFIX as MFA_PREFIX
+from gateway.mfa.handlers import MfaEndpoint, is_face_path, mfa_routes
+from gateway.mfa.service import FaceChecks, StepUps
+from gateway.mfa.sms import SmsSender
 from gateway.netutil import TrustedPeers, client_ip
 from gateway.notify import Notifier, build_notifier
 from gateway.paths import normalise_target
@@ -54,11 +59,12 @@ from gateway.steps.authenticate import Authenticate, DeviceProofs
 from gateway.steps.bind_account import BindAccount, RequireRole
 from gateway.steps.decrypt import Decrypt
 from gateway.steps.facts import FetchFacts
-from gateway.steps.judge import Decide, Score, StepUpChallenge
+from gateway.steps.judge import Decide, Score
 from gateway.steps.obligations import MaskResponse, Obligations, RefuseFrozen
 from gateway.steps.rate_limit import LocalBuckets, Lockouts, LoginAttempt, LoginOutcome, RateLimits
 from gateway.steps.risk import Learn, RiskState
 from gateway.steps.state_round import StateRound
+from gateway.steps.step_up import StepUpChallenge, StepUpToken
 
 log = logging.getLogger("portcullis")
 
@@ -146,7 +152,8 @@ class Gateway:
     def __init__(self, config: Config, *, state: StateStore | None = None,
                  audit_sink: AuditSink | None = None, notifier: Notifier | None = None,
                  policy: PolicyEngine | None = None, scorer: RiskScorer | None = None,
-                 providers: FactProviders | None = None, clock: Callable[[], float] = time.time) -> None:
+                 providers: FactProviders | None = None, clock: Callable[[], float] = time.time,
+                 sms_sender: SmsSender | None = None, face: FaceChecks | None = None) -> None:
         self.config = config
         self._clock = clock
         """Wall-clock time of each request's arrival (``ctx.now``: decisions, settings, the identity
@@ -191,6 +198,14 @@ class Gateway:
                                    audit=self.audit, metrics=self.metrics)
         self._settings_route: RouteConfig | None = None
         self._settings_pipeline = Pipeline(())
+        self.stepups: StepUps | None = None
+        if config.step_up.enabled and g.security:
+            phone = getattr(self.providers, "phone_on_file", None)
+            self.stepups = build_stepups(config.step_up, state=self.state, risk=self.risk, auditor=self._auditor,
+                                         phone_on_file=phone if phone is not None else _no_phone,
+                                         sms_sender=sms_sender, face=face, clock=clock)
+        self._mfa_routes = mfa_routes(config.step_up)
+        self._mfa_pipeline = Pipeline(())
         self.pipelines = self._build_pipelines()
 
     # -- assembly ---------------------------------------------------------
@@ -212,14 +227,14 @@ class Gateway:
         guarded: list[Step] = [
             Authenticate(self.verifier, self.device_proofs), RequireRole(), BindAccount(), rate_limit,
             RiskState(self.risk),
-            StateRound(), read_body, Decrypt(),
+            StateRound(), read_body, Decrypt(), *self._step_up_token(),
             FetchFacts(self.providers, self.state,
                        read_account_facts=self.config.providers is None
                        or self.config.providers.read_account_facts),
             RefuseFrozen(), Score(self.scorer), Decide(self.policy, on_error=self.metrics.policy_error),
             Obligations(self.freezes, self.notifier, self._auditor, officers=self.config.policy_admin.officers,
                         count=self.metrics.obligation),
-            StepUpChallenge(), self._auditor, Learn(self.risk), forward,
+            StepUpChallenge(self.stepups), self._auditor, Learn(self.risk), forward,
             MaskResponse(self._auditor, count=self.metrics.obligation), TransferAlert(self.customer_alerts),
         ]
         self.risk.on_first_sight = self._new_device
@@ -231,10 +246,19 @@ class Gateway:
             self._settings_pipeline = Pipeline([
                 Authenticate(self.verifier, self.device_proofs), RequireRole(), StateRound(), read_body,
                 CustomerSettingsEndpoint(cs, self.settings, self.notifier, self._auditor)])
+        if self.stepups is not None:
+            # Served by the gateway itself: the same authentication, then the endpoints (gateway/mfa/handlers.py).
+            self._mfa_pipeline = Pipeline([
+                Authenticate(self.verifier, self.device_proofs), RequireRole(), StateRound(), read_body, Decrypt(),
+                StepUpToken(self.stepups, self.state),
+                MfaEndpoint(self.config.step_up, self.stepups, self.notifier, self._auditor)])
         public = Pipeline([LoginAttempt(self.lockouts, g.body_timeout), rate_limit, StateRound(), read_body,
                            forward, LoginOutcome(self.lockouts)])
         return {"public": public, "read": full, "trade": full,
                 "transfer": full, "admin": full}
+
+    def _step_up_token(self) -> list[Step]:
+        return [StepUpToken(self.stepups, self.state)] if self.stepups is not None else []
 
     def _new_device(self, ctx: RequestContext, region: str | None) -> None:
         if ctx.subject is not None and ctx.device_id:
@@ -274,10 +298,14 @@ class Gateway:
             path, query = normalise_target(request.raw_path, self._max_path)
             if path in ("/healthz", "/readyz") and request.method in ("GET", "HEAD"):
                 return await self._health(path, rid)
+            own: Pipeline | None = None  # a route the gateway serves itself runs its own pipeline
             if path == SETTINGS_PATH and self._settings_route is not None:
-                route, params = self._settings_route, dict[str, str]()
+                route, params, own = self._settings_route, dict[str, str](), self._settings_pipeline
                 if request.method not in route.methods:
                     raise MethodNotAllowed(route.methods)
+            elif path.startswith(MFA_PREFIX) and self.stepups is not None:
+                route, params = self._mfa_routes[1 if is_face_path(path) else 0], dict[str, str]()
+                own = self._mfa_pipeline
             else:
                 route, params = self.router.match(request.method, path)
             xff = request.headers.getall("X-Forwarded-For", ()) if peer_trusted else ()
@@ -291,8 +319,8 @@ class Gateway:
                 scheme=request.scheme, started=started, now=self._clock(),
                 peer_trusted=peer_trusted, request=request,
             )
-            if route is self._settings_route:
-                await self._settings_pipeline.run(ctx)
+            if own is not None:
+                await own.run(ctx)
             else:
                 await self.pipelines[route.tier].run(ctx)
             response: web.StreamResponse = ctx.response
@@ -378,6 +406,10 @@ class Gateway:
         await self.bundles.start()  # serves the repository's active version before any request
         await self.risk.start()
         await self.upstreams.start()
+        if self.stepups is not None and self.stepups.face_state.configured:
+            # A missing or broken face stack withdraws the face method; the gateway still starts.
+            face_ok = await self.stepups.face_state.check()
+            logs.event(log, "face_method", available=face_ok)
         if self.access_log is not None:
             self._flusher = asyncio.create_task(self._flush_access_log())
         # No handler cancellation: a client hanging up must not cut a trade off mid-forward
@@ -434,8 +466,14 @@ class Gateway:
         close_notifier = getattr(self.notifier, "close", None)
         if close_notifier is not None:  # the webhook notifier's connection pool
             await close_notifier()
+        if self.stepups is not None:
+            await self.stepups.close()
         await self.risk.close()
         await self.state.close()
+
+
+async def _no_phone(account: str) -> str | None:
+    return None  # no fact provider: no phone on file
 
 
 def _bound_port(runner: web.BaseRunner) -> int:

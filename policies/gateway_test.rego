@@ -261,7 +261,7 @@ test_step_up_age_wrong_type if {
 test_step_up_face_outranks_mfa if {
 	d := decide(object.union(transfer_input, {"transfer": {"amount": 200000.01}}))
 	d.allow == false
-	d.step_up == {"acr": "urn:portcullis:acr:face", "methods": ["face"], "max_age": 120}
+	d.step_up == {"acr": "urn:portcullis:acr:face", "methods": ["face", "totp", "sms"], "max_age": 120}
 }
 
 test_strongest_and_strictest_of_two_step_ups if {
@@ -269,7 +269,7 @@ test_strongest_and_strictest_of_two_step_ups if {
 		with data.gateway.ashare.loaded as true
 		with data.gateway.hkconnect.loaded as true
 		with data.gateway.access.step_up as {{"acr": "urn:portcullis:acr:face", "reason": "test_face", "max_age": 600}}
-	d.step_up == {"acr": "urn:portcullis:acr:face", "methods": ["face"], "max_age": 300}
+	d.step_up == {"acr": "urn:portcullis:acr:face", "methods": ["face", "totp", "sms"], "max_age": 300}
 	deny_codes(d) == {"single_trade_limit", "test_face"}
 }
 

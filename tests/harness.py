@@ -82,6 +82,8 @@ def gateway_config(keys: DemoKeys, tmp: Path, backend_url: str, **overrides: Any
         "routes": copy.deepcopy(ROUTES),
         "state": {"backend": "memory"},
         "audit": {"path": str(tmp / "audit"), "fsync_interval_ms": 1},
+        # The demo's "phone": step-up codes go to the phone on file (with [providers]).
+        "step_up": {"sms_file": str(tmp / "sms.log")},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

@@ -45,7 +45,7 @@ needed contains r if {
 }
 
 decision := {"allow": false, "deny": [{"code": r.reason, "message": "step up"} | some r in needed],
-	"step_up": {"acr": "urn:portcullis:acr:mfa", "methods": ["totp"], "max_age": 300},
+	"step_up": {"acr": "urn:portcullis:acr:mfa", "methods": ["totp", "sms"], "max_age": 300},
 	"obligations": {}} if {
 	count(needed) > 0
 } else := {"allow": true, "deny": [], "step_up": null, "obligations": {}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -220,16 +221,29 @@ async def test_policy_deny_is_403_with_reasons(tmp_path: Path) -> None:
 async def test_policy_step_up_is_rfc9470_challenge(tmp_path: Path) -> None:
     step = Decision(allow=False, step_up=StepUp("urn:portcullis:acr:mfa", ("totp", "sms"), 300),
                     deny=(Reason("new_device", "unknown device"),))
-    async with run_stack(tmp_path, gateway_kwargs={"policy": StaticPolicy(step)}) as st:
+    async with run_stack(tmp_path, gateway_kwargs={"policy": StaticPolicy(step)},
+                         internal_token="proxy-internal") as st:
         status, body, headers = await _get(st, "/api/quotes/600519.SH", headers=st.auth())
     _assert_error(status, body, headers, 401, "insufficient_user_authentication")
     www = headers["WWW-Authenticate"]
     assert www.startswith('Bearer error="insufficient_user_authentication"')
     assert 'acr_values="urn:portcullis:acr:mfa"' in www and "max_age=300" in www
-    assert body["methods"] == ["totp", "sms"] and body["reasons"] == ["new_device"]
+    # No factor enrolled: the one method is a code to the phone on file (the backend's account facts).
+    assert body["methods"] == ["sms"] and body["reasons"] == ["new_device"]
+    assert len(body["challenge_id"]) >= 32 and body["expires_at"] > time.time()
     # The risk behind it, as codes only: no proof of a device key, first sight of this customer.
     assert "missing_device_proof" in body["risk_factors"]
     assert all(isinstance(c, str) and c.isidentifier() for c in body["risk_factors"])
+
+
+async def test_a_step_up_nobody_can_answer_is_a_clear_refusal(tmp_path: Path) -> None:
+    """No factor enrolled and no phone on file (no fact provider): 403, not a challenge without methods."""
+    step = Decision(allow=False, step_up=StepUp("urn:portcullis:acr:mfa", ("totp", "sms"), 300),
+                    deny=(Reason("new_device", "unknown device"),))
+    async with run_stack(tmp_path, gateway_kwargs={"policy": StaticPolicy(step)}) as st:
+        status, body, headers = await _get(st, "/api/quotes/600519.SH", headers=st.auth())
+    _assert_error(status, body, headers, 403, "no_step_up_method")
+    assert body["acr_values"] == "urn:portcullis:acr:mfa" and body["reasons"] == ["new_device"]
 
 
 async def test_admin_tier_requires_admin_role(tmp_path: Path) -> None:

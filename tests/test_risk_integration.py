@@ -106,7 +106,9 @@ async def test_the_broker_bundle_acts_on_the_risk_engine(tmp_path: Path) -> None
         new_bank = await send("bank-a1-2")
         old_bank = await send("bank-a1-1")
     status, body = new_bank
-    assert (status, body["error"]) == (401, "insufficient_user_authentication"), body
-    assert body["acr_values"] == "urn:portcullis:acr:face" and body["methods"] == ["face"]
+    # The face level: a face check, or TOTP and SMS together. Alice has enrolled neither face nor
+    # TOTP (only her phone on file): a clear refusal telling her to enrol, not a challenge she cannot meet.
+    assert (status, body["error"]) == (403, "no_step_up_method"), body
+    assert body["acr_values"] == "urn:portcullis:acr:face"
     assert "new_bank_account_transfer" in body["reasons"] and "new_bank_account_transfer" in body["risk_factors"]
     assert old_bank[0] == 201, old_bank  # medium (just logged in, no device proof): the fresh MFA suffices

@@ -318,6 +318,15 @@ class HttpFactProviders:
             return facts
         return await self.accounts.get(account, fetch)
 
+    async def phone_on_file(self, account: str) -> str | None:
+        """The phone number in the account facts, for step-up codes (docs/STEP_UP.md).
+
+        Fetched when a code is to be sent, never cached, never part of the policy input.
+        """
+        data = await self._get(f"/internal/accounts/{quote(account, safe='')}/facts")
+        phone = data.get("phone") if data is not None else None
+        return phone if isinstance(phone, str) and phone else None
+
     async def position(self, account: str, symbol: str) -> Json | None:
         async def fetch() -> Json | None:
             data = await self._get(

@@ -25,6 +25,7 @@ from gateway.errors import (
     ErrorKind,
     GatewayError,
 )
+from gateway.mfa.challenges import challenge_header
 from gateway.policy.decision import ObligationError
 from gateway.policy.engine import Decision, PolicyEngine
 from gateway.policy.input import build_input
@@ -127,38 +128,19 @@ class Decide:
             raise GatewayError(POLICY_DENIED, extra={"reasons": reasons})
 
 
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+def bare_challenge(ctx: RequestContext) -> GatewayError:
+    """The RFC 9470 challenge without a challenge to answer (``[step_up] enabled = false``).
 
-
-class StepUpChallenge:
-    """RFC 9470: ask for a stronger authentication when the policy says so.
-
-    The step-up issue binds a challenge to this exact request and completes
-    it with TOTP, SMS or face; this step already answers with the standard
-    challenge so clients can be written against it.
+    With step-up enabled, gateway/steps/step_up.py stores a challenge bound to the request
+    and adds its id and methods; this form only tells the client what level is asked.
     """
-
-    name = "step_up"
-
-    def __call__(self, ctx: RequestContext) -> None:
-        decision = ctx.decision
-        if decision is None or decision.step_up is None:
-            return
-        su = decision.step_up
-        params = [
-            'error="insufficient_user_authentication"',
-            'error_description="A stronger authentication is required"',
-            f'acr_values="{_quote(su.acr)}"',
-        ]
-        if su.max_age is not None:
-            params.append(f"max_age={int(su.max_age)}")
-        reasons = [r.code for r in decision.deny]
-        # The risk factors behind it, sanitised to their codes (never the values: IPs, places).
-        factors = [f.code for f in ctx.risk.factors] if ctx.risk is not None else []
-        raise GatewayError(
-            STEP_UP_REQUIRED,
-            headers={"WWW-Authenticate": "Bearer " + ", ".join(params)},
-            extra={"methods": list(su.methods), "acr_values": su.acr, "reasons": reasons,
-                   "risk_factors": factors},
-        )
+    decision = ctx.decision
+    assert decision is not None and decision.step_up is not None
+    su = decision.step_up
+    factors = [f.code for f in ctx.risk.factors] if ctx.risk is not None else []
+    return GatewayError(
+        STEP_UP_REQUIRED,
+        headers={"WWW-Authenticate": challenge_header(su.acr, su.max_age, "A stronger authentication is required")},
+        extra={"methods": list(su.methods), "acr_values": su.acr, "reasons": [r.code for r in decision.deny],
+               "risk_factors": factors},
+    )
