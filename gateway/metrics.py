@@ -43,6 +43,11 @@ class Metrics:
         self.obligations = Counter(
             "portcullis_obligations", "Obligations of policy decisions by obligation and outcome",
             ["obligation", "outcome"], registry=r)
+        self.step_ups = Counter(
+            "portcullis_step_up_events",
+            "Step-up events (docs/STEP_UP.md) by event (challenge, impossible, sms_sent, failed, progress, passed)"
+            " and method",
+            ["event", "method"], registry=r)
         self.in_flight = Gauge("portcullis_in_flight_requests", "Requests being handled", registry=r)
         self.audit_backlog = Gauge("portcullis_audit_backlog", "Audit records not yet durable",
                                    registry=r)
@@ -78,6 +83,10 @@ class Metrics:
     def obligation(self, obligation: str, outcome: str) -> None:
         """One obligation of a decision and what became of it (gateway/steps/obligations.py)."""
         self._child(self.obligations, obligation, outcome).inc()
+
+    def step_up(self, event: str, method: str) -> None:
+        """One step-up event: a challenge issued or impossible, a code sent, an answer failed or passed."""
+        self._child(self.step_ups, event, method).inc()
 
     def watch_audit(self, backlog: Callable[[], float], failures: Callable[[], float]) -> None:
         self.audit_backlog.set_function(backlog)

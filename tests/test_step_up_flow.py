@@ -276,7 +276,8 @@ async def test_new_factors_wait_out_the_cooling_off_before_transfers(tmp_path: P
 
 async def test_challenges_refuse_bad_answers_with_stable_codes(tmp_path: Path) -> None:
     sms, clock = RecordingSms(), Clock()
-    async with stack(tmp_path, sms=sms, clock=clock, max_attempts=3) as s, aiohttp.ClientSession() as http:
+    async with stack(tmp_path, sms=sms, clock=clock, max_attempts=3, burst=60) as s, \
+            aiohttp.ClientSession() as http:
         c = Client(s, http)
         status, ch, _ = await c.call("POST", "/api/accounts/A1/orders", order(BIG, "b3"))
         cid = ch["challenge_id"]
@@ -375,3 +376,43 @@ async def test_a_token_is_consumed_once_across_gateway_processes(tmp_path: Path,
             cb.call("POST", "/api/accounts/A1/orders", big, step_up=done["step_up_token"]))
         assert sorted(r[0] for r in results) == [201, 401], [r[1] for r in results]
         assert [r[1]["error"] for r in results if r[0] == 401] == ["step_up_token_used"]
+
+
+async def test_step_ups_are_audited_and_counted(tmp_path: Path) -> None:
+    sms = RecordingSms()
+    async with stack(tmp_path, sms=sms) as s, aiohttp.ClientSession() as http:
+        c = Client(s, http)
+        big = order(BIG, "a1")
+        status, ch, _ = await c.call("POST", "/api/accounts/A1/orders", big)
+        cid = ch["challenge_id"]
+        await c.mfa("POST", f"challenges/{cid}/sms/send")
+        code = sms.last_code()
+        await c.mfa("POST", f"challenges/{cid}/sms/verify", {"code": f"{(int(code) + 1) % 1_000_000:06d}"})
+        token = (await c.mfa("POST", f"challenges/{cid}/sms/verify", {"code": code}))[1]["step_up_token"]
+        status, _, headers = await c.call("POST", "/api/accounts/A1/orders", big, step_up=token)
+        assert status == 201
+        async with http.get(s.admin_url + "/metrics") as r:
+            metrics = await r.text()
+        await s.gateway.audit.close()
+    for event, method in [("challenge", "-"), ("sms_sent", "-"), ("failed", "sms"), ("passed", "sms"),
+                          ("token_used", "-")]:
+        assert f'portcullis_step_up_events_total{{event="{event}",method="{method}"}} 1.0' in metrics, event
+    records = [json.loads(line) for f in sorted((tmp_path / "audit").glob("*.jsonl"))
+               for line in f.read_text().splitlines()]
+    actions = [r.get("action") for r in records if r.get("type") == "step_up"]
+    assert actions == ["step_up_challenge", "step_up_sms_sent", "step_up_failed", "step_up_passed",
+                       "step_up_token_used"]
+    used = next(r for r in records if r.get("action") == "step_up_token_used")
+    assert used["challenge_id"] == cid and used["request_id"] == headers["X-Request-Id"]
+    assert any(r.get("type") == "decision" and r["request_id"] == headers["X-Request-Id"] for r in records)
+    text = json.dumps(records)
+    assert code not in text and token not in text and "138 0000 0001" not in text and "13800000001" not in text
+
+
+async def test_the_mfa_endpoints_are_rate_limited_per_customer(tmp_path: Path) -> None:
+    async with stack(tmp_path, burst=3, per_minute=1) as s, aiohttp.ClientSession() as http:
+        alice, bob = Client(s, http), Client(s, http, sub="bob", accounts=("B9",))
+        assert [(await alice.mfa("GET", "factors"))[0] for _ in range(3)] == [200, 200, 200]
+        status, doc = await alice.mfa("POST", "challenges/" + "A" * 32 + "/totp", {"code": "123456"})
+        assert (status, doc["error"]) == (429, "rate_limited")
+        assert (await bob.mfa("GET", "factors"))[0] == 200  # another customer's budget is their own

@@ -49,7 +49,8 @@ def build_face(cfg: StepUpConfig) -> FaceChecks | None:
 
 def build_stepups(cfg: StepUpConfig, *, state: StateStore, risk: RiskEngine, auditor: AuditDecision,
                   phone_on_file: PhoneOnFile, sms_sender: SmsSender | None = None,
-                  face: FaceChecks | None = None, clock: Callable[[], float] = time.time) -> StepUps:
+                  face: FaceChecks | None = None, clock: Callable[[], float] = time.time,
+                  count: Callable[[str, str], None] | None = None) -> StepUps:
     box = (SecretBox.from_file(cfg.secrets_file, create=True) if cfg.secrets_file is not None
            else SecretBox.generate())
     sender = sms_sender if sms_sender is not None else build_sender(cfg)
@@ -60,6 +61,9 @@ def build_stepups(cfg: StepUpConfig, *, state: StateStore, risk: RiskEngine, aud
         record = base_record(ctx, "step_up")
         record.update({"action": action, **fields})
         auditor.queue(record)
+        if count is not None:  # the metric: step_up_failed -> ("failed", "totp")
+            method = fields.get("method")
+            count(action.removeprefix("step_up_"), method if isinstance(method, str) else "-")
 
     async def succeeded(sub: str, device: str | None) -> None:
         if device is not None:

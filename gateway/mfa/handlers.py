@@ -45,7 +45,7 @@ import orjson
 from aiohttp import web
 
 from biometrics.client import FaceServiceError, FaceServiceUnavailable
-from gateway.config import RouteConfig, StepUpConfig
+from gateway.config import RateLimit, RouteConfig, StepUpConfig
 from gateway.context import RequestContext
 from gateway.errors import (
     BAD_REQUEST,
@@ -103,10 +103,15 @@ def mfa_routes(cfg: StepUpConfig) -> tuple[RouteConfig, RouteConfig]:
     """The routes the gateway serves itself: (code and factor endpoints, face endpoints)."""
     common: dict[str, Any] = {"upstream": "", "tier": "admin", "fail_mode": "closed", "json_body": True,
                               "roles": cfg.roles}
+    # Token buckets in the shared store, before any code or image is looked at: per customer and
+    # per client IP (the attempt limits and lockouts of each factor come on top).
+    codes = (RateLimit("account", cfg.per_minute / 60, cfg.burst), RateLimit("ip", cfg.per_minute / 15, cfg.burst * 4))
+    faces = (RateLimit("account", cfg.face_per_minute / 60, cfg.face_burst),
+             RateLimit("ip", cfg.face_per_minute / 20, cfg.face_burst * 3))
     return (RouteConfig(name=ROUTE_NAME, methods=("GET", "POST", "PUT", "DELETE"), path=PREFIX + "*",
-                        body_limit=BODY_LIMIT, **common),
+                        body_limit=BODY_LIMIT, rate_limits=codes, **common),
             RouteConfig(name=FACE_ROUTE_NAME, methods=("POST", "PUT", "DELETE"), path=PREFIX + "*",
-                        body_limit=FACE_BODY_LIMIT, **common))
+                        body_limit=FACE_BODY_LIMIT, rate_limits=faces, **common))
 
 
 def is_face_path(path: str) -> bool:

@@ -42,7 +42,7 @@ from gateway.errors import (
 from gateway.mfa.challenges import Binding, Challenge, ChallengeStore, body_digest, challenge_header
 from gateway.mfa.levels import AMR, Ladder
 from gateway.mfa.sms import SentCode, SmsOtp, normalise_phone
-from gateway.mfa.tokens import HEADER, StepUpTokens
+from gateway.mfa.tokens import HEADER, StepUpClaims, StepUpTokens
 from gateway.mfa.totp import Totp
 from gateway.policy.engine import StepUp
 from gateway.state.base import StateStore
@@ -227,6 +227,12 @@ class StepUps:
         self._on_failure = on_failure
         """(sub, now): a one-time code or face check failed (the risk engine's failed-MFA signal)."""
 
+    def token_used(self, ctx: RequestContext, claims: StepUpClaims) -> None:
+        """Audit a request that a step-up token raised (the decision record follows it)."""
+        self._audit(ctx, "step_up_token_used", {"challenge_id": claims.cid, "token_id": claims.jti,
+                                                 "acr": claims.acr, "amr": list(claims.amr),
+                                                 "binding": "transaction" if claims.txn else "session"})
+
     async def close(self) -> None:
         """Close the face client's and the SMS webhook's connection pools."""
         for part in (self.face, self.sender):
@@ -381,7 +387,7 @@ class StepUps:
             txn=ch.binding.digest() if ch.transaction else None, now=now)
         if self._on_success is not None and ch.jkt is not None:
             await self._on_success(ch.sub, ch.jkt)
-        self._audit(ctx, "step_up_passed", {"challenge_id": ch.id, "methods": done, "acr": reached,
+        self._audit(ctx, "step_up_passed", {"challenge_id": ch.id, "method": "+".join(done), "acr": reached,
                                              "transaction": ch.transaction, "token_id": claims.jti})
         return 200, {"step_up_token": token, "token_type": "step-up+jwt", "header": HEADER,
                      "expires_in": ttl, "acr": reached, "amr": amr,

@@ -71,6 +71,7 @@ class StepUpToken:
             if not await self._store.set_if_absent(f"mfa:used:{claims.jti}", b"1", ttl):
                 raise GatewayError(STEP_UP_TOKEN_USED)
         elevate(ctx, claims)
+        self._stepups.token_used(ctx, claims)
 
 
 def elevate(ctx: RequestContext, claims: StepUpClaims) -> None:
