@@ -13,6 +13,8 @@ Environment:
 * ``PORTCULLIS_VECTORS``            default ``../shared/vectors`` next to the repository
 * ``REQUIRE_REDIS=1``, ``REQUIRE_POSTGRES=1``  fail instead of skip
 
+The face service (``python -m biometrics serve``) runs once per session (``face_service``).
+
 Every test gets its own key prefix or schema and removes it afterwards, so
 tests, parallel runs and CI jobs can share one server. Add new fixtures in the
 section of the service they use.
@@ -21,14 +23,19 @@ section of the service they use.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -269,3 +276,68 @@ def vectors_dir() -> Path:
             "the repository or set PORTCULLIS_VECTORS"
         )
     return path
+
+
+# --------------------------------------------------------------------------
+# The face service
+
+
+@dataclass(frozen=True)
+class FaceServiceProcess:
+    """A running ``python -m biometrics serve`` (see the ``face_service`` fixture)."""
+
+    url: str
+    secret: bytes
+    secret_file: Path
+    log_file: Path
+    """The service's own output (never a pipe nobody reads: it would fill and block the service)."""
+
+
+@pytest.fixture(scope="session")
+def face_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaceServiceProcess]:
+    """The real face service in its own process on a free loopback port, once per session.
+
+    Yielded when ``/healthz`` says face is available (the start-up self-check has run), so a
+    gateway started against it never sees it half-ready. Tests share it: each uses customer
+    ids of its own, or withdraws consent first (which deletes the template and the replay memory).
+    """
+    tmp = tmp_path_factory.mktemp("biometrics")
+    secret = secrets.token_urlsafe(32).encode()
+    secret_file = tmp / "secret"
+    secret_file.write_bytes(secret)
+    secret_file.chmod(0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    url = f"http://127.0.0.1:{port}"
+    log_file = tmp / "service.log"
+    repo = Path(__file__).resolve().parents[1]
+    with open(log_file, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "biometrics", "serve", "--port", str(port), "--secret-file", str(secret_file),
+             "--data-dir", str(tmp / "data")], cwd=repo, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        health: dict[str, Any] = {}
+        while health.get("face") != "available":
+            if proc.poll() is not None:
+                pytest.fail(f"face service exited: {log_file.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"face service not available after 90 s: {health} {log_file.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=1) as r:  # noqa: S310 (loopback)
+                    health = json.loads(r.read())
+            except OSError:
+                pass
+            if health.get("face") == "unavailable":  # it listens only after its self-check
+                pytest.fail(f"the face stack is broken: {health.get('reason')}")
+            if health.get("face") != "available":
+                time.sleep(0.1)
+        yield FaceServiceProcess(url, secret, secret_file, log_file)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

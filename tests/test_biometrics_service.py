@@ -1,18 +1,14 @@
 """The face service as its own process on loopback, through the gateway's client.
 
-One service process per module (``python -m biometrics serve``, a real
-process pool, the real face stack); each test uses its own customer id.
+One service process per session (``python -m biometrics serve``, a real
+process pool, the real face stack: the ``face_service`` fixture in
+conftest.py, shared with test_step_up_face.py); each test uses its own customer id.
 """
 
 from __future__ import annotations
 
 import io
 import secrets
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -20,42 +16,13 @@ import pytest
 from PIL import Image
 
 from biometrics.client import BiometricsClient, FaceServiceError
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import FaceServiceProcess
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes]]:
-    tmp = tmp_path_factory.mktemp("biometrics")
-    secret = secrets.token_urlsafe(32).encode()
-    (tmp / "secret").write_bytes(secret)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "biometrics", "serve", "--port", str(port), "--secret-file", str(tmp / "secret"),
-         "--data-dir", str(tmp / "data")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            pytest.fail(f"face service exited: {out[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", secret
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+@pytest.fixture
+def service(face_service: FaceServiceProcess) -> tuple[str, bytes]:
+    """The session's face service (tests/conftest.py): (url, secret)."""
+    return face_service.url, face_service.secret
 
 
 @pytest.fixture

@@ -240,6 +240,10 @@ class MfaEndpoint:
         return await self._finish(ctx, cid, "sms", check)
 
     async def _answer_face(self, ctx: RequestContext, cid: str) -> web.Response:
+        if self._s.face is None or not await self._s.face_state.available():
+            # Withdrawn (the service missing or broken): 503 with the methods left, not a bare
+            # "method not offered", so the client switches at once. Nothing is sent, nothing counted.
+            raise await self._face_unavailable(ctx, cid)
         doc = _body(ctx)
         frames_raw = doc.get("frames")
         if self._cfg.face_liveness or frames_raw is not None:
@@ -270,11 +274,14 @@ class MfaEndpoint:
             return await self._finish(ctx, cid, "face", check)
         except GatewayError as exc:
             if exc.code == FACE_UNAVAILABLE.code:
-                # The other methods that still reach the level, so the client can switch at once.
-                ch = await self._s.load(ctx, cid)
-                methods, _, _ = await self._s.open_methods(ctx, ch)
-                exc.extra = {**(exc.extra or {}), "methods": methods}
+                raise await self._face_unavailable(ctx, cid) from None
             raise
+
+    async def _face_unavailable(self, ctx: RequestContext, cid: str) -> GatewayError:
+        """503 face_unavailable with the other methods that still reach the level (the challenge checked first)."""
+        ch = await self._s.load(ctx, cid)
+        methods, _, _ = await self._s.open_methods(ctx, ch)
+        return GatewayError(FACE_UNAVAILABLE, extra={"methods": methods})
 
     # -- factors -----------------------------------------------------------------
 
@@ -414,9 +421,13 @@ class MfaEndpoint:
         await self._changed(ctx, "face", "consent_granted" if granted else "consent_withdrawn",
                             text_version=version)
         await self._face_call(self._face().consent(ctx.subject.sub, granted, version))
-        if not granted:
-            await self._s.records.set_face(ctx.subject.sub, None)  # withdrawing consent deletes the template
-        return _json({"granted": granted, "text_version": version})
+        out: dict[str, Any] = {"granted": granted, "text_version": version}
+        if not granted and await self._s.records.face(ctx.subject.sub) is not None:
+            # Withdrawing consent deletes the template (no step-up: withdrawal stays easy), so the
+            # face factor is gone: announced like any other removal.
+            await self._s.records.set_face(ctx.subject.sub, None)
+            out["notified"] = await self._announce(ctx, "face", "removed")
+        return _json(out)
 
     async def _face_enrol(self, ctx: RequestContext) -> web.Response:
         image = _image(_body(ctx).get("image"), "image")
