@@ -222,7 +222,11 @@ async def test_enrolment_without_consent_is_refused(tmp_path: Path, face_service
         assert notifier.sent == []
         status, doc = await c.mfa("POST", "factors/face/consent", {"granted": "yes"})
         assert (status, doc["error"]) == (400, "bad_request")
+        await s.gateway.audit.close()
     assert await face_code(face.verify(SUB, photos["img11"])) == "consent_required"
+    # The write-ahead record of the attempted change is followed by its failure.
+    actions = [(r.get("action"), r.get("code")) for r in audit_records(tmp_path) if r.get("type") == "mfa"]
+    assert actions[-2:] == [("mfa_face_enrolled", None), ("mfa_face_enrolled_failed", "face_consent_required")]
 
 
 # -- 3. a transfer approved by face; wrong answers --------------------------------------------------
@@ -460,3 +464,25 @@ async def test_a_template_lost_behind_the_gateways_back_is_face_not_enrolled(
         assert status == 401 and ch["methods"] == ["sms", "face"], ch
         status, doc = await answer(c, ch["challenge_id"], photos["img11"])
         assert (status, doc["error"]) == (409, "face_not_enrolled") and "attempts_left" not in doc, doc
+        # The gateway's record follows the service: face is no longer offered.
+        status, ch, _ = await c.call("POST", "/api/accounts/A1/orders", order(BIG, "n2"))
+        assert status == 401 and ch["methods"] == ["sms"], ch
+
+
+async def test_a_face_service_refusing_our_secret_withdraws_face(
+        tmp_path: Path, face_service: FaceServiceProcess, face: BiometricsClient,
+        photos: dict[str, bytes]) -> None:
+    """A rotated or wrong shared secret: the service answers 401, face is withdrawn, not offered forever."""
+    sms = RecordingSms()
+    async with stack(tmp_path, sms=sms, **face_config(face_service)) as s, aiohttp.ClientSession() as http:
+        c = Client(s, http)
+        await consent_and_enrol(c, sms, photos["img10"])
+        status, ch, _ = await c.call("POST", "/api/accounts/A1/orders", order(BIG, "w1"))
+        assert ch["methods"] == ["sms", "face"]
+        s.gateway.stepups.face = BiometricsClient(face_service.url, b"not-the-secret")  # type: ignore[union-attr]
+        status, doc = await answer(c, ch["challenge_id"], photos["img11"])
+        assert (status, doc["error"], doc["methods"]) == (503, "face_unavailable", ["sms"]), doc
+        assert "attempts_left" not in doc
+        status, factors = await c.mfa("GET", "factors")
+        assert factors["face"]["available"] is False
+        await s.gateway.stepups.face.close()  # type: ignore[union-attr]

@@ -261,13 +261,10 @@ class MfaEndpoint:
                 raise GatewayError(FACE_UNAVAILABLE)
             try:
                 ok = await (face.liveness(sub, frames) if len(frames) > 1 else face.verify(sub, frames[0]))
-            except FaceServiceUnavailable:
-                self._s.face_state.withdraw()
-                raise GatewayError(FACE_UNAVAILABLE) from None
             except FaceServiceError as exc:
-                if exc.status >= 500:
-                    self._s.face_state.withdraw()
-                raise _face_error(exc) from None
+                if exc.code == "not_enrolled":  # the service lost or deleted it: stop offering face
+                    await self._s.records.set_face(sub, None)
+                raise self._face_service_error(exc) from None
             if not ok:
                 raise GatewayError(FACE_MISMATCH)
         try:
@@ -355,8 +352,8 @@ class MfaEndpoint:
     async def _totp_confirm(self, ctx: RequestContext) -> web.Response:
         code = _code(_body(ctx))
         assert ctx.subject is not None
-        await self._changed(ctx, "totp", "enrolled")
-        enrolled_at = await self._s.totp.confirm_enrolment(ctx.subject.sub, code)
+        sub = ctx.subject.sub
+        enrolled_at = await self._change(ctx, "totp", "enrolled", lambda: self._s.totp.confirm_enrolment(sub, code))
         notified = await self._announce(ctx, "totp", "added")
         return _json({"enrolled": True, "enrolled_at": _stamp(enrolled_at), "notified": notified,
                       "usable_for_transfers_from": _stamp(enrolled_at + self._s.cooling_off)})
@@ -403,14 +400,34 @@ class MfaEndpoint:
             raise GatewayError(FACE_UNAVAILABLE)
         return self._s.face
 
+    def _face_service_error(self, exc: FaceServiceError) -> GatewayError:
+        """The gateway's error for a face service failure; face is withdrawn when the service is unusable.
+
+        Unreachable, refusing our secret (401) or broken (5xx other than ``busy``, which is only a full
+        queue): withdrawn until the next health check finds it well. Everything else is about the
+        customer's pictures and maps to its own stable code.
+        """
+        if isinstance(exc, FaceServiceUnavailable) or exc.status == 401 or (exc.status >= 500 and exc.code != "busy"):
+            log.warning("face_service_failed: %s %s", exc.status, exc.code)
+            self._s.face_state.withdraw()
+            return GatewayError(FACE_UNAVAILABLE)
+        return _face_error(exc)
+
     async def _face_call(self, call: Awaitable[Any]) -> Any:
         try:
             return await call
-        except FaceServiceUnavailable:
-            self._s.face_state.withdraw()
-            raise GatewayError(FACE_UNAVAILABLE) from None
         except FaceServiceError as exc:
-            raise _face_error(exc) from None
+            raise self._face_service_error(exc) from None
+
+    async def _change(self, ctx: RequestContext, factor: str, action: str, op: Callable[[], Awaitable[Any]],
+                      **fields: Any) -> Any:
+        """Audit the change write-ahead, run it, and audit its failure if it fails (then re-raise)."""
+        await self._changed(ctx, factor, action, **fields)
+        try:
+            return await op()
+        except GatewayError as exc:
+            self._audit(ctx, f"mfa_{factor}_{action}_failed", code=exc.code)
+            raise
 
     async def _face_consent(self, ctx: RequestContext) -> web.Response:
         doc = _body(ctx)
@@ -418,9 +435,10 @@ class MfaEndpoint:
         if not isinstance(granted, bool) or not isinstance(version, str) or not 0 < len(version) <= 64:
             raise GatewayError(BAD_REQUEST, 'the body must be {"granted": true|false, "text_version": "..."}')
         assert ctx.subject is not None
-        await self._changed(ctx, "face", "consent_granted" if granted else "consent_withdrawn",
-                            text_version=version)
-        await self._face_call(self._face().consent(ctx.subject.sub, granted, version))
+        sub = ctx.subject.sub
+        await self._change(ctx, "face", "consent_granted" if granted else "consent_withdrawn",
+                           lambda: self._face_call(self._face().consent(sub, granted, version)),
+                           text_version=version)
         out: dict[str, Any] = {"granted": granted, "text_version": version}
         if not granted and await self._s.records.face(ctx.subject.sub) is not None:
             # Withdrawing consent deletes the template (no step-up: withdrawal stays easy), so the
@@ -433,8 +451,8 @@ class MfaEndpoint:
         image = _image(_body(ctx).get("image"), "image")
         await self._protect(ctx, "face")
         assert ctx.subject is not None
-        await self._changed(ctx, "face", "enrolled")
-        await self._face_call(self._face().enrol(ctx.subject.sub, image))
+        sub = ctx.subject.sub
+        await self._change(ctx, "face", "enrolled", lambda: self._face_call(self._face().enrol(sub, image)))
         await self._s.records.set_face(ctx.subject.sub, ctx.now)
         return _json({"enrolled": True, "notified": await self._announce(ctx, "face", "added"),
                       "usable_for_transfers_from": _stamp(ctx.now + self._s.cooling_off)})
@@ -444,8 +462,8 @@ class MfaEndpoint:
         if await self._s.records.face(ctx.subject.sub) is None:
             raise GatewayError(FACE_NOT_ENROLLED)
         await self._protect(ctx, "face")
-        await self._changed(ctx, "face", "removed")
-        await self._face_call(self._face().delete(ctx.subject.sub))
+        sub = ctx.subject.sub
+        await self._change(ctx, "face", "removed", lambda: self._face_call(self._face().delete(sub)))
         await self._s.records.set_face(ctx.subject.sub, None)
         return _json({"removed": True, "notified": await self._announce(ctx, "face", "removed")})
 
