@@ -275,6 +275,11 @@ def proxy_config(example: Mapping[str, Any], *, security: bool, port: int, backe
         net["hosting_files"] = [str((EXAMPLE_CONFIG.parent / f).resolve()) for f in net["hosting_files"]]
     for name, f in net.get("blocklist_files", {}).items():
         net["blocklist_files"][name] = str((EXAMPLE_CONFIG.parent / f).resolve())
+    step_up = cfg.get("step_up", {})
+    for key in ("key_file", "secrets_file", "sms_key_file", "sms_file"):  # the bench's own, in its folder
+        if key in step_up:
+            step_up[key] = str(audit_dir.parent / Path(step_up[key]).name)
+    step_up.pop("demo_totp_file", None)  # no demo customer's TOTP in a benchmark
     cfg["state"] = {**cfg.get("state", {}), "backend": "memory"}
     cfg["audit"] = {**cfg.get("audit", {}), "sink": "file", "path": str(audit_dir)}
     cfg["notifier"] = {"sink": "file", "path": str(audit_dir.parent / "notifications.log")}

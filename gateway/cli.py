@@ -1,4 +1,4 @@
-"""The `portcullis` command: serve, demo, token, device-key, dpop-proof, bench, policy, risk, biometrics."""
+"""The `portcullis` command: serve, demo, token, device-key, dpop-proof, mfa, bench, policy, risk, biometrics."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gateway.config import Config
 from gateway.config import load as load_config
-from gateway.demo_keys import DEMO_ISSUER, DemoKeys
+from gateway.demo_keys import DEMO_ISSUER, TOTP_FILE, DemoKeys
 from gateway.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -99,8 +99,11 @@ def with_demo_keys(cfg: Config, keys: DemoKeys) -> Config:
                     for i in cfg.issuers)
     upstreams = {name: replace(u, identity_hmac_key=keys.identity_hmac) if u.identity_hmac_key else u
                  for name, u in cfg.upstreams.items()}
+    step_up = cfg.step_up
+    if step_up.demo_totp_file is not None:  # the demo customers' TOTP secrets live with the demo keys
+        step_up = replace(step_up, demo_totp_file=keys.issuer_key.parent / TOTP_FILE)
     return replace(cfg, issuers=issuers, upstreams=upstreams,
-                   identity=replace(cfg.identity, signing_key=keys.identity_key))
+                   identity=replace(cfg.identity, signing_key=keys.identity_key), step_up=step_up)
 
 
 def start_backend(keys: DemoKeys, port: int, *, debug_routes: bool = False) -> subprocess.Popen[bytes]:
@@ -114,7 +117,7 @@ def start_backend(keys: DemoKeys, port: int, *, debug_routes: bool = False) -> s
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway import logs
-    from gateway.demo_keys import ensure_demo_keys
+    from gateway.demo_keys import ensure_demo_keys, ensure_demo_totp
 
     logs.setup(args.log_level)
     _install_uvloop()
@@ -123,6 +126,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # generated per run unless the operator set one (the backend inherits the environment).
     os.environ.setdefault(INTERNAL_TOKEN_ENV, secrets.token_urlsafe(32))
     cfg = with_demo_keys(load_config(args.config), keys)
+    step_up_help = ""
+    if cfg.step_up.enabled and cfg.step_up.demo_totp_file is not None:
+        totp = cfg.step_up.demo_totp_file
+        ensure_demo_totp(totp)
+        sms = cfg.step_up.sms_file
+        step_up_help = (
+            "Step-up (401 insufficient_user_authentication with a challenge_id): answer with TOTP.\n"
+            f"  The demo customers' TOTP secrets (base32, enrolled at start): {totp}\n"
+            "  CODE=$(.venv/bin/portcullis mfa totp-code --sub alice | tail -n1)\n"
+            "  curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
+            "-d \"{{\\\"code\\\":\\\"$CODE\\\"}}\" \\\n"
+            "       http://127.0.0.1:{public}/auth/mfa/challenges/$CHALLENGE_ID/totp\n"
+            "  then the same request again with -H \"X-Portcullis-Step-Up: <step_up_token>\"\n"
+            + (f"  SMS codes (POST .../challenges/$CHALLENGE_ID/sms/send) are written to {sms.resolve()}\n"
+               if sms is not None and cfg.step_up.sms_sender == "file" else "")
+        )
     backend = start_backend(keys, 9000)
     try:
         _wait_port(9000, backend)
@@ -136,6 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/accounts/A1/positions\n"
             "  # 403 account_forbidden: B9 is not alice's\n"
             "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/accounts/B9\n"
+            + step_up_help +
             "Press Ctrl-C to stop.\n"
         )
         return asyncio.run(_serve_until_signal(cfg, banner, [backend]))
@@ -211,6 +231,26 @@ def cmd_dpop_proof(args: argparse.Namespace) -> int:
 
     key = DeviceKey.load(args.key)
     print(key.proof(args.method, args.url, args.token or None))
+    return 0
+
+
+def cmd_mfa_totp_code(args: argparse.Namespace) -> int:
+    from gateway.client import totp_code
+    from gateway.demo_keys import read_demo_totp
+
+    path = Path(args.secret_file) if args.secret_file else demo_dir() / TOTP_FILE
+    try:
+        secret = read_demo_totp(path).get(args.sub)
+    except (OSError, ValueError) as exc:
+        print(f"portcullis: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    if secret is None:
+        print(f"portcullis: no TOTP secret for {args.sub!r} in {path}", file=sys.stderr)
+        return 2
+    now = time.time()
+    print(f"# TOTP code of {args.sub} ({'next' if args.next else 'current'} 30 s step; "
+          f"{30 - int(now) % 30}s left in this one; each code is accepted once)", file=sys.stderr)
+    print(totp_code(secret, now + 30 if args.next else now))
     return 0
 
 
@@ -318,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--url", required=True, help="the full URL as the client calls it")
     dp.add_argument("--token", help="the access token sent with the request (its hash goes in ath)")
     dp.set_defaults(func=cmd_dpop_proof)
+
+    mfa = sub.add_parser("mfa", help="step-up helpers for the demo")
+    mfa_sub = mfa.add_subparsers(dest="mfa_command", required=True)
+    mt = mfa_sub.add_parser("totp-code", help="print a demo customer's current TOTP code (alone on the last line)")
+    mt.add_argument("--sub", required=True, help="the customer (alice, bob)")
+    mt.add_argument("--secret-file", help="the demo TOTP file {sub: base32 secret} (default: var/demo/totp.json)")
+    mt.add_argument("--next", action="store_true",
+                    help="the next 30 s step's code (when this step's was used already; accepted within +-1 step)")
+    mt.set_defaults(func=cmd_mfa_totp_code)
 
     b = sub.add_parser("bench", help="benchmark direct vs bare proxy vs gateway")
     b.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")

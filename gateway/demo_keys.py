@@ -43,12 +43,15 @@ from gateway.jose import jwk_thumbprint as _thumbprint
 __all__ = [
     "DEMO_AUDIENCE",
     "DEMO_ISSUER",
+    "DEMO_TOTP_SUBS",
     "DemoKeys",
     "ensure_demo_keys",
+    "ensure_demo_totp",
     "jwk_thumbprint",
     "load_private_key",
     "mint_token",
     "public_jwk",
+    "read_demo_totp",
 ]
 
 DEMO_ISSUER = "https://idp.demo.portcullis.local"
@@ -261,3 +264,48 @@ def mint_token(
         algorithm=_ALG,
         headers={"kid": keys.issuer_kid, "typ": "JWT"},
     )
+
+
+# --------------------------------------------------------------------------
+# The demo customers' TOTP secrets ([step_up] demo_totp_file)
+
+TOTP_FILE = "totp.json"
+DEMO_TOTP_SUBS: tuple[str, ...] = ("alice", "bob")
+"""The demo customers whose TOTP ``portcullis demo`` enrols (the demo backend's alice and bob)."""
+
+
+def read_demo_totp(path: Path) -> dict[str, str]:
+    """``{sub: base32 secret}`` from a demo TOTP file; ValueError if it is not that."""
+    doc = json.loads(Path(path).read_text("utf-8"))
+    if not isinstance(doc, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in doc.items()):
+        raise ValueError(f"{path}: expected a JSON object {{sub: base32 secret}}")
+    for sub, secret in doc.items():
+        try:
+            base64.b32decode(secret + "=" * (-len(secret) % 8))
+        except ValueError:
+            raise ValueError(f"{path}: the secret of {sub!r} is not base32") from None
+    return dict(doc)
+
+
+def ensure_demo_totp(path: Path, subs: Sequence[str] = DEMO_TOTP_SUBS) -> dict[str, str]:
+    """The demo TOTP file at ``path``, created (mode 0600) with a fresh 160-bit secret per sub if absent.
+
+    Created once and reused: existing secrets are kept (so an authenticator app set up from them
+    keeps working); a sub missing from the file gets a new secret.
+    """
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    current = read_demo_totp(path) if path.exists() else {}
+    missing = [s for s in subs if s not in current]
+    if missing:
+        fresh = {**current, **{s: base64.b32encode(secrets.token_bytes(20)).decode("ascii") for s in missing}}
+        text = (json.dumps(fresh, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        if current or not _write_new(path, text, 0o600):
+            if not current:  # a concurrent creator won: use its secrets
+                return ensure_demo_totp(path, subs)
+            _replace(path, text, 0o600)
+        current = fresh
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return current

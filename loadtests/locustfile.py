@@ -22,6 +22,36 @@ the gateway) and sends a fresh DPoP proof (RFC 9449) with every request; its
 token is bound to that key (``cnf.jkt``) unless ``$PORTCULLIS_TOKEN`` supplies
 one. ``PORTCULLIS_DPOP=0`` turns proofs off (plain bearer traffic).
 
+``StepUpUser`` does step-ups end to end (``gateway.client.StepUpClient``): a request the demo
+policy steps up -> 401 with a challenge -> ``POST /auth/mfa/challenges/{id}/totp`` with the
+customer's TOTP code -> the same request again with ``X-Portcullis-Step-Up`` -> 201. Each leg is
+its own name in the stats: ``step-up: challenge`` (401 expected), ``step-up: totp`` (200) and
+``step-up: retry`` (201). The request, ``$PORTCULLIS_STEPUP_ACTION``:
+
+- ``order``: a limit buy of 200 600519.SH (~290,000 CNY, above alice's single-trade limit of
+  200,000: ``single_trade_limit``), cancelled again once placed so it does not hold her buying
+  power (alice only: bob's buying power and investor category refuse it outright);
+- ``transfer``: a deposit of 100 CNY (``direction: in``), with a bearer token (no device proof):
+  the demo risk policy steps such transfers up at medium risk (no device proof, a fresh session, a
+  scripted client), whatever the hour. Not with DPoP: a device that passed a step-up is known
+  afterwards and its transfers go straight through, and a new device per transfer soon scores
+  the face level (TOTP and SMS);
+- ``auto`` (default): ``order`` while the A-share continuous sessions are open (Beijing time,
+  Monday-Friday 09:30-11:30 and 13:00-14:57; holidays aside), else ``transfer``, since outside the
+  sessions the policy refuses every order with ``market_closed`` before any step-up.
+
+The TOTP secrets are the ones ``portcullis demo`` wrote and enrolled ([step_up] demo_totp_file):
+``$PORTCULLIS_TOTP_FILE``, default ``var/demo/totp.json``. The customers,
+``$PORTCULLIS_STEPUP_CUSTOMERS`` (default ``alice:A1,bob:B9``, or ``alice:A1`` for orders), get
+**one StepUpUser each** (``fixed_count``; ``-u`` must be at least that many, the rest are
+BrokerUsers), each step-up ``$PORTCULLIS_STEPUP_PACING`` seconds apart (default 30). Why: a TOTP
+code is accepted once per account and 30 s step, and only steps after the last accepted one
+(within +-1 step of the gateway's clock), so one account allows a burst of two step-ups and then
+one per 30 s; several users on one account would mostly hit ``otp_replayed``, and wrong or
+replayed guesses there would feed the account's TOTP lockout. The client never sends a code it
+already used (``TotpAuthenticator``), and after an ``otp_replayed`` takes the next step's code.
+``PORTCULLIS_STEPUP=0`` leaves StepUpUser out.
+
 ``BenchUser`` is what ``portcullis bench --tool locust`` drives: one GET of
 ``$PORTCULLIS_BENCH_PATH`` with the headers in ``$PORTCULLIS_BENCH_HEADERS``
 (JSON), paced to ``$PORTCULLIS_BENCH_RATE`` requests/s in total when set.
@@ -36,16 +66,25 @@ import random
 import shlex
 import subprocess
 import sys
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from locust import between, constant, constant_throughput, events, tag, task
+from locust import between, constant, constant_pacing, constant_throughput, events, tag, task
 from locust.contrib.fasthttp import FastHttpUser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # the client SDK, gateway/client (a leaf: no server code comes with it)
 
-from gateway.client import DeviceKey  # noqa: E402
+from gateway.client import (  # noqa: E402
+    DeviceKey,
+    HttpRequest,
+    HttpResponse,
+    StepUpClient,
+    StepUpError,
+    TotpAuthenticator,
+)
 
 DEFAULT_CLI = str(REPO_ROOT / ".venv" / "bin" / "portcullis")
 
@@ -60,13 +99,13 @@ _BENCH_PATH = os.environ.get("PORTCULLIS_BENCH_PATH")
 _DPOP = os.environ.get("PORTCULLIS_DPOP", "1") != "0"
 
 
-def _mint_token(device: DeviceKey | None = None) -> str:
+def _mint_token(device: DeviceKey | None = None, sub: str | None = None, account: str | None = None) -> str:
     token = os.environ.get("PORTCULLIS_TOKEN")
-    if token:
+    if token and sub is None:
         return token.strip()
     cli = shlex.split(os.environ.get("PORTCULLIS_CLI", DEFAULT_CLI))
-    sub = os.environ.get("PORTCULLIS_SUB", "alice")
-    account = os.environ.get("PORTCULLIS_ACCOUNT", "A1")
+    sub = sub or os.environ.get("PORTCULLIS_SUB", "alice")
+    account = account or os.environ.get("PORTCULLIS_ACCOUNT", "A1")
     bind = ["--dpop-jkt", device.thumbprint] if device is not None else []
     done = subprocess.run([*cli, "token", "--sub", sub, "--accounts", account, *bind],
                           capture_output=True, text=True, check=False, cwd=REPO_ROOT)
@@ -158,6 +197,88 @@ class BrokerUser(FastHttpUser):
         path = f"/api/accounts/{self.account}/orders/{order_id}"
         self.client.delete(path,
                            headers=self.auth("DELETE", path), name="/api/accounts/[account]/orders/[id]")
+
+
+_STEPUP_ACTION = os.environ.get("PORTCULLIS_STEPUP_ACTION", "auto")
+_STEPUP_CUSTOMERS = [tuple(c.split(":", 1)) for c in os.environ.get(
+    "PORTCULLIS_STEPUP_CUSTOMERS", "alice:A1" if _STEPUP_ACTION == "order" else "alice:A1,bob:B9").split(",") if c]
+_TOTP_FILE = Path(os.environ.get("PORTCULLIS_TOTP_FILE", str(REPO_ROOT / "var" / "demo" / "totp.json")))
+_BEIJING = timezone(timedelta(hours=8))
+BANK_ACCOUNTS = {"A1": "bank-a1-1", "B9": "bank-b9-1", "C3": "bank-c3-1"}
+BIG_ORDER = {"symbol": "600519.SH", "qty": 200}  # ~290,000 CNY: above alice's single-trade limit (200,000)
+
+
+def a_share_session_open(now: float | None = None) -> bool:
+    """Inside an A-share continuous session (Beijing, Monday-Friday; the exchange's holidays not known here)."""
+    t = datetime.fromtimestamp(time.time() if now is None else now, _BEIJING)
+    minute = t.hour * 60 + t.minute
+    return t.weekday() < 5 and (9 * 60 + 30 <= minute < 11 * 60 + 30 or 13 * 60 <= minute < 14 * 60 + 57)
+
+
+class StepUpUser(FastHttpUser):
+    """One demo customer's step-ups, answered with TOTP: one such user per customer (see the module doc)."""
+
+    abstract = _BENCH_PATH is not None or os.environ.get("PORTCULLIS_STEPUP", "1") == "0"
+    fixed_count = len(_STEPUP_CUSTOMERS)
+    host = "http://127.0.0.1:8080"
+    wait_time = constant_pacing(float(os.environ.get("PORTCULLIS_STEPUP_PACING", "30")))
+    _taken = 0
+
+    def on_start(self) -> None:
+        sub, self.account = _STEPUP_CUSTOMERS[StepUpUser._taken % len(_STEPUP_CUSTOMERS)]
+        StepUpUser._taken += 1
+        try:
+            secrets_by_sub = json.loads(_TOTP_FILE.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"cannot read the demo TOTP secrets ({_TOTP_FILE}: {exc}); run `make demo` "
+                               "with [step_up] demo_totp_file, or set PORTCULLIS_TOTP_FILE") from None
+        if sub not in secrets_by_sub:
+            raise RuntimeError(f"no TOTP secret for {sub!r} in {_TOTP_FILE}")
+        self.sub = sub
+        self.totp = TotpAuthenticator(secrets_by_sub[sub])
+        self.stepup = self.session()
+        self.rng = random.Random()
+
+    def session(self) -> StepUpClient:
+        """A session: with a device key (DPoP) and a token bound to it for orders; a plain bearer token for
+        transfers (a device that passed a step-up is known afterwards and its transfers go straight
+        through, while many new devices in a row push the risk to the face level: TOTP and SMS)."""
+        device = DeviceKey.generate() if _DPOP and _STEPUP_ACTION != "transfer" and a_share_session_open() else None
+        return StepUpClient(self.host, _mint_token(device, self.sub, self.account), self.totp, device=device)
+
+    def send(self, req: HttpRequest) -> HttpResponse:
+        """One leg of the flow, under its own name; a status the flow did not expect is a failure."""
+        with self.client.request(req.method, req.path, data=req.body, headers=req.headers, name=req.name,
+                                 catch_response=True) as resp:
+            out = HttpResponse(resp.status_code or 0, resp.content or b"", dict(resp.headers or {}))
+            if resp.status_code in req.expect:
+                resp.success()
+            else:
+                resp.failure(f"status {resp.status_code}: {out.body[:200]!r}")
+            return out
+
+    @task
+    def step_up(self) -> None:
+        order = _STEPUP_ACTION == "order" or (_STEPUP_ACTION == "auto" and a_share_session_open())
+        if order:
+            path = f"/api/accounts/{self.account}/orders"
+            body: dict[str, Any] = {**BIG_ORDER, "side": "buy", "type": "limit", "price": 1436.0,
+                                    "client_order_id": f"su-{self.rng.getrandbits(48):x}"}
+        else:
+            path = f"/api/accounts/{self.account}/transfers"
+            body = {"direction": "in", "amount": 100, "bank_account_id": BANK_ACCOUNTS.get(self.account, "")}
+        try:
+            result = self.stepup.request_sync(self.send, "POST", path, body, expect=(201,))
+        except StepUpError as exc:  # e.g. totp_exhausted: the pacing is too fast for one account
+            events.request.fire(request_type="POST", name="step-up: totp", response_time=0, response_length=0,
+                                exception=exc, context={})
+            return
+        doc = result.response.json() if result.response.status == 201 else None
+        order_id = doc.get("order_id") if isinstance(doc, dict) else None
+        if order and isinstance(order_id, str):  # give alice's buying power back
+            cancel = f"{path}/{order_id}"
+            self.client.delete(cancel, headers=self.stepup.headers("DELETE", f"{self.host}{cancel}"),
+                               name="/api/accounts/[account]/orders/[id]")
 
 
 class BenchUser(FastHttpUser):

@@ -2,10 +2,25 @@
 
 A leaf package: it imports nothing else of ``gateway`` (and never aiohttp),
 so a client, the locustfile and tools can use it alone. Today it holds the
-device key that proves possession with DPoP (RFC 9449); the SM4 payload
+device key that proves possession with DPoP (RFC 9449) and the step-up client
+(answering an RFC 9470 challenge with TOTP, ``stepup.py``); the SM4 payload
 envelope joins it later.
 """
 
 from gateway.client.device import DeviceKey, access_token_hash, thumbprint
+from gateway.client.stepup import (
+    STEP_UP_HEADER,
+    HttpRequest,
+    HttpResponse,
+    StepUpClient,
+    StepUpError,
+    StepUpRequired,
+    StepUpResult,
+    TotpAuthenticator,
+    aiohttp_send,
+    totp_code,
+)
 
-__all__ = ["DeviceKey", "access_token_hash", "thumbprint"]
+__all__ = ["STEP_UP_HEADER", "DeviceKey", "HttpRequest", "HttpResponse", "StepUpClient", "StepUpError",
+           "StepUpRequired", "StepUpResult", "TotpAuthenticator", "access_token_hash", "aiohttp_send",
+           "thumbprint", "totp_code"]

@@ -181,6 +181,21 @@ class Totp:
         await self._succeeded(sub, last_counter=counter)
         return now
 
+    async def enrol_known(self, sub: str, secret: str, enrolled_at: float) -> None:
+        """Store ``secret`` as ``sub``'s active secret, enrolled at ``enrolled_at`` (the demo's known secrets).
+
+        The same record as :meth:`confirm_enrolment` stores, without a pending secret or a first code:
+        for ``portcullis demo`` (``[step_up] demo_totp_file``), never for customers' own secrets.
+        """
+        try:
+            raw = base64.b32decode(secret + "=" * (-len(secret) % 8), casefold=False)
+        except (ValueError, TypeError):
+            raise ValueError("the TOTP secret must be base32") from None
+        if len(raw) < 10 or not math.isfinite(enrolled_at):
+            raise ValueError("the TOTP secret must be at least 80 bits and enrolled_at a finite time")
+        await self._store.set(self._key(_ACTIVE, sub),
+                              self._seal(sub, _ACTIVE, {"secret": secret, "enrolled_at": enrolled_at}))
+
     async def enrolled_at(self, sub: str) -> float | None:
         """When the active secret was confirmed, or None if there is none."""
         record = await self._active(sub)
