@@ -341,6 +341,15 @@ class StepUpConfig:
     totp_issuer: str = "Portcullis"
     roles: tuple[str, ...] = ("client",)
     """Roles that may enrol factors (a token's sub is the customer)."""
+    demo_totp_file: Path | None = None
+    """Demo only: a JSON file ``{sub: base32 secret}`` (``portcullis demo`` writes it, mode 0600); at start
+    each listed customer's TOTP is enrolled with that secret as if long ago (no cooling-off). Never in production."""
+    per_minute: float = 30.0
+    """Requests to /auth/mfa a customer may make a minute (a token bucket; a client IP: four times it)."""
+    burst: float = 20.0
+    face_per_minute: float = 10.0
+    """Face answers and enrolments a customer may send a minute (a client IP: three times it)."""
+    face_burst: float = 5.0
 
 
 DEFAULT_IDENTITY_PREFIXES: tuple[str, ...] = (
@@ -1138,6 +1147,11 @@ def _step_up(t: _Table, base: Path) -> StepUpConfig:
         face_liveness=t.get("face_liveness", bool, True),
         totp_issuer=t.get("totp_issuer", str, "Portcullis"),
         roles=_strs(t, "roles", ["client"]),
+        demo_totp_file=_path(t, "demo_totp_file", base, None),
+        per_minute=_number(t, "per_minute", 30.0, minimum=0.01),
+        burst=_number(t, "burst", 20.0, minimum=1.0),
+        face_per_minute=_number(t, "face_per_minute", 10.0, minimum=0.01),
+        face_burst=_number(t, "face_burst", 5.0, minimum=1.0),
     )
     t.used.update({"sms_token_file", "face_secret_file"})
     if cfg.sms_sender == "webhook" and not cfg.sms_url:

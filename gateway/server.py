@@ -16,6 +16,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -203,7 +204,8 @@ class Gateway:
             phone = getattr(self.providers, "phone_on_file", None)
             self.stepups = build_stepups(config.step_up, state=self.state, risk=self.risk, auditor=self._auditor,
                                          phone_on_file=phone if phone is not None else _no_phone,
-                                         sms_sender=sms_sender, face=face, clock=clock)
+                                         sms_sender=sms_sender, face=face, clock=clock,
+                                         count=self.metrics.step_up)
         self._mfa_routes = mfa_routes(config.step_up)
         self._mfa_pipeline = Pipeline(())
         self.pipelines = self._build_pipelines()
@@ -249,8 +251,8 @@ class Gateway:
         if self.stepups is not None:
             # Served by the gateway itself: the same authentication, then the endpoints (gateway/mfa/handlers.py).
             self._mfa_pipeline = Pipeline([
-                Authenticate(self.verifier, self.device_proofs), RequireRole(), StateRound(), read_body, Decrypt(),
-                StepUpToken(self.stepups, self.state),
+                Authenticate(self.verifier, self.device_proofs), RequireRole(), rate_limit, StateRound(), read_body,
+                Decrypt(), StepUpToken(self.stepups, self.state),
                 MfaEndpoint(self.config.step_up, self.stepups, self.notifier, self._auditor)])
         public = Pipeline([LoginAttempt(self.lockouts, g.body_timeout), rate_limit, StateRound(), read_body,
                            forward, LoginOutcome(self.lockouts)])
@@ -395,6 +397,22 @@ class Gateway:
 
     # -- lifecycle --------------------------------------------------------
 
+    @staticmethod
+    async def _enrol_demo_totp(stepups: StepUps, path: Path) -> None:
+        """[step_up] demo_totp_file: the demo customers' TOTP, enrolled long ago (no cooling-off)."""
+        from gateway.demo_keys import read_demo_totp
+
+        if not path.is_file():
+            log.warning("demo_totp_file_missing: %s (`portcullis demo` creates it); no TOTP enrolled", path)
+            return
+        try:
+            secrets_by_sub = read_demo_totp(path)
+            for sub, secret in secrets_by_sub.items():
+                await stepups.totp.enrol_known(sub, secret, 0.0)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"step_up.demo_totp_file: {exc}") from None
+        logs.event(log, "demo_totp_enrolled", customers=sorted(secrets_by_sub))
+
     async def start(self) -> None:
         from gateway.admin import build_admin_app
 
@@ -406,6 +424,8 @@ class Gateway:
         await self.bundles.start()  # serves the repository's active version before any request
         await self.risk.start()
         await self.upstreams.start()
+        if self.stepups is not None and self.config.step_up.demo_totp_file is not None:
+            await self._enrol_demo_totp(self.stepups, self.config.step_up.demo_totp_file)
         if self.stepups is not None and self.stepups.face_state.configured:
             # A missing or broken face stack withdraws the face method; the gateway still starts.
             face_ok = await self.stepups.face_state.check()

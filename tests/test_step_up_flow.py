@@ -103,7 +103,7 @@ class Client:
     def __init__(self, stack: Stack, http: aiohttp.ClientSession, *, sub: str = "alice",
                  accounts: tuple[str, ...] = ("A1",), device: DeviceKey | None = None) -> None:
         self.stack, self.http, self.device = stack, http, device
-        extra = {"extra": {"cnf": {"jkt": device.thumbprint}}} if device is not None else {}
+        extra: dict[str, Any] = {"extra": {"cnf": {"jkt": device.thumbprint}}} if device is not None else {}
         self.token = stack.token(sub=sub, accounts=accounts, **extra)
 
     def headers(self, method: str, url: str, step_up: str | None = None) -> dict[str, str]:
@@ -136,7 +136,7 @@ async def stack(tmp: Path, *, state: StateStore | None = None, clock: Clock | No
         "notifier": notifier or MemoryNotifier(), "clock": clock or Clock(), "sms_sender": sms or RecordingSms()}
     if state is not None:
         kwargs["state"] = state
-    audit = {"audit": {"path": str(audit_dir), "fsync_interval_ms": 1}} if audit_dir is not None else {}
+    audit: dict[str, Any] = {"audit": {"path": str(audit_dir), "fsync_interval_ms": 1}} if audit_dir else {}
     async with run_stack(tmp, internal_token=TOKEN, routes=routes_with_body_kinds(), gateway_kwargs=kwargs,
                          step_up={"cooling_off": COOL, **step_up}, **audit) as s:
         yield s
@@ -167,6 +167,7 @@ async def enrol_totp(c: Client, sms: RecordingSms) -> pyotp.TOTP:
     assert doc["otpauth_uri"].startswith("otpauth://totp/")
     assert base64.b64decode(doc["qr_png"])[:8] == b"\x89PNG\r\n\x1a\n"
     totp = pyotp.parse_uri(doc["otpauth_uri"])
+    assert isinstance(totp, pyotp.TOTP)
     status, done = await c.mfa("POST", "factors/totp/confirm", {"code": totp.now()})
     assert status == 200, done
     return totp
