@@ -27,12 +27,14 @@ import io
 import json
 import os
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,118 @@ async def _service_run(base: str, secret: bytes, frame: bytes, enrol: bytes, sec
             "p99_ratio": round(busy["p99_ms"] / idle["p99_ms"], 2)}
 
 
+async def _gateway_run(base: str, secret: bytes, frame: bytes, enrol: bytes, gw_url: str,
+                       headers: dict[str, str], seconds: float, rate: float) -> dict[str, Any]:
+    """The gateway's p99 on a read route, idle and while clients keep the face service saturated."""
+    import aiohttp
+
+    from biometrics.client import BiometricsClient, FaceServiceError
+
+    async def gateway_p99() -> dict[str, float]:
+        lat: list[float] = []
+        statuses: set[int] = set()
+        async with aiohttp.ClientSession(headers=headers) as s:
+            async def one() -> None:
+                t = time.perf_counter()
+                async with s.get(gw_url) as r:
+                    await r.read()
+                    statuses.add(r.status)
+                lat.append((time.perf_counter() - t) * 1000)
+
+            tasks = []
+            start = time.perf_counter()
+            for i in range(int(rate * seconds)):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one()))
+            await asyncio.gather(*tasks)
+        assert statuses == {200}, statuses
+        lat.sort()
+        return {"p50_ms": round(statistics.median(lat), 2), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))], 2)}
+
+    async with BiometricsClient(base, secret, timeout=30) as c:
+        await c.consent("bench", True, "bench")
+        await c.enrol("bench", enrol)
+        await gateway_p99()  # warm-up (connections, caches)
+        idle = await gateway_p99()
+        done = 0
+        stop = asyncio.Event()
+
+        async def hammer() -> None:
+            nonlocal done
+            while not stop.is_set():
+                img = Image.open(io.BytesIO(frame))
+                img = img.crop((0, 0, img.width - 1 - done % 50, img.height))
+                buf = io.BytesIO()
+                img.save(buf, "JPEG", quality=90 - done % 7)
+                try:
+                    await c.verify("bench", buf.getvalue())
+                except FaceServiceError:
+                    pass
+                done += 1
+
+        hammers = [asyncio.create_task(hammer()) for _ in range(3)]
+        await asyncio.sleep(1)
+        t0, d0 = time.perf_counter(), done
+        busy = await gateway_p99()
+        checks = (done - d0) / (time.perf_counter() - t0)
+        stop.set()
+        await asyncio.gather(*hammers)
+        idle_after = await gateway_p99()
+    return {"gateway_idle": idle, "gateway_under_face_load": busy, "gateway_idle_after": idle_after,
+            "face_checks_per_s": round(checks, 2), "rate_per_s": rate,
+            "p99_ratio": round(busy["p99_ms"] / max(idle["p99_ms"], idle_after["p99_ms"]), 2)}
+
+
+def gateway(images: Path, seconds: float, rate: float) -> dict[str, Any]:
+    """The gateway and the demo backend on CPU 0 (with this load generator), the face service on CPU 1.
+
+    A deployment gives the face service its own cores; this is the two-core version of that. The
+    gateway serves ``GET /api/quotes/600519.SH`` with the example configuration (security on, the
+    Rego bundle, memory state) at a fixed rate while three clients keep the face pool busy.
+    """
+    from gateway.bench import Children, free_port, proxy_config, toml_dumps, wait_port
+    from gateway.demo_keys import ensure_demo_keys, mint_token
+
+    pin = hasattr(os, "sched_setaffinity") and {0, 1} <= os.sched_getaffinity(0)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        keys = ensure_demo_keys(tmp / "keys")
+        secret = secrets.token_urlsafe(32).encode()
+        (tmp / "secret").write_bytes(secret)
+        ports = {"backend": free_port(), "gateway": free_port(), "face": free_port()}
+        example = tomllib.loads((REPO / "examples" / "portcullis.toml").read_text())
+        cfg = proxy_config(example, security=True, port=ports["gateway"],
+                           backend_url=f"http://127.0.0.1:{ports['backend']}", issuer_jwks=keys.issuer_jwks,
+                           identity_key=keys.identity_key, identity_hmac=keys.identity_hmac,
+                           audit_dir=tmp / "audit")
+        cfg.pop("providers", None)  # no internal token here: the read route needs no account facts
+        (tmp / "gw.toml").write_text(toml_dumps(cfg))
+        children = Children(pin=pin and shutil.which("taskset") is not None, logs=tmp)
+        try:
+            cpu0, cpu1 = "0", "1"
+            backend = children.start("backend", [
+                sys.executable, "-m", "demo_backend", "--host", "127.0.0.1", "--port", str(ports["backend"]),
+                "--identity-jwks", str(keys.identity_jwks), "--identity-hmac-key", str(keys.identity_hmac)], cpu0)
+            gw = children.start("gateway", [sys.executable, "-m", "gateway", "serve", "--config",
+                                            str(tmp / "gw.toml"), "--log-level", "WARNING", "--quiet"], cpu0)
+            face = children.start("face", [
+                sys.executable, "-m", "biometrics", "serve", "--port", str(ports["face"]), "--secret-file",
+                str(tmp / "secret"), "--data-dir", str(tmp / "data"), "--log-level", "WARNING"], cpu1)
+            for name, proc in (("backend", backend), ("gateway", gw), ("face", face)):
+                wait_port(ports[name], proc, name, timeout=120)
+            if pin:
+                os.sched_setaffinity(0, {0})
+            token = mint_token(keys, sub="alice", accounts=("A1",), ttl=3600)
+            return asyncio.run(_gateway_run(
+                f"http://127.0.0.1:{ports['face']}", secret, _selfie(images / "img11.jpg"),
+                _selfie(images / "img10.jpg"), f"http://127.0.0.1:{ports['gateway']}/api/quotes/600519.SH",
+                {"Authorization": f"Bearer {token}"}, seconds, rate)) | {"pinned": pin}
+        finally:
+            children.stop_all()
+
+
 def service(images: Path, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         secret = secrets.token_urlsafe(32).encode()
@@ -181,9 +295,14 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0, help="seconds per /healthz latency run")
     p.add_argument("--vectors", default=str(REPO.parent / "shared" / "vectors"))
     p.add_argument("--no-service", action="store_true")
+    p.add_argument("--gateway", action="store_true",
+                   help="also the gateway's p99 on a read route while face checks run (face service on CPU 1)")
+    p.add_argument("--rate", type=float, default=200.0, help="gateway requests/s in the --gateway run")
     args = p.parse_args()
     images = Path(args.vectors) / "face" / "deepface" / "images"
     out: dict[str, Any] = {}
+    if args.gateway:
+        out["gateway"] = gateway(images, args.seconds, args.rate)
     if not args.no_service:
         out["service"] = service(images, args.seconds)  # before pinning this process to one core
     out = {"one_core": in_process(images, args.n), **out, "load_avg": os.getloadavg()[0]}
