@@ -118,37 +118,54 @@ async def _p99(url: str, rate: float, seconds: float) -> dict[str, float]:
     return {"p50_ms": round(statistics.median(lat), 2), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))], 2)}
 
 
+class Saturate:
+    """Three clients keeping the face service's pool busy with verifications while the block runs."""
+
+    def __init__(self, client: Any, frame: bytes, clients: int = 3) -> None:
+        self._c, self._frame, self._n = client, frame, clients
+        self._done = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.rate = 0.0
+        """Face checks per second while the block ran."""
+
+    async def _hammer(self) -> None:
+        from biometrics.client import FaceServiceError
+
+        while not self._stop.is_set():
+            # A fresh frame each time (a few pixel columns cropped), or it is a replay.
+            img = Image.open(io.BytesIO(self._frame))
+            img = img.crop((0, 0, img.width - 1 - self._done % 50, img.height))
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=90 - self._done % 7)
+            try:
+                await self._c.verify("bench", buf.getvalue())
+            except FaceServiceError:
+                pass
+            self._done += 1
+
+    async def __aenter__(self) -> Saturate:
+        self._tasks = [asyncio.create_task(self._hammer()) for _ in range(self._n)]
+        await asyncio.sleep(1)  # the pool full before measuring
+        self._t0, self._d0 = time.perf_counter(), self._done
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.rate = round((self._done - self._d0) / (time.perf_counter() - self._t0), 2)
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
 async def _service_run(base: str, secret: bytes, frame: bytes, enrol: bytes, seconds: float) -> dict[str, Any]:
-    from biometrics.client import BiometricsClient, FaceServiceError
+    from biometrics.client import BiometricsClient
 
     async with BiometricsClient(base, secret, timeout=30) as c:
         await c.consent("bench", True, "bench")
         await c.enrol("bench", enrol)
         idle = await _p99(base + "/healthz", 100, seconds)
-        done = 0
-        stop = asyncio.Event()
-
-        async def hammer() -> None:
-            nonlocal done
-            while not stop.is_set():
-                # A fresh frame each time (one pixel column cropped), or it is a replay.
-                img = Image.open(io.BytesIO(frame))
-                img = img.crop((0, 0, img.width - 1 - done % 50, img.height))
-                buf = io.BytesIO()
-                img.save(buf, "JPEG", quality=90 - done % 7)
-                try:
-                    await c.verify("bench", buf.getvalue())
-                except FaceServiceError:
-                    pass
-                done += 1
-
-        hammers = [asyncio.create_task(hammer()) for _ in range(3)]
-        await asyncio.sleep(1)
-        t0, d0 = time.perf_counter(), done
-        busy = await _p99(base + "/healthz", 100, seconds)
-        rate = (done - d0) / (time.perf_counter() - t0)
-        stop.set()
-        await asyncio.gather(*hammers)
+        async with Saturate(c, frame) as load:
+            busy = await _p99(base + "/healthz", 100, seconds)
+        rate = load.rate
     return {"healthz_idle": idle, "healthz_under_face_load": busy, "face_checks_per_s": round(rate, 2),
             "p99_ratio": round(busy["p99_ms"] / idle["p99_ms"], 2)}
 
@@ -158,7 +175,7 @@ async def _gateway_run(base: str, secret: bytes, frame: bytes, enrol: bytes, gw_
     """The gateway's p99 on a read route, idle and while clients keep the face service saturated."""
     import aiohttp
 
-    from biometrics.client import BiometricsClient, FaceServiceError
+    from biometrics.client import BiometricsClient
 
     async def gateway_p99() -> dict[str, float]:
         lat: list[float] = []
@@ -188,29 +205,9 @@ async def _gateway_run(base: str, secret: bytes, frame: bytes, enrol: bytes, gw_
         await c.enrol("bench", enrol)
         await gateway_p99()  # warm-up (connections, caches)
         idle = await gateway_p99()
-        done = 0
-        stop = asyncio.Event()
-
-        async def hammer() -> None:
-            nonlocal done
-            while not stop.is_set():
-                img = Image.open(io.BytesIO(frame))
-                img = img.crop((0, 0, img.width - 1 - done % 50, img.height))
-                buf = io.BytesIO()
-                img.save(buf, "JPEG", quality=90 - done % 7)
-                try:
-                    await c.verify("bench", buf.getvalue())
-                except FaceServiceError:
-                    pass
-                done += 1
-
-        hammers = [asyncio.create_task(hammer()) for _ in range(3)]
-        await asyncio.sleep(1)
-        t0, d0 = time.perf_counter(), done
-        busy = await gateway_p99()
-        checks = (done - d0) / (time.perf_counter() - t0)
-        stop.set()
-        await asyncio.gather(*hammers)
+        async with Saturate(c, frame) as load:
+            busy = await gateway_p99()
+        checks = load.rate
         idle_after = await gateway_p99()
     return {"gateway_idle": idle, "gateway_under_face_load": busy, "gateway_idle_after": idle_after,
             "face_checks_per_s": round(checks, 2), "rate_per_s": rate,
