@@ -95,15 +95,17 @@ def in_process(images: Path, n: int) -> dict[str, Any]:
             "verify": _ms(verify, n), "liveness5": _ms(live, n)}
 
 
-async def _p99(url: str, rate: float, seconds: float) -> dict[str, float]:
+async def _p99(url: str, rate: float, seconds: float, headers: dict[str, str] | None = None) -> dict[str, float]:
     import aiohttp
 
     lat: list[float] = []
-    async with aiohttp.ClientSession() as s:
+    statuses: set[int] = set()
+    async with aiohttp.ClientSession(headers=headers) as s:
         async def one() -> None:
             t = time.perf_counter()
             async with s.get(url) as r:
                 await r.read()
+                statuses.add(r.status)
             lat.append((time.perf_counter() - t) * 1000)
 
         tasks = []
@@ -114,6 +116,7 @@ async def _p99(url: str, rate: float, seconds: float) -> dict[str, float]:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one()))
         await asyncio.gather(*tasks)
+    assert statuses == {200}, statuses
     lat.sort()
     return {"p50_ms": round(statistics.median(lat), 2), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))], 2)}
 
@@ -199,32 +202,11 @@ async def _service_run(base: str, secret: bytes, frame: bytes, enrol: bytes, sec
 async def _gateway_run(base: str, secret: bytes, frame: bytes, enrol: bytes, gw_url: str,
                        headers: dict[str, str], seconds: float, rate: float, pinned: bool) -> dict[str, Any]:
     """The gateway's p99 on a read route, idle and while clients keep the face service saturated."""
-    import aiohttp
 
     from biometrics.client import BiometricsClient
 
     async def gateway_p99() -> dict[str, float]:
-        lat: list[float] = []
-        statuses: set[int] = set()
-        async with aiohttp.ClientSession(headers=headers) as s:
-            async def one() -> None:
-                t = time.perf_counter()
-                async with s.get(gw_url) as r:
-                    await r.read()
-                    statuses.add(r.status)
-                lat.append((time.perf_counter() - t) * 1000)
-
-            tasks = []
-            start = time.perf_counter()
-            for i in range(int(rate * seconds)):
-                delay = start + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one()))
-            await asyncio.gather(*tasks)
-        assert statuses == {200}, statuses
-        lat.sort()
-        return {"p50_ms": round(statistics.median(lat), 2), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))], 2)}
+        return await _p99(gw_url, rate, seconds, headers)
 
     async with BiometricsClient(base, secret, timeout=30) as c:
         await c.consent("bench", True, "bench")
