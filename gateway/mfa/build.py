@@ -15,7 +15,7 @@ from gateway.context import RequestContext
 from gateway.crypto.secretbox import SecretBox
 from gateway.mfa.levels import Ladder
 from gateway.mfa.service import FaceChecks, FactorRecords, PhoneOnFile, StepUps
-from gateway.mfa.sms import FileSmsSender, SmsOtp, SmsSender, WebhookSmsSender
+from gateway.mfa.sms import FileSmsSender, SmsOtp, SmsSender, SmsSendError, WebhookSmsSender
 from gateway.mfa.tokens import StepUpTokens, load_key
 from gateway.mfa.totp import Totp
 from gateway.risk.engine import RiskEngine
@@ -84,5 +84,4 @@ def build_stepups(cfg: StepUpConfig, *, state: StateStore, risk: RiskEngine, aud
 
 class _NoSender:
     async def send(self, phone: str, text: str) -> None:
-        from gateway.mfa.sms import SmsSendError
         raise SmsSendError("no SMS sender is configured")

@@ -18,7 +18,6 @@ State in the shared store (every gateway process sees it)::
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,16 +26,13 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives import hashes
 
+from gateway.jose import b64url
 from gateway.state.base import StateStore
 
 GRACE = 600.0
 """Seconds an expired challenge is remembered, so its id answers 410 challenge_expired, not 404."""
 
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def sm3(data: bytes) -> bytes:
@@ -48,10 +44,10 @@ def sm3(data: bytes) -> bytes:
 def body_digest(body: bytes | None, json_body: Any = None) -> str | None:
     """SM3 of the canonical body: sorted-key compact JSON when it parsed, else the raw bytes."""
     if json_body is not None:
-        return _b64(sm3(orjson.dumps(json_body, option=orjson.OPT_SORT_KEYS)))
+        return b64url(sm3(orjson.dumps(json_body, option=orjson.OPT_SORT_KEYS)))
     if not body:
         return None
-    return _b64(sm3(body))
+    return b64url(sm3(body))
 
 
 def _quote(value: str) -> str:
@@ -78,7 +74,7 @@ class Binding:
     def digest(self) -> str:
         """One value for the whole binding (what a transaction step-up token carries)."""
         doc = [self.method, self.path, self.account, self.body]
-        return _b64(sm3(orjson.dumps(doc)))
+        return b64url(sm3(orjson.dumps(doc)))
 
 
 def valid_id(value: str) -> bool:

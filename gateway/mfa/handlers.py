@@ -255,10 +255,9 @@ class MfaEndpoint:
         assert ctx.subject is not None
         sub = ctx.subject.sub
         face = self._s.face
+        assert face is not None  # checked on entry
 
         async def check(ch: Challenge) -> None:
-            if face is None:
-                raise GatewayError(FACE_UNAVAILABLE)
             try:
                 ok = await (face.liveness(sub, frames) if len(frames) > 1 else face.verify(sub, frames[0]))
             except FaceServiceError as exc:
@@ -318,7 +317,7 @@ class MfaEndpoint:
         if claims is not None and claims.txn is not None and self._s.ladder.satisfies(claims.acr, level):
             return
         raise await self._s.challenge(ctx, StepUp(acr=level, methods=(), max_age=None),
-                                      reasons=["factor_change"], tier="factor",
+                                      reasons=["factor_change"], tier="factor", factors=factors,
                                       description="Changing a sign-in factor needs a step-up")
 
     async def _changed(self, ctx: RequestContext, factor: str, action: str, **fields: Any) -> None:

@@ -17,7 +17,6 @@ camera.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,6 +38,7 @@ from gateway.errors import (
     STEP_UP_REQUIRED,
     GatewayError,
 )
+from gateway.jose import b64url
 from gateway.mfa.challenges import Binding, Challenge, ChallengeStore, body_digest, challenge_header
 from gateway.mfa.levels import AMR, Ladder
 from gateway.mfa.sms import SentCode, SmsOtp, normalise_phone
@@ -56,10 +56,6 @@ COOLING_TIERS = frozenset({"transfer", "factor"})
 FACTOR_LEVEL = {"totp": "urn:portcullis:acr:mfa", "sms": "urn:portcullis:acr:mfa",
                 "face": "urn:portcullis:acr:face"}
 """The level a change of each factor needs (the factor's own strength)."""
-
-
-def b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 class FaceChecks(Protocol):
@@ -279,13 +275,17 @@ class StepUps:
 
     async def challenge(self, ctx: RequestContext, step_up: StepUp, *, reasons: Sequence[str],
                         description: str = "A stronger authentication is required",
-                        tier: str | None = None) -> GatewayError:
-        """Store a challenge bound to this request; return the 401 to answer with."""
+                        tier: str | None = None, factors: Factors | None = None) -> GatewayError:
+        """Store a challenge bound to this request; return the 401 to answer with.
+
+        ``factors``: the customer's factors when the caller has just read them (a factor change).
+        """
         subject = ctx.subject
         assert subject is not None
         tier = tier or ctx.route.tier
-        account = ctx.account or (subject.accounts[0] if subject.accounts else None)
-        factors = await self.factors(subject.sub, account)
+        if factors is None:
+            account = ctx.account or (subject.accounts[0] if subject.accounts else None)
+            factors = await self.factors(subject.sub, account)
         usable = await self._usable(factors, ctx.now, tier in COOLING_TIERS)
         methods = self.ladder.offer(step_up.acr, usable, step_up.methods or None)
         risk_factors = tuple(f.code for f in ctx.risk.factors) if ctx.risk is not None else ()

@@ -24,8 +24,9 @@ from collections.abc import Awaitable
 
 from gateway.context import RequestContext
 from gateway.errors import STEP_UP_TOKEN_INVALID, STEP_UP_TOKEN_MISMATCH, STEP_UP_TOKEN_USED, GatewayError
+from gateway.jose import b64url
 from gateway.mfa.challenges import Binding, body_digest
-from gateway.mfa.service import StepUps, b64url
+from gateway.mfa.service import StepUps
 from gateway.mfa.tokens import HEADER, StepUpClaims, StepUpTokenError, StepUpTokenExpired
 from gateway.state.base import StateStore
 from gateway.steps.judge import bare_challenge
