@@ -45,6 +45,12 @@ NOTIFY_TIMEOUT = 30.0
 """Seconds one alert may take, retries included (the webhook retries with backoff)."""
 
 Audit = Callable[[dict[str, Any]], None]
+Observe = Callable[[str, str], None]
+"""Told each alert's kind and outcome (the gateway counts them in its metrics)."""
+
+
+def _ignore(kind: str, outcome: str) -> None:
+    return None
 
 
 def _stamp(now: float) -> str:
@@ -88,8 +94,9 @@ class CustomerAlerts:
 
     def __init__(self, notifier: Notifier, settings: SettingsStore, audit: Audit, *,
                  max_pending: int = MAX_PENDING, timeout: float = NOTIFY_TIMEOUT,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, observe: Observe = _ignore) -> None:
         self._notifier = notifier
+        self._observe = observe
         self._settings = settings
         self._audit = audit
         self._max_pending = max_pending
@@ -126,13 +133,17 @@ class CustomerAlerts:
                   "kind": kind}
         if len(self._tasks) >= self._max_pending:
             self.dropped += 1
-            self._audit({**record, "outcome": "dropped"})
+            self._outcome(record, "dropped")
             return
         task = asyncio.get_running_loop().create_task(
             self._send(record, alert, settings, sub, message, fields))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        self._audit({**record, "outcome": "queued"})
+        self._outcome(record, "queued")
+
+    def _outcome(self, record: dict[str, Any], outcome: str, **extra: Any) -> None:
+        self._observe(record["kind"], outcome)
+        self._audit({**record, **extra, "outcome": outcome})
 
     async def _send(self, record: dict[str, Any], alert: str, settings: SecuritySettings | None,
                     sub: str, message: str, fields: dict[str, str]) -> None:
@@ -141,16 +152,16 @@ class CustomerAlerts:
                 if settings is None:
                     settings = (await self._settings.get(sub)).effective(self._clock())
                 if not settings.value(f"alerts.{alert}"):
-                    self._audit({**record, "time": self._clock(), "outcome": "off"})
+                    self._outcome(record, "off", time=self._clock())
                     return
                 await self._notifier.notify(record["kind"], sub, message, fields)
         except Exception as exc:
             self.failed += 1
             log.warning("customer alert not delivered: %s", type(exc).__name__)
-            self._audit({**record, "time": self._clock(), "outcome": "failed", "error": type(exc).__name__})
+            self._outcome(record, "failed", time=self._clock(), error=type(exc).__name__)
             return
         self.sent += 1
-        self._audit({**record, "time": self._clock(), "outcome": "sent"})
+        self._outcome(record, "sent", time=self._clock())
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait for the alerts in flight (at shutdown, before the notifier closes; tests)."""

@@ -48,6 +48,12 @@ class Metrics:
             "Step-up events (docs/STEP_UP.md) by event (challenge, impossible, sms_sent, failed, progress, passed)"
             " and method",
             ["event", "method"], registry=r)
+        self.customer_alerts = Counter(
+            "portcullis_customer_alerts",
+            "Customer alerts (docs/RISK.md 'Customer security settings') by kind and outcome"
+            " (queued, sent, failed, off, dropped)", ["kind", "outcome"], registry=r)
+        self.customer_alerts_pending = Gauge(
+            "portcullis_customer_alerts_pending", "Customer alerts being sent", registry=r)
         self.in_flight = Gauge("portcullis_in_flight_requests", "Requests being handled", registry=r)
         self.audit_backlog = Gauge("portcullis_audit_backlog", "Audit records not yet durable",
                                    registry=r)
@@ -87,6 +93,10 @@ class Metrics:
     def step_up(self, event: str, method: str) -> None:
         """One step-up event: a challenge issued or impossible, a code sent, an answer failed or passed."""
         self._child(self.step_ups, event, method).inc()
+
+    def customer_alert(self, kind: str, outcome: str) -> None:
+        """One customer alert's outcome (gateway/customer_alerts.py)."""
+        self._child(self.customer_alerts, kind, outcome).inc()
 
     def watch_audit(self, backlog: Callable[[], float], failures: Callable[[], float]) -> None:
         self.audit_backlog.set_function(backlog)

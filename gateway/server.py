@@ -194,7 +194,9 @@ class Gateway:
         self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout)
         self.freezes = FreezeStore(self.state)
         self.settings = SettingsStore(self.state)
-        self.customer_alerts = CustomerAlerts(self.notifier, self.settings, self._auditor.queue)
+        self.customer_alerts = CustomerAlerts(self.notifier, self.settings, self._auditor.queue,
+                                              observe=self.metrics.customer_alert)
+        self.metrics.customer_alerts_pending.set_function(lambda: self.customer_alerts.pending)
         self.bundles = PolicyAdmin(config, policy=self.policy, state=self.state, notifier=self.notifier,
                                    audit=self.audit, metrics=self.metrics)
         self._settings_route: RouteConfig | None = None

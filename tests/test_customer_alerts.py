@@ -80,11 +80,16 @@ async def test_a_transfer_alerts_the_customer_when_transfer_alerts_are_on(
     async with alert_stack(tmp_path, notifier, state) as stack, aiohttp.ClientSession() as s:
         rid = await _transfer(s, stack)  # no settings stored: the default, on
         await stack.gateway.customer_alerts.drain()
+        async with s.get(stack.admin_url + "/metrics") as r:
+            metrics = await r.text()
     [alert] = [n for n in notifier.sent if n.kind == "transfer_made"]
     assert alert.recipient == "alice"
     assert dict(alert.fields) == {"amount": "100.00", "currency": "CNY", "direction": "out",
                                   "bank_account": "****a1-1", "time": alert.fields["time"], "request_id": rid}
     _assert_no_personal_data(notifier.sent)
+    for outcome in ("queued", "sent"):
+        assert f'portcullis_customer_alerts_total{{kind="transfer_made",outcome="{outcome}"}} 1.0' in metrics
+    assert "portcullis_customer_alerts_pending 0.0" in metrics
 
 
 async def test_a_transfer_does_not_alert_when_transfer_alerts_are_off(
@@ -171,10 +176,14 @@ async def test_a_full_queue_drops_and_counts() -> None:
 
     audited: list[dict[str, Any]] = []
     notifier = _SlowNotifier()
-    alerts = CustomerAlerts(notifier, SettingsStore(MemoryStore()), audited.append, max_pending=2)
+    observed: list[tuple[str, str]] = []
+    alerts = CustomerAlerts(notifier, SettingsStore(MemoryStore()), audited.append, max_pending=2,
+                            observe=lambda kind, outcome: observed.append((kind, outcome)))
     for i in range(3):
         alerts.transfer_made("alice", SecuritySettings(), TRANSFER, 0.0, f"r{i}")
     assert alerts.dropped == 1 and alerts.pending == 2
     await alerts.drain()
     assert alerts.sent == 2 and len(notifier.sent) == 2
     assert [r["outcome"] for r in audited if r["request_id"] == "r2"] == ["dropped"]
+    assert sorted(observed) == sorted([("transfer_made", "queued")] * 2 + [("transfer_made", "dropped")]
+                                      + [("transfer_made", "sent")] * 2)
