@@ -1,6 +1,6 @@
 """Masking JSON fields of a response for the ``mask_fields`` obligation (pure).
 
-A field path names members from the document's root, separated by dots:
+A field path (gateway/crypto/json_paths.py) names members from the document's root, separated by dots:
 ``id_number``, ``bank_accounts.number``, ``holder.phone``. An array on the way
 applies the rest of the path to each of its elements (``bank_accounts.number``
 masks the number of every bank account; ``bank_accounts[].number`` and
@@ -21,32 +21,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-MaskPath = tuple[str, ...]
+from gateway.crypto.json_paths import MAX_DEPTH, MAX_PATH_LENGTH, MAX_PATHS, FieldPath, matches, parse_paths
+
+__all__ = ["MASK_RESPONSE_LIMIT", "MAX_DEPTH", "MAX_PATHS", "MAX_PATH_LENGTH", "MaskPath", "mask_document",
+           "mask_scalar", "parse_paths"]
+
+MaskPath = FieldPath
 
 KEEP_LAST = 4
 MIN_LENGTH_TO_KEEP = 8
 MIN_DIGITS_TO_KEEP = 6
-MAX_PATHS = 64
-MAX_DEPTH = 16
-MAX_PATH_LENGTH = 256
 MASK_RESPONSE_LIMIT = 1024 * 1024
 """Bytes of upstream response a masked request buffers at most; a larger one fails closed."""
-
-
-def parse_paths(fields: Sequence[str]) -> tuple[MaskPath, ...]:
-    """Field paths as tuples of segments; ValueError names the first bad one."""
-    if len(fields) > MAX_PATHS:
-        raise ValueError(f"more than {MAX_PATHS} fields to mask")
-    paths: list[MaskPath] = []
-    for field in fields:
-        if not isinstance(field, str) or not field or len(field) > MAX_PATH_LENGTH:
-            raise ValueError(f"field path {field!r} is empty or too long")
-        segments = tuple(seg for part in field.split(".")
-                         for seg in ((part[:-2], "*") if part.endswith("[]") and part != "[]" else (part,)))
-        if any(not seg or seg == "[]" for seg in segments) or len(segments) > MAX_DEPTH:
-            raise ValueError(f"field path {field!r} is malformed")
-        paths.append(segments)
-    return tuple(dict.fromkeys(paths))
 
 
 def mask_scalar(value: Any) -> Any:
@@ -77,27 +63,11 @@ def _mask_all(value: Any) -> tuple[Any, int]:
     return mask_scalar(value), int(value is not None)
 
 
-def _apply(node: Any, path: MaskPath) -> int:
-    """Mask what ``path`` names below ``node`` (in place); how many values were masked."""
-    if isinstance(node, list):
-        rest = path[1:] if path[0] == "*" else path
-        if not rest:
-            return sum(_replace(node, i) for i in range(len(node)))
-        return sum(_apply(item, rest) for item in node)
-    if not isinstance(node, dict):
-        return 0
-    head, rest = path[0], path[1:]
-    keys = list(node) if head == "*" else ([head] if head in node else [])
-    if not rest:
-        return sum(_replace(node, k) for k in keys)
-    return sum(_apply(node[k], rest) for k in keys)
-
-
-def _replace(container: Any, key: Any) -> int:
-    container[key], count = _mask_all(container[key])
-    return count
-
-
 def mask_document(doc: Any, paths: Sequence[MaskPath]) -> int:
     """Mask every path in ``doc`` (a decoded JSON document, changed in place); how many values were masked."""
-    return sum(_apply(doc, path) for path in paths)
+    total = 0
+    for path in paths:  # one path after the other: a later path sees what an earlier one masked
+        for container, key, _ in matches(doc, path):
+            container[key], count = _mask_all(container[key])
+            total += count
+    return total
