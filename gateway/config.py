@@ -129,6 +129,9 @@ class RouteConfig:
     """The JSON body member naming the account that logs in (login routes)."""
     login_param: str | None = None
     """Or the path parameter naming it."""
+    encryption: Literal["off", "optional", "required"] = "optional"
+    """SM4-GCM request envelopes (docs/CRYPTO.md): accepted (optional), demanded of every request with a
+    body (required: plaintext gets 415 encryption_required) or refused (off)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +281,28 @@ class NotifierConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvelopeConfig:
+    """Session keys and SM4-GCM envelopes (gateway/envelope.py, docs/CRYPTO.md)."""
+
+    enabled: bool = True
+    agreement_key_file: Path | None = None
+    """The gateway's SM2 key-agreement keys (JSON, mode 0600, created if absent); None: one per process
+    (a single process only: other processes could not open its session keys)."""
+    key_file: Path | None = None
+    """The SM4 key file sealing session keys in the state store (created if absent; shared by replicas)."""
+    max_age: float = 3600.0
+    """Seconds a session key may be used; then the client agrees a new one."""
+    max_messages: int = 100_000
+    """Requests one session key may seal; then the client agrees a new one."""
+    window: float = 120.0
+    """Seconds an envelope's timestamp may differ from the gateway's clock (replays are refused within it)."""
+    per_minute: float = 6.0
+    """Key agreements per customer per minute (SM2 decryption is CPU: the endpoint is rate-limited)."""
+    burst: float = 5.0
+    roles: tuple[str, ...] = ("client",)
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerSettingsConfig:
     """The customer security settings API (gateway/settings.py, docs/RISK.md "Customer security settings")."""
 
@@ -393,6 +418,7 @@ class Config:
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     customer_settings: CustomerSettingsConfig = field(default_factory=CustomerSettingsConfig)
     step_up: StepUpConfig = field(default_factory=StepUpConfig)
+    envelope: EnvelopeConfig = field(default_factory=EnvelopeConfig)
 
 
 # --------------------------------------------------------------------------
@@ -662,6 +688,7 @@ def _route(t: _Table, upstreams: dict[str, UpstreamConfig],
         login=login,
         login_field=login_field,
         login_param=login_param,
+        encryption=_choice(t, "encryption", ("off", "optional", "required"), "optional"),  # type: ignore[arg-type]
     )
     t.used.update({"connect_timeout", "read_timeout", "body_kind"})
     t.finish()
@@ -812,6 +839,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     risk = _risk(top.sub("risk"), base)
     customer_settings = _customer_settings(top.sub("customer_settings"))
     step_up = _step_up(top.sub("step_up"), base)
+    envelope = _envelope(top.sub("envelope"), base)
 
     top.finish()
     return Config(
@@ -836,6 +864,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         rate_limits=rate_limits,
         customer_settings=customer_settings,
         step_up=step_up,
+        envelope=envelope,
     )
 
 
@@ -1158,5 +1187,21 @@ def _step_up(t: _Table, base: Path) -> StepUpConfig:
         raise ConfigError(f"{t.key('sms_url')}: required when sms_sender = \"webhook\"")
     if cfg.face_url is not None and cfg.face_secret_file is None:
         raise ConfigError(f"{t.key('face_secret_file')}: required with face_url (the service's shared secret)")
+    t.finish()
+    return cfg
+
+
+def _envelope(t: _Table, base: Path) -> EnvelopeConfig:
+    cfg = EnvelopeConfig(
+        enabled=t.get("enabled", bool, True),
+        agreement_key_file=_path(t, "agreement_key_file", base, None),
+        key_file=_path(t, "key_file", base, None),
+        max_age=_number(t, "max_age", 3600.0, minimum=10.0),
+        max_messages=_int(t, "max_messages", 100_000, 1, 2**31),
+        window=_number(t, "window", 120.0, minimum=1.0),
+        per_minute=_number(t, "per_minute", 6.0, minimum=0.01),
+        burst=_number(t, "burst", 5.0, minimum=1.0),
+        roles=_strs(t, "roles", ["client"]),
+    )
     t.finish()
     return cfg

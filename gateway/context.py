@@ -70,6 +70,8 @@ class RequestContext:
     """On a login route: the account logging in, normalised (gateway/steps/rate_limit.py)."""
     request: Any = None
     response: Any = None
+    envelope: Any = None
+    """An opened SM4-GCM envelope (gateway/envelope.py): the response is sealed with its session keys."""
     upstream_seconds: float | None = None
 
     @property

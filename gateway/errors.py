@@ -10,7 +10,10 @@ Tree (status: codes)::
     ├── 400 bad request ......... bad_path, bad_request, invalid_json, bad_header,
     │                             bundle_malformed, bundle_path_forbidden,
     │                             settings_invalid, otp_malformed, phone_invalid,
-    │                             face_image_invalid, face_frames_invalid
+    │                             face_image_invalid, face_frames_invalid,
+    │                             envelope_malformed, envelope_invalid, envelope_stale,
+    │                             session_key_unknown, agreement_key_unknown,
+    │                             key_agreement_failed
     ├── 401 unauthenticated ..... token_missing, token_malformed, token_invalid,
     │                             token_expired, token_not_yet_valid,
     │                             token_issuer_unknown, token_audience,
@@ -22,7 +25,8 @@ Tree (status: codes)::
     ├── 403 forbidden ........... account_forbidden, policy_denied, role_forbidden,
     │                             self_approval, account_frozen, challenge_failed,
     │                             no_step_up_method, step_up_token_mismatch, otp_invalid,
-    │                             otp_replayed, face_consent_required, face_mismatch
+    │                             otp_replayed, face_consent_required, face_mismatch,
+    │                             session_key_mismatch
     ├── 404 not found ........... route_not_found, bundle_not_found, proposal_not_found,
     │                             shadow_not_found, freeze_not_found, challenge_not_found,
     │                             enrolment_not_found
@@ -33,17 +37,17 @@ Tree (status: codes)::
     │                             proposal_expired, shadow_running, shadow_not_running,
     │                             settings_busy, challenge_used, method_not_offered,
     │                             factor_not_enrolled, phone_unknown, face_not_enrolled,
-    │                             face_replayed
-    ├── 410 gone ................ challenge_expired, otp_expired
+    │                             face_replayed, envelope_replayed
+    ├── 410 gone ................ challenge_expired, otp_expired, session_key_expired
     ├── 413 too large ........... body_too_large, bundle_too_large, face_image_too_large
-    ├── 415 media type .......... unsupported_media_type
+    ├── 415 media type .......... unsupported_media_type, encryption_required
     ├── 422 unprocessable ....... bundle_invalid, face_no_face, face_multiple_faces,
     │                             face_too_small, face_identity_mismatch, face_liveness_failed
     ├── 428 precondition ........ confirmation_required
     ├── 429 too many requests ... rate_limited, login_locked, otp_locked, otp_throttled,
     │                             sms_cooldown, sms_send_limited (with Retry-After)
     ├── 502 bad gateway ......... upstream_unreachable, upstream_bad_response,
-    │                             response_unmaskable
+    │                             response_unmaskable, response_unencryptable
     ├── 503 unavailable ......... state_unavailable, audit_unavailable,
     │                             policy_unavailable, risk_unavailable,
     │                             provider_unavailable, shutting_down,
@@ -267,3 +271,23 @@ class GatewayError(Exception):
 
 class ConfigError(Exception):
     """The configuration file is invalid; the message names the key and the fix."""
+
+# SM4-GCM envelopes and session keys (gateway/envelope.py, docs/CRYPTO.md)
+ENVELOPE_MALFORMED = _kind("envelope_malformed", 400,
+                           "the encrypted request's Portcullis-Envelope header is missing or malformed")
+ENVELOPE_INVALID = _kind("envelope_invalid", 400,
+                         "the encrypted body does not open: truncated, altered, or sealed for another request")
+ENVELOPE_STALE = _kind("envelope_stale", 400, "the encrypted request's timestamp is outside the accepted window")
+SESSION_KEY_UNKNOWN = _kind("session_key_unknown", 400, "the session key id is not known: agree a new session key")
+AGREEMENT_KEY_UNKNOWN = _kind("agreement_key_unknown", 400,
+                              "the gateway's key-agreement key has changed: fetch it again")
+KEY_AGREEMENT_FAILED = _kind("key_agreement_failed", 400, "the key material does not decrypt")
+SESSION_KEY_MISMATCH = _kind("session_key_mismatch", 403,
+                             "the session key belongs to another customer or device")
+ENVELOPE_REPLAYED = _kind("envelope_replayed", 409, "this encrypted message was received before")
+SESSION_KEY_EXPIRED = _kind("session_key_expired", 410,
+                            "the session key has expired or sealed its last message: agree a new one")
+ENCRYPTION_REQUIRED = _kind("encryption_required", 415,
+                            "this route accepts only encrypted bodies (application/sm4-gcm+json)")
+RESPONSE_UNENCRYPTABLE = _kind("response_unencryptable", 502,
+                               "the upstream's response cannot be encrypted for this session")

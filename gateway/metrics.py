@@ -54,6 +54,9 @@ class Metrics:
             " (queued, sent, failed, off, dropped)", ["kind", "outcome"], registry=r)
         self.customer_alerts_pending = Gauge(
             "portcullis_customer_alerts_pending", "Customer alerts being sent", registry=r)
+        self.envelopes = Counter(
+            "portcullis_envelope_events", "SM4-GCM envelopes and session keys (docs/CRYPTO.md) by event"
+            " (session_key_issued, agreement_failed, decrypted, invalid, encrypted)", ["event"], registry=r)
         self.in_flight = Gauge("portcullis_in_flight_requests", "Requests being handled", registry=r)
         self.audit_backlog = Gauge("portcullis_audit_backlog", "Audit records not yet durable",
                                    registry=r)
@@ -97,6 +100,9 @@ class Metrics:
     def customer_alert(self, kind: str, outcome: str) -> None:
         """One customer alert's outcome (gateway/customer_alerts.py)."""
         self._child(self.customer_alerts, kind, outcome).inc()
+
+    def envelope(self, event: str) -> None:
+        self._child(self.envelopes, event).inc()
 
     def watch_audit(self, backlog: Callable[[], float], failures: Callable[[], float]) -> None:
         self.audit_backlog.set_function(backlog)

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway.config import GUARDED_TIERS, Config, RouteConfig, UpstreamConfig, UpstreamTLSConfig
 from gateway.context import RequestContext
+from gateway.crypto.session import ENVELOPE_TYPE
 from gateway.errors import (
     BAD_REQUEST,
     BODY_TIMEOUT,
@@ -164,9 +165,6 @@ class BoundedBody:
             yield chunk
 
 
-ENVELOPE_TYPE = "application/sm4-gcm+json"
-
-
 def is_envelope(content_type: str) -> bool:
     """Is this (full Content-Type header or bare media type) the SM4-GCM envelope?"""
     return content_type.split(";", 1)[0].strip().lower() == ENVELOPE_TYPE
@@ -255,12 +253,16 @@ class Forward:
         up = self._upstreams.get(ctx.route.upstream)
         url = up.config.url + ctx.path + ("?" + ctx.query if ctx.query else "")
         headers = self.build_headers(ctx, request)
-        masked = ctx.mask_fields is not None
+        # Masking and encryption rewrite the whole response: it is buffered (bounded) and uncompressed.
+        masked = ctx.mask_fields is not None or ctx.envelope is not None
         if masked:
-            headers["accept-encoding"] = "identity"  # the mask step must read the body
+            headers["accept-encoding"] = "identity"
+            if ctx.envelope is not None:  # the upstream receives the plaintext
+                headers["content-type"] = "application/json"
+                headers.pop("portcullis-envelope", None)
         if ctx.route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
             if masked:
-                raise GatewayError(RESPONSE_UNMASKABLE, "a WebSocket stream cannot be masked")
+                raise GatewayError(RESPONSE_UNMASKABLE, "a WebSocket stream cannot be masked or encrypted")
             ctx.response = await proxy_websocket(request, up, url, headers,
                                                  self._upstreams.timeout(ctx.route), self.websockets)
             return

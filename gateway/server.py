@@ -30,6 +30,8 @@ from gateway.bundles.service import PolicyAdmin
 from gateway.config import Config, ListenerConfig, RouteConfig
 from gateway.context import RequestContext
 from gateway.customer_alerts import CustomerAlerts, TransferAlert
+from gateway.envelope import PATH as SESSION_KEY_PATH
+from gateway.envelope import Decrypt, EncryptResponse, SessionKeyEndpoint, SessionKeyService, session_key_route
 from gateway.errors import BAD_HEADER, BAD_REQUEST, SHUTTING_DOWN, ConfigError, GatewayError
 from gateway.freezes import FreezeStore
 from gateway.identity import AssertionSigner, HmacIdentitySigner, IdentitySigner, terminal_info
@@ -58,7 +60,6 @@ from gateway.state.base import StateStore
 from gateway.steps.audit import AuditDecision, base_record
 from gateway.steps.authenticate import Authenticate, DeviceProofs
 from gateway.steps.bind_account import BindAccount, RequireRole
-from gateway.steps.decrypt import Decrypt
 from gateway.steps.facts import FetchFacts
 from gateway.steps.judge import Decide, Score
 from gateway.steps.obligations import MaskResponse, Obligations, RefuseFrozen
@@ -210,6 +211,12 @@ class Gateway:
                                          count=self.metrics.step_up)
         self._mfa_routes = mfa_routes(config.step_up)
         self._mfa_pipeline = Pipeline(())
+        self.session_keys: SessionKeyService | None = None
+        if config.envelope.enabled and g.security:
+            self.session_keys = SessionKeyService(config.envelope, self.state, self._auditor.queue, clock=clock,
+                                                  count=self.metrics.envelope)
+        self._session_key_route = session_key_route(config.envelope)
+        self._session_key_pipeline = Pipeline(())
         self.pipelines = self._build_pipelines()
 
     # -- assembly ---------------------------------------------------------
@@ -231,7 +238,7 @@ class Gateway:
         guarded: list[Step] = [
             Authenticate(self.verifier, self.device_proofs), RequireRole(), BindAccount(), rate_limit,
             RiskState(self.risk),
-            StateRound(), read_body, Decrypt(), *self._step_up_token(),
+            StateRound(), read_body, self._decrypt(), *self._step_up_token(),
             FetchFacts(self.providers, self.state,
                        read_account_facts=self.config.providers is None
                        or self.config.providers.read_account_facts),
@@ -239,7 +246,8 @@ class Gateway:
             Obligations(self.freezes, self.notifier, self._auditor, officers=self.config.policy_admin.officers,
                         count=self.metrics.obligation),
             StepUpChallenge(self.stepups), self._auditor, Learn(self.risk), forward,
-            MaskResponse(self._auditor, count=self.metrics.obligation), TransferAlert(self.customer_alerts),
+            MaskResponse(self._auditor, count=self.metrics.obligation), EncryptResponse(self.metrics.envelope),
+            TransferAlert(self.customer_alerts),
         ]
         self.risk.on_first_sight = self._new_device
         full = Pipeline(guarded)
@@ -254,12 +262,19 @@ class Gateway:
             # Served by the gateway itself: the same authentication, then the endpoints (gateway/mfa/handlers.py).
             self._mfa_pipeline = Pipeline([
                 Authenticate(self.verifier, self.device_proofs), RequireRole(), rate_limit, StateRound(), read_body,
-                Decrypt(), StepUpToken(self.stepups, self.state),
+                self._decrypt(), StepUpToken(self.stepups, self.state),
                 MfaEndpoint(self.config.step_up, self.stepups, self.notifier, self._auditor)])
+        if self.session_keys is not None:
+            self._session_key_pipeline = Pipeline([
+                Authenticate(self.verifier, self.device_proofs), RequireRole(), rate_limit, StateRound(), read_body,
+                SessionKeyEndpoint(self.session_keys)])
         public = Pipeline([LoginAttempt(self.lockouts, g.body_timeout), rate_limit, StateRound(), read_body,
                            forward, LoginOutcome(self.lockouts)])
         return {"public": public, "read": full, "trade": full,
                 "transfer": full, "admin": full}
+
+    def _decrypt(self) -> Decrypt:
+        return Decrypt(self.session_keys, clock=self._clock, count=self.metrics.envelope)
 
     def _step_up_token(self) -> list[Step]:
         return [StepUpToken(self.stepups, self.state)] if self.stepups is not None else []
@@ -305,6 +320,10 @@ class Gateway:
             own: Pipeline | None = None  # a route the gateway serves itself runs its own pipeline
             if path == SETTINGS_PATH and self._settings_route is not None:
                 route, params, own = self._settings_route, dict[str, str](), self._settings_pipeline
+                if request.method not in route.methods:
+                    raise MethodNotAllowed(route.methods)
+            elif path == SESSION_KEY_PATH and self.session_keys is not None:
+                route, params, own = self._session_key_route, dict[str, str](), self._session_key_pipeline
                 if request.method not in route.methods:
                     raise MethodNotAllowed(route.methods)
             elif path.startswith(MFA_PREFIX) and self.stepups is not None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.client.device import DeviceKey
+from gateway.client.envelope import EnvelopeSession
 
 __all__ = [
     "CHALLENGE_ERROR",
@@ -180,6 +181,8 @@ class HttpRequest:
     """What the request is in the flow: "step-up: challenge", "step-up: totp", "step-up: retry"."""
     expect: tuple[int, ...]
     """The statuses the flow expects here (locust marks others as failures)."""
+    sealed: Any = None
+    """The envelope header the body was sealed under (encrypted sessions): the response opens with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +217,14 @@ class StepUpClient:
     """
 
     def __init__(self, base_url: str, access_token: str, totp: TotpAuthenticator | None, *,
-                 device: DeviceKey | None = None) -> None:
+                 device: DeviceKey | None = None, envelope: EnvelopeSession | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.access_token = access_token
         self.totp = totp
         self.device = device
+        self.envelope = envelope
+        """An agreed session key (gateway/client/envelope.py): request bodies are sealed with it and
+        encrypted responses opened, transparently."""
 
     def headers(self, method: str, url: str, step_up: str | None = None) -> dict[str, str]:
         h = {"Authorization": f"{'DPoP' if self.device is not None else 'Bearer'} {self.access_token}"}
@@ -232,9 +238,20 @@ class StepUpClient:
                  step_up: str | None = None) -> HttpRequest:
         url = self.base_url + path
         headers = self.headers(method, url, step_up)  # the proof's htu leaves the query out
-        if body is not None:
+        sealed = None
+        if body is not None and self.envelope is not None and not path.startswith("/auth/"):
+            extra, body, sealed = self.envelope.seal(method, path, body)
+            headers.update(extra)
+        elif body is not None:
             headers["Content-Type"] = "application/json"
-        return HttpRequest(method, url, path, headers, body, name, expect)
+        return HttpRequest(method, url, path, headers, body, name, expect, sealed)
+
+    def opened(self, req: HttpRequest, resp: HttpResponse) -> HttpResponse:
+        """The response with its body decrypted when the request was sealed."""
+        if req.sealed is None or self.envelope is None:
+            return resp
+        plain = self.envelope.open(resp.status, resp.headers, resp.body, req.sealed)
+        return HttpResponse(resp.status, plain, resp.headers)
 
     def answer_totp(self, challenge: StepUpRequired) -> Generator[HttpRequest, HttpResponse, tuple[str, int]]:
         """POST the TOTP code for ``challenge`` until accepted; return (step-up token, codes replayed)."""
@@ -262,12 +279,14 @@ class StepUpClient:
     def flow(self, method: str, path: str, json_body: Any = None, *, expect: tuple[int, ...] = (200, 201)) -> Flow:
         """The request; on a challenge, the TOTP answer and the same request again with the token."""
         body = json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
-        first = yield self._request(method, path, body, NAME_CHALLENGE, (401,))
+        req = self._request(method, path, body, NAME_CHALLENGE, (401,))
+        first = self.opened(req, (yield req))
         challenge = StepUpRequired.parse(first.status, first.body)
         if challenge is None:
             return StepUpResult(first)
         token, replayed = yield from self.answer_totp(challenge)
-        final = yield self._request(method, path, body, NAME_RETRY, expect, step_up=token)
+        req = self._request(method, path, body, NAME_RETRY, expect, step_up=token)
+        final = self.opened(req, (yield req))
         return StepUpResult(final, challenge, token, replayed)
 
     async def request(self, send: AsyncSend, method: str, path: str, json_body: Any = None,

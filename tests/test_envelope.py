@@ -1,0 +1,329 @@
+"""SM4-GCM envelopes end to end: a real gateway and the demo backend on loopback, the real Rego engine.
+
+The client side is the SDK's own (gateway/client/envelope.py, StepUpClient): a session key is agreed
+at /auth/session-key with the device's DPoP proofs, order bodies are sealed, responses opened. The
+policy denies orders above 100 shares, so a denial of an encrypted order shows the policy read the
+decrypted body. Every malformed or hostile envelope gets its 4xx code, is audited, counted, and never
+reaches the backend (its order book is checked). The replay test runs two gateway processes' worth of
+gateways on one real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.client import DeviceKey, HttpResponse, StepUpClient, aiohttp_send
+from gateway.client.envelope import ENVELOPE_HEADER, ENVELOPE_TYPE, EnvelopeSession, KeyAgreementError, agree
+from gateway.crypto.session import EnvelopeHeader, b64e, seal_request
+from gateway.crypto.sm2 import Sm2PrivateKey
+from gateway.policy.rego import RegoPolicy
+from gateway.state.redis import RedisStore
+from tests.harness import Stack, routes_with_body_kinds, run_stack
+
+POLICY = """package gateway
+import rego.v1
+decision := {"allow": true, "deny": [], "step_up": null, "obligations": {}} if {
+	not is_object(input.order)
+} else := {"allow": true, "deny": [], "step_up": null, "obligations": {}} if {
+	input.order.qty <= 100
+} else := {"allow": false, "deny": [{"code": "order_too_large", "message": "too many shares"}],
+	"step_up": null, "obligations": {}}
+"""
+ORDER = {"symbol": "601318.SH", "side": "buy", "qty": 100, "price": 57.2, "type": "limit"}
+ORDERS = "/api/accounts/A1/orders"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@asynccontextmanager
+async def envelope_stack(tmp: Path, *, clock: Clock | None = None, routes: list[dict[str, Any]] | None = None,
+                         backend_url: str | None = None, state: Any = None,
+                         **envelope: Any) -> AsyncIterator[Stack]:
+    kwargs: dict[str, Any] = {"policy": RegoPolicy.from_modules([("policy.rego", POLICY)], {}),
+                              "clock": clock or Clock()}
+    if state is not None:
+        kwargs["state"] = state
+    cfg = {"agreement_key_file": str(tmp / "agreement.json"), "key_file": str(tmp / "envelope-keys.json"),
+           **envelope}
+    async with run_stack(tmp, routes=routes or routes_with_body_kinds(), gateway_kwargs=kwargs,
+                         backend_url=backend_url, envelope=cfg) as stack:
+        yield stack
+
+
+class Customer:
+    """One customer's app: a device key, a DPoP-bound token, the SDK's clients."""
+
+    def __init__(self, stack: Stack, http: aiohttp.ClientSession, device: DeviceKey | None = None) -> None:
+        self.stack, self.http = stack, http
+        self.device = device or DeviceKey.generate()
+        self.token = stack.token(extra={"cnf": {"jkt": self.device.thumbprint}})
+        self.client = StepUpClient(stack.url, self.token, None, device=self.device)
+
+    def headers(self, method: str, url: str) -> dict[str, str]:
+        return self.client.headers(method, url)
+
+    async def agree(self, *, pinned: bytes | None = None) -> EnvelopeSession:
+        flow = agree(self.stack.url, self.headers, sub="alice", jkt=self.device.thumbprint, pinned=pinned)
+        try:
+            method, url, headers, body = next(flow)
+            while True:
+                async with self.http.request(method, url, headers=headers, data=body) as r:
+                    answer = (r.status, await r.read())
+                method, url, headers, body = flow.send(answer)
+        except StopIteration as done:
+            session: EnvelopeSession = done.value
+            self.client.envelope = session
+            return session
+
+    async def post_sealed(self, path: str, body: bytes, extra: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        url = self.stack.url + path
+        async with self.http.post(url, data=body, headers={**self.headers("POST", url), **extra}) as r:
+            raw = await r.read()  # an encrypted answer stays sealed here: only errors are read
+            return r.status, json.loads(raw) if r.content_type == "application/json" else {}
+
+
+async def _book(stack: Stack) -> list[Any]:
+    """The backend's orders for A1 (what was forwarded), read in plaintext through the gateway."""
+    async with aiohttp.ClientSession() as s, s.get(stack.url + ORDERS, headers=stack.auth()) as r:
+        assert r.status == 200
+        return list((await r.json())["orders"])
+
+
+def _audit(stack: Stack) -> list[dict[str, Any]]:
+    records = []
+    for path in sorted((stack.tmp / "audit").rglob("*")):
+        if path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+    return records
+
+
+async def _metrics(stack: Stack) -> str:
+    async with aiohttp.ClientSession() as s, s.get(stack.admin_url + "/metrics") as r:
+        return await r.text()
+
+
+# -- the happy path ---------------------------------------------------------------------------
+
+
+async def test_an_encrypted_order_is_decrypted_for_the_policy_forwarded_in_plaintext_and_answered_encrypted(
+        tmp_path: Path) -> None:
+    async with envelope_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        session = await me.agree()
+        before = len(await _book(stack))
+        result = await me.client.request(aiohttp_send(http), "POST", ORDERS, ORDER, expect=(201,))
+        assert result.response.status == 201, result.response.body
+        assert result.response.headers["Content-Type"].startswith(ENVELOPE_TYPE)
+        placed = result.response.json()  # opened by the SDK
+        assert placed["symbol"] == ORDER["symbol"] and placed["qty"] == 100
+        book = await _book(stack)
+        assert len(book) == before + 1 and book[-1]["qty"] == 100  # the backend got the plaintext
+        # The policy read the decrypted order: 200 shares are denied, encrypted or not.
+        big = await me.client.request(aiohttp_send(http), "POST", ORDERS, {**ORDER, "qty": 200}, expect=(403,))
+        assert big.response.status == 403 and big.response.json()["error"] == "policy_denied"
+        assert len(await _book(stack)) == before + 1
+        assert session.sent == 2
+        metrics = await _metrics(stack)
+    assert 'portcullis_envelope_events_total{event="session_key_issued"} 1.0' in metrics
+    assert 'portcullis_envelope_events_total{event="decrypted"} 2.0' in metrics
+    assert 'portcullis_envelope_events_total{event="encrypted"} 1.0' in metrics
+    [issued] = [r for r in _audit(stack) if r.get("type") == "session_key"]
+    assert issued["sub"] == "alice" and issued["device"] == me.device.thumbprint
+    assert session.key_id == issued["key_id"]
+    text = json.dumps(_audit(stack))
+    assert b64e(session.keys.c2s) not in text and b64e(session.keys.s2c) not in text
+
+
+async def test_the_sdk_refuses_a_gateway_that_offers_another_agreement_key(tmp_path: Path) -> None:
+    async with envelope_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
+        other = Sm2PrivateKey.generate().public_key().to_bytes()
+        with pytest.raises(KeyAgreementError) as err:
+            await Customer(stack, http).agree(pinned=other)
+        assert err.value.code == "agreement_key_not_pinned"
+        pinned = stack.gateway.session_keys.agreement.public() if stack.gateway.session_keys else b""
+        assert (await Customer(stack, http).agree(pinned=pinned)).key_id
+
+
+async def test_a_session_key_needs_a_device_proof(tmp_path: Path) -> None:
+    async with envelope_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
+        async with http.post(stack.url + "/auth/session-key", json={}, headers=stack.auth()) as r:
+            assert r.status == 401 and (await r.json())["error"] == "dpop_required"
+
+
+# -- bad input: each a 4xx with its code, audited, counted, never forwarded --------------------
+
+
+def _sealed(session: EnvelopeSession, body: bytes = json.dumps(ORDER).encode(), *, path: str = ORDERS,
+            ts: int | None = None, kid: str | None = None) -> tuple[EnvelopeHeader, bytes]:
+    return seal_request(session.keys, kid or session.key_id, "POST", path, body,
+                        ts=int(time.time()) if ts is None else ts)
+
+
+def _headers(h: EnvelopeHeader, value: str | None = None) -> dict[str, str]:
+    return {"Content-Type": ENVELOPE_TYPE, ENVELOPE_HEADER: value if value is not None else h.render()}
+
+
+async def test_hostile_envelopes_get_their_codes_and_never_reach_the_backend(tmp_path: Path) -> None:
+    async with envelope_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        session = await me.agree()
+        before = await _book(stack)
+        cases: list[tuple[str, bytes, dict[str, str], int, str]] = []
+        h, sealed = _sealed(session)
+        unknown = EnvelopeHeader("A" * 22, h.iv, h.mid, h.ts)
+        cases.append(("wrong key id", sealed, _headers(unknown), 400, "session_key_unknown"))
+        h, sealed = _sealed(session)
+        cases.append(("truncated ciphertext", sealed[:-20], _headers(h), 400, "envelope_invalid"))
+        h, sealed = _sealed(session)
+        flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
+        cases.append(("flipped tag bit", flipped, _headers(h), 400, "envelope_invalid"))
+        h, sealed = _sealed(session)
+        short_iv = h.render().replace(f"iv={b64e(h.iv)}", f"iv={b64e(h.iv[:8])}")
+        cases.append(("8-byte IV", sealed, _headers(h, short_iv), 400, "envelope_malformed"))
+        cases.append(("no envelope header", sealed, {"Content-Type": ENVELOPE_TYPE}, 400, "envelope_malformed"))
+        h, sealed = _sealed(session, path="/api/accounts/A1/transfers")
+        cases.append(("sealed for another route", sealed, _headers(h), 400, "envelope_invalid"))
+        h, sealed = _sealed(session, ts=int(time.time()) - 3600)
+        cases.append(("an hour old", sealed, _headers(h), 400, "envelope_stale"))
+        h, sealed = _sealed(session, b"not json")
+        cases.append(("not JSON inside", sealed, _headers(h), 400, "invalid_json"))
+        for what, body, headers, status, code in cases:
+            got_status, doc = await me.post_sealed(ORDERS, body, headers)
+            assert (got_status, doc.get("error")) == (status, code), what
+        # Another device of the same customer cannot use this session's key.
+        thief = Customer(stack, http)
+        h, sealed = _sealed(session)
+        got = await thief.post_sealed(ORDERS, sealed, _headers(h))
+        assert (got[0], got[1]["error"]) == (403, "session_key_mismatch")
+        assert await _book(stack) == before
+        metrics = await _metrics(stack)
+        records = [r for r in _audit(stack) if r.get("type") == "denial"]
+    for code in ("session_key_unknown", "envelope_invalid", "envelope_malformed", "envelope_stale",
+                 "invalid_json", "session_key_mismatch"):
+        assert f'outcome="{code}"' in metrics, code
+        assert any(r.get("code") == code for r in records), code
+
+
+async def test_a_replayed_envelope_is_refused(tmp_path: Path) -> None:
+    async with envelope_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        session = await me.agree()
+        h, sealed = _sealed(session, json.dumps({**ORDER, "qty": 1}).encode())
+        first = await me.post_sealed(ORDERS, sealed, _headers(h))
+        again = await me.post_sealed(ORDERS, sealed, _headers(h))
+    assert first[0] == 201
+    assert (again[0], again[1]["error"]) == (409, "envelope_replayed")
+
+
+async def test_plaintext_to_an_encryption_required_route_is_refused(tmp_path: Path) -> None:
+    routes = routes_with_body_kinds()
+    for r in routes:
+        if r["name"] == "order_place":
+            r["encryption"] = "required"
+    async with envelope_stack(tmp_path, routes=routes) as stack, aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        before = await _book(stack)
+        plain = await me.client.request(aiohttp_send(http), "POST", ORDERS, ORDER, expect=(415,))
+        assert plain.response.status == 415 and plain.response.json()["error"] == "encryption_required"
+        await me.agree()
+        sealed = await me.client.request(aiohttp_send(http), "POST", ORDERS, ORDER, expect=(201,))
+        assert sealed.response.status == 201
+        assert len(await _book(stack)) == len(before) + 1
+
+
+async def test_an_expired_or_used_up_session_key_is_refused(tmp_path: Path) -> None:
+    clock = Clock()
+    async with envelope_stack(tmp_path, clock=clock, max_messages=2, max_age=10) as stack, \
+            aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        await me.agree()
+        send = aiohttp_send(http)
+        small = {**ORDER, "qty": 1}
+        for _ in range(2):
+            assert (await me.client.request(send, "POST", ORDERS, small, expect=(201,))).response.status == 201
+        third = await me.client.request(send, "POST", ORDERS, small, expect=(410,))
+        assert (third.response.status, third.response.json()["error"]) == (410, "session_key_expired")
+        await me.agree()  # a new key: fine again, until the clock passes its max_age
+        assert (await me.client.request(send, "POST", ORDERS, small, expect=(201,))).response.status == 201
+        clock.offset = 11.0  # past max_age (the DPoP proofs' iat still within their window)
+        session = me.client.envelope
+        assert session is not None
+        h, sealed = seal_request(session.keys, session.key_id, "POST", ORDERS, json.dumps(small).encode(),
+                                 ts=int(clock()))
+        late = await me.post_sealed(ORDERS, sealed, _headers(h))
+    assert (late[0], late[1]["error"]) == (410, "session_key_expired")
+
+
+async def test_key_agreement_refuses_bad_key_material(tmp_path: Path) -> None:
+    async with envelope_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        url = stack.url + "/auth/session-key"
+        async with http.get(url, headers=me.headers("GET", url)) as r:
+            offer = await r.json()
+        public = Sm2PrivateKey.generate().public_key()  # not the gateway's key
+        cases = [
+            ({"agreement_kid": offer["agreement_kid"], "client_nonce": b64e(b"n" * 16),
+              "key_material": b64e(public.encrypt(b"k" * 32))}, 400, "key_agreement_failed"),
+            ({"agreement_kid": "ak-gone", "client_nonce": b64e(b"n" * 16),
+              "key_material": b64e(b"x" * 100)}, 400, "agreement_key_unknown"),
+            ({"agreement_kid": offer["agreement_kid"], "client_nonce": "***",
+              "key_material": b64e(b"x" * 100)}, 400, "bad_request"),
+            ({"agreement_kid": offer["agreement_kid"]}, 400, "bad_request"),
+        ]
+        for body, status, code in cases:
+            async with http.post(url, json=body, headers=me.headers("POST", url)) as r:
+                assert (r.status, (await r.json())["error"]) == (status, code), body
+
+
+# -- shared state: a replay to another gateway process is caught too -------------------------
+
+
+async def test_a_replay_to_another_gateway_sharing_redis_is_refused(
+        tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    async with AsyncExitStack() as es:
+        stores = [RedisStore(redis_url, redis_prefix, timeout=2.0) for _ in range(2)]
+        for store in stores:
+            es.push_async_callback(store.close)
+        a = await es.enter_async_context(envelope_stack(tmp_path, state=stores[0]))
+        b = await es.enter_async_context(envelope_stack(tmp_path, state=stores[1], backend_url=a.backend_url))
+        http = await es.enter_async_context(aiohttp.ClientSession())
+        device = DeviceKey.generate()
+        on_a = Customer(a, http, device)
+        session = await on_a.agree()
+        on_b = Customer(b, http, device)
+        h, sealed = _sealed(session, json.dumps({**ORDER, "qty": 1}).encode())
+        first = await on_b.post_sealed(ORDERS, sealed, _headers(h))  # gateway B opens A's session key
+        again = await on_a.post_sealed(ORDERS, sealed, _headers(h))
+    assert first[0] == 201, first
+    assert (again[0], again[1]["error"]) == (409, "envelope_replayed")
+
+
+def test_response_header_parse_refuses_what_the_sdk_must_not_trust() -> None:
+    from gateway.crypto.session import EnvelopeError
+
+    for value in ("", "kid=x", "kid=" + "A" * 22 + "; iv=AAAAAAAAAAAAAAAA; mid=m; type=a b",
+                  "kid=" + "A" * 22 + "; iv=AAAA; mid=m; type=application/json"):
+        with pytest.raises(EnvelopeError):
+            EnvelopeHeader.parse(value, response=True)
+    ok = EnvelopeHeader.parse("kid=" + "A" * 22 + "; iv=AAAAAAAAAAAAAAAA; mid=m-1; type=application/json",
+                              response=True)
+    assert ok.type == "application/json" and ok.iv == bytes(12)
+    assert HttpResponse(200).body == b""
