@@ -1,4 +1,4 @@
-"""The `portcullis` command: serve, demo, token, device-key, dpop-proof, mfa, bench, policy, risk, biometrics."""
+"""The `portcullis` command: serve, demo, token, device-key, dpop-proof, mfa, bench, policy, risk, biometrics, keys."""
 
 from __future__ import annotations
 
@@ -317,6 +317,97 @@ def cmd_biometrics_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- portcullis keys: the key ring (gateway/crypto/keyring.py) ----------------------------------
+
+KEYS_DIR = REPO_ROOT / "var" / "keys"
+
+
+async def _keys_run(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.crypto.keyring import KeyRing, LocalKms
+    from gateway.crypto.keystore import FileKeyStore
+
+    action = args.keys_command
+    if action == "init":
+        if args.master_env:
+            print("portcullis keys: init writes a master key file; --master-env names a key that exists",
+                  file=sys.stderr)
+            return 2
+        path = Path(args.master_file)
+        if path.exists():
+            print(f"portcullis keys: {path} exists; refusing to overwrite a master key "
+                  f"(every data key wrapped under it would be lost)", file=sys.stderr)
+            return 2
+        kms = LocalKms.from_file(path, create=True)
+        print(f"master key {kms.key_id} written to {path} (mode 0600); back it up apart from the key store")
+        return 0
+    kms = LocalKms.from_env(args.master_env) if args.master_env else LocalKms.from_file(args.master_file)
+    ring = KeyRing(kms, FileKeyStore(args.store))
+    if action == "create":
+        info = await ring.create(args.purpose, size=args.size)
+        print(f"purpose {info.purpose}: key {info.kid} created ({info.size} bytes), current")
+    elif action == "rotate":
+        info = await ring.rotate(args.purpose)
+        print(f"purpose {info.purpose}: key {info.kid} is now current; older keys are kept for decryption")
+    elif action == "list":
+        rows = await ring.list()
+        print(f"{'purpose':<20} {'kid':<12} {'size':>4}  {'created (UTC)':<20} current")
+        for r in rows:
+            created = datetime.fromtimestamp(r.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            print(f"{r.purpose:<20} {r.kid:<12} {r.size:>4}  {created:<20} {'yes' if r.current else ''}")
+        if not rows:
+            print(f"(no purpose keys in {args.store})")
+    elif action == "erase-customer":
+        if not args.yes:
+            print(f"portcullis keys: erase-customer destroys the data key of {args.sub!r}: all of their "
+                  f"encrypted personal data becomes unreadable for good; add --yes to do it", file=sys.stderr)
+            return 2
+        had = await ring.erase_customer(args.sub)
+        print(f"customer {args.sub!r}: data key {'destroyed' if had else 'absent; marked erased'}; "
+              f"replicas drop their cached copy within their cache TTL; purge key store backups too")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from gateway.crypto.key_errors import KeyRingError
+
+    try:
+        return asyncio.run(_keys_run(args))
+    except KeyRingError as exc:
+        print(f"portcullis keys: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"portcullis keys: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 2
+
+
+def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--master-file", default=os.environ.get("PORTCULLIS_MASTER_FILE",
+                                                                str(KEYS_DIR / "master.json")),
+                        help="master key file, mode 0600 (default $PORTCULLIS_MASTER_FILE or var/keys/master.json)")
+    common.add_argument("--master-env", metavar="VAR",
+                        help="read the master key from environment variable VAR (base64 of 16 or 32 bytes) instead")
+    common.add_argument("--store", default=os.environ.get("PORTCULLIS_KEY_STORE", str(KEYS_DIR / "keyring.json")),
+                        help="key store file of wrapped data keys (default $PORTCULLIS_KEY_STORE or "
+                             "var/keys/keyring.json)")
+    k = sub.add_parser("keys", help="the key ring: master key, data keys by purpose, customer erasure")
+    k_sub = k.add_subparsers(dest="keys_command", required=True)
+    k_sub.add_parser("init", parents=[common], help="create the master key file (mode 0600); never overwrites")
+    kc = k_sub.add_parser("create", parents=[common], help="create the first key of a purpose")
+    kc.add_argument("--purpose", required=True, help="e.g. blind-index, audit")
+    kc.add_argument("--size", type=int, choices=(16, 32), default=16, help="bytes: 16 (SM4) or 32 (HMAC key)")
+    kr = k_sub.add_parser("rotate", parents=[common], help="a new current key for a purpose (old ones kept)")
+    kr.add_argument("--purpose", required=True)
+    k_sub.add_parser("list", parents=[common], help="key ids, purpose, size, created, current (never key material)")
+    ke = k_sub.add_parser("erase-customer", parents=[common],
+                          help="destroy a customer's data key (PIPL erasure): their encrypted data becomes unreadable")
+    ke.add_argument("sub", help="the customer id (token sub)")
+    ke.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    k.set_defaults(func=cmd_keys)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="portcullis", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -414,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                   "vectors")) + "/face",
                     help="the face vectors folder (default ../shared/vectors/face)")
     be.set_defaults(func=cmd_biometrics_eval)
+
+    _keys_parser(sub)
     return p
 
 

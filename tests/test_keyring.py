@@ -8,6 +8,8 @@ import json
 import os
 import pickle
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ import pytest
 from gateway.crypto.key_errors import KeyErased, KeyNotFound, KeyRingError, KeyStoreError, KeyUnwrapError
 from gateway.crypto.keyring import DataKey, KeyRing, LocalKms
 from gateway.crypto.keystore import FileKeyStore, KeyStore, MemoryKeyStore
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mode(path: Path) -> int:
@@ -297,3 +301,97 @@ async def test_no_key_material_in_repr_str_or_pickle(tmp_path: Path) -> None:
         with pytest.raises(TypeError):
             pickle.dumps(obj)
     assert isinstance(key, DataKey) and "alice" in repr(key)
+
+
+# -- portcullis keys ----------------------------------------------------------------------------
+
+
+def _keys(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    files = ["--master-file", str(tmp_path / "master.json"), "--store", str(tmp_path / "keyring.json")]
+    return subprocess.run([sys.executable, "-m", "gateway", "keys", *args, *files], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+
+
+def test_cli_init_creates_a_0600_master_key_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    first = _keys(tmp_path, "init")
+    assert first.returncode == 0, first.stderr
+    assert _mode(tmp_path / "master.json") == 0o600
+    before = (tmp_path / "master.json").read_bytes()
+    again = _keys(tmp_path, "init")
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    assert (tmp_path / "master.json").read_bytes() == before
+
+
+def test_cli_create_rotate_list_and_no_key_material_printed(tmp_path: Path) -> None:
+    outputs = [_keys(tmp_path, "init"), _keys(tmp_path, "create", "--purpose", "blind-index", "--size", "32"),
+               _keys(tmp_path, "rotate", "--purpose", "blind-index"), _keys(tmp_path, "create", "--purpose", "audit")]
+    assert [o.returncode for o in outputs] == [0, 0, 0, 0], [o.stderr for o in outputs]
+    listed = _keys(tmp_path, "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert [(r[0], r[2], r[4:]) for r in rows] == [("audit", "16", ["yes"]), ("blind-index", "32", []),
+                                                  ("blind-index", "32", ["yes"])]
+    assert _mode(tmp_path / "keyring.json") == 0o600
+    # Nothing the command printed holds a key: the master key, or a wrapped or unwrapped data key.
+    kms = LocalKms.from_file(tmp_path / "master.json")
+    ring = KeyRing(kms, FileKeyStore(tmp_path / "keyring.json"))
+    material = [k.material for p in ("audit", "blind-index") for k in asyncio.run(ring.keys(p))]
+    master = json.loads((tmp_path / "master.json").read_text())["keys"]
+    stored = [v for v in json.loads((tmp_path / "keyring.json").read_text()).values()]
+    printed = "".join(o.stdout + o.stderr for o in [*outputs, listed])
+    for secret in [*master.values(), *stored, *(m.hex() for m in material),
+                   *(base64.b64encode(m).decode() for m in material)]:
+        assert secret not in printed
+
+
+def test_cli_erase_customer_needs_yes_and_then_erases(tmp_path: Path) -> None:
+    assert _keys(tmp_path, "init").returncode == 0
+    ring = KeyRing(LocalKms.from_file(tmp_path / "master.json"), FileKeyStore(tmp_path / "keyring.json"))
+    key = asyncio.run(ring.customer_key("alice"))
+    refused = _keys(tmp_path, "erase-customer", "alice")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert asyncio.run(ring.existing_customer_key("alice", key.kid)).kid == key.kid
+    done = _keys(tmp_path, "erase-customer", "alice", "--yes")
+    assert done.returncode == 0 and "destroyed" in done.stdout
+    ring.forget(sub="alice")
+    with pytest.raises(KeyErased):
+        asyncio.run(ring.existing_customer_key("alice", key.kid))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("list",), "portcullis keys init"),                         # no master key yet
+    (("rotate", "--purpose", "audit"), "portcullis keys init"),
+])
+def test_cli_without_a_master_key_exits_2_naming_the_fix(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    out = _keys(tmp_path, *args)
+    assert out.returncode == 2 and message in out.stderr
+
+
+def test_cli_config_errors_exit_2_with_a_message(tmp_path: Path) -> None:
+    assert _keys(tmp_path, "init").returncode == 0
+    missing = _keys(tmp_path, "rotate", "--purpose", "audit")
+    assert missing.returncode == 2 and "no keys for purpose 'audit'" in missing.stderr
+    bad = _keys(tmp_path, "create", "--purpose", "Bad/Name")
+    assert bad.returncode == 2 and "purpose" in bad.stderr
+    os.chmod(tmp_path / "master.json", 0o644)
+    unsafe = _keys(tmp_path, "list")
+    assert unsafe.returncode == 2 and "chmod 600" in unsafe.stderr
+
+
+def test_cli_master_key_from_environment(tmp_path: Path) -> None:
+    env = {**os.environ, "DEMO_MASTER": base64.b64encode(os.urandom(32)).decode()}
+    out = subprocess.run([sys.executable, "-m", "gateway", "keys", "create", "--purpose", "audit",
+                          "--master-env", "DEMO_MASTER", "--store", str(tmp_path / "keyring.json")],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert env["DEMO_MASTER"] not in out.stdout + out.stderr
+
+
+def test_cli_main_in_process_with_argv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    files = ["--master-file", str(tmp_path / "m.json"), "--store", str(tmp_path / "k.json")]
+    assert main(["keys", "init", *files]) == 0
+    assert main(["keys", "create", "--purpose", "audit", *files]) == 0
+    assert main(["keys", "create", "--purpose", "audit", *files]) == 2
+    assert "rotate them instead" in capsys.readouterr().err

@@ -47,6 +47,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from gateway.crypto import sm3, sm4_gcm
@@ -140,6 +141,9 @@ class LocalKms:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, create: bool = False) -> LocalKms:
         """The master key(s) in ``path``; with ``create``, a fresh file (mode 0600) if it is absent."""
+        if not create and not Path(path).exists():
+            raise KeyRingError(f"master key file {str(path)!r} does not exist: create it with "
+                               f"`portcullis keys init --master-file {path}`")
         try:
             return cls(SecretBox.from_file(path, create=create))
         except SecretBoxError as exc:
@@ -404,7 +408,7 @@ class KeyRing:
             rows = [KeyInfo(name.removeprefix("purpose/"), kid, int(rec.get("created", 0)),
                             kid == doc.get("current"), size)
                     for kid, rec in keys.items() if isinstance(rec, dict)]
-            out.extend(sorted(rows, key=lambda r: (r.created, r.kid)))
+            out.extend(sorted(rows, key=lambda r: r.created))  # stable: the record keeps creation order
         return out
 
     # -- customer keys -------------------------------------------------------------------
