@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.crypto.key_errors import KeyErased, KeyNotFound, KeyRingError, KeyStoreError, KeyUnwrapError
-from gateway.crypto.keyring import DataKey, KeyRing, LocalKms
+from gateway.crypto.keyring import DataKey, KeyRing, Kms, LocalKms
 from gateway.crypto.keystore import FileKeyStore, KeyStore, MemoryKeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +50,11 @@ def _ring(store: KeyStore | None = None, kms: LocalKms | None = None, **kw: obje
 
 
 # -- stores --------------------------------------------------------------------------
+
+
+def test_the_shipped_stores_and_kms_satisfy_the_protocols(tmp_path: Path) -> None:
+    assert isinstance(MemoryKeyStore(), KeyStore) and isinstance(FileKeyStore(tmp_path / "k.json"), KeyStore)
+    assert isinstance(LocalKms.generate(), Kms)
 
 
 @pytest.mark.parametrize("kind", ["memory", "file"])
