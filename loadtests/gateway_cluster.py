@@ -103,6 +103,7 @@ def gateway_config(tmp: Path, name: str, keys: DemoKeys, *, backend_url: str, in
     cfg["policy"]["bundle"] = str(bundle)
     cfg["policy_admin"].update({"repository": "memory", "officers": [OFFICER]})
     cfg["notifier"] = {"sink": "file", "path": str(tmp / name / "notifications.jsonl")}
+    cfg.setdefault("dpop", {})["origins"] = []  # DPoP proofs name the port the system chose
     return cfg
 
 
