@@ -186,14 +186,14 @@ def _sm2_vectors(kind: str) -> list[Any]:
     doc = _sm_json()
     if not doc:
         return _missing(SM_JSON)
+    # Only the sm2p256v1 vectors: gateway.crypto.sm2 (GmSSL) fixes the curve, so the draft-shen
+    # test-curve vectors cannot go through our API at all (docs/CRYPTO.md checked them with gmssl,
+    # which takes a custom curve); listing them here would only add skips that can never run.
     out = []
     for v in doc["sm2"][kind]:
-        marks = []
         if v["curve"] != "sm2p256v1":
-            marks.append(pytest.mark.skip(reason=(
-                f"{v['curve']}: gateway.crypto.sm2 is sm2p256v1 only and GmSSL (gmssl-pyx) fixes the curve; "
-                "docs/CRYPTO.md checks this vector with gmssl (pure Python), which takes a custom curve")))
-        out.append(pytest.param(v, id=re.sub(r"[^a-z0-9]+", "-", v["name"].lower()).strip("-")[:40], marks=marks))
+            continue
+        out.append(pytest.param(v, id=re.sub(r"[^a-z0-9]+", "-", v["name"].lower()).strip("-")[:40]))
     return out
 
 
