@@ -7,6 +7,8 @@ made fresh in the test's tmp folder. Tests talk to them over real sockets.
 from __future__ import annotations
 
 import copy
+import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -174,3 +176,25 @@ class BatchCountingStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+class OffsetClock:
+    """A gateway's wall clock for tests: real time plus an offset the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def audit_records(folder: Path) -> list[dict[str, Any]]:
+    """Every record in the audit segment files under ``folder`` so far (a torn last line is skipped)."""
+    out: list[dict[str, Any]] = []
+    for f in sorted(folder.rglob("*.jsonl")):
+        for line in f.read_text("utf-8", errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out

@@ -20,7 +20,7 @@ from gateway.client import DeviceKey
 from gateway.customer_alerts import CustomerAlerts, mask_tail, new_device_fields, transfer_fields
 from gateway.notify import MemoryNotifier, Notification
 from gateway.settings import SecuritySettings, SettingsRecord, SettingsStore
-from tests.harness import Stack, routes_with_body_kinds, run_stack
+from tests.harness import Stack, audit_records, routes_with_body_kinds, run_stack
 
 BANK = "bank-a1-1"
 TRANSFER = {"direction": "out", "amount": 100.0, "currency": "CNY", "bank_account_id": BANK}
@@ -63,15 +63,7 @@ def _assert_no_personal_data(sent: list[Notification]) -> None:
 
 
 def _audit(stack: Stack) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted((stack.tmp / "audit").rglob("*")):
-        if path.is_file():
-            for line in path.read_text(errors="replace").splitlines():
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue
-    return records
+    return audit_records(stack.tmp / "audit")
 
 
 async def test_a_transfer_alerts_the_customer_when_transfer_alerts_are_on(

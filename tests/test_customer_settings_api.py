@@ -26,7 +26,7 @@ from gateway.policy.rego import RegoPolicy
 from gateway.settings import SettingsRecord, SettingsStore, plan
 from gateway.state.base import StateStore
 from gateway.steps.facts import FetchFacts
-from tests.harness import Stack, routes_with_body_kinds, run_backend, run_stack
+from tests.harness import OffsetClock, Stack, routes_with_body_kinds, run_backend, run_stack
 from tests.test_policy_input import CountingStore
 from tests.test_policy_input import _ctx as input_ctx
 
@@ -62,14 +62,7 @@ def limits_policy() -> RegoPolicy:
     return RegoPolicy.from_modules([("limits.rego", limits), ("wrapper.rego", WRAPPER)], data)
 
 
-class Clock:
-    """The gateway's wall clock: real time plus an offset a test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
+Clock = OffsetClock
 
 
 @asynccontextmanager

@@ -26,7 +26,7 @@ from gateway.crypto.session import EnvelopeHeader, b64e, seal_request
 from gateway.crypto.sm2 import Sm2PrivateKey
 from gateway.policy.rego import RegoPolicy
 from gateway.state.redis import RedisStore
-from tests.harness import Stack, routes_with_body_kinds, run_stack
+from tests.harness import OffsetClock, Stack, audit_records, routes_with_body_kinds, run_stack
 
 POLICY = """package gateway
 import rego.v1
@@ -41,20 +41,12 @@ ORDER = {"symbol": "601318.SH", "side": "buy", "qty": 100, "price": 57.2, "type"
 ORDERS = "/api/accounts/A1/orders"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 @asynccontextmanager
-async def envelope_stack(tmp: Path, *, clock: Clock | None = None, routes: list[dict[str, Any]] | None = None,
+async def envelope_stack(tmp: Path, *, clock: OffsetClock | None = None, routes: list[dict[str, Any]] | None = None,
                          backend_url: str | None = None, state: Any = None,
                          **envelope: Any) -> AsyncIterator[Stack]:
     kwargs: dict[str, Any] = {"policy": RegoPolicy.from_modules([("policy.rego", POLICY)], {}),
-                              "clock": clock or Clock()}
+                              "clock": clock or OffsetClock()}
     if state is not None:
         kwargs["state"] = state
     cfg = {"agreement_key_file": str(tmp / "agreement.json"), "key_file": str(tmp / "envelope-keys.json"),
@@ -104,15 +96,7 @@ async def _book(stack: Stack) -> list[Any]:
 
 
 def _audit(stack: Stack) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted((stack.tmp / "audit").rglob("*")):
-        if path.is_file():
-            for line in path.read_text(errors="replace").splitlines():
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue
-    return records
+    return audit_records(stack.tmp / "audit")
 
 
 async def _metrics(stack: Stack) -> str:
@@ -250,7 +234,7 @@ async def test_plaintext_to_an_encryption_required_route_is_refused(tmp_path: Pa
 
 
 async def test_an_expired_or_used_up_session_key_is_refused(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = OffsetClock()
     async with envelope_stack(tmp_path, clock=clock, max_messages=2, max_age=10) as stack, \
             aiohttp.ClientSession() as http:
         me = Customer(stack, http)
