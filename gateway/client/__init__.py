@@ -1,10 +1,11 @@
 """Client SDK for Portcullis: what a broker's app needs to talk to the gateway.
 
-A leaf package: it imports nothing else of ``gateway`` (and never aiohttp),
-so a client, the locustfile and tools can use it alone. Today it holds the
-device key that proves possession with DPoP (RFC 9449) and the step-up client
-(answering an RFC 9470 challenge with TOTP, ``stepup.py``); the SM4 payload
-envelope joins it later.
+It imports nothing of ``gateway`` but the leaf ``gateway.crypto`` (and never
+aiohttp), so a client, the locustfile and tools can use it alone. It holds the
+device key that proves possession with DPoP (RFC 9449), the step-up client
+(answering an RFC 9470 challenge with TOTP, ``stepup.py``) and the session keys
+and SM4-GCM envelopes (``envelope.py``: ``agree`` a session key, then
+``StepUpClient(envelope=...)`` seals bodies and opens responses).
 """
 
 from gateway.client.device import DeviceKey, access_token_hash, thumbprint
