@@ -235,7 +235,7 @@ async def test_plaintext_to_an_encryption_required_route_is_refused(tmp_path: Pa
 
 async def test_an_expired_or_used_up_session_key_is_refused(tmp_path: Path) -> None:
     clock = OffsetClock()
-    async with envelope_stack(tmp_path, clock=clock, max_messages=2, max_age=10) as stack, \
+    async with envelope_stack(tmp_path, clock=clock, max_messages=2, max_age=10, burst=20) as stack, \
             aiohttp.ClientSession() as http:
         me = Customer(stack, http)
         await me.agree()
@@ -243,8 +243,12 @@ async def test_an_expired_or_used_up_session_key_is_refused(tmp_path: Path) -> N
         small = {**ORDER, "qty": 1}
         for _ in range(2):
             assert (await me.client.request(send, "POST", ORDERS, small, expect=(201,))).response.status == 201
-        third = await me.client.request(send, "POST", ORDERS, small, expect=(410,))
-        assert (third.response.status, third.response.json()["error"]) == (410, "session_key_expired")
+        session = me.client.envelope
+        assert session is not None and session.spent  # the SDK would agree a new key; sealed by hand here
+        h, sealed = seal_request(session.keys, session.key_id, "POST", ORDERS, json.dumps(small).encode(),
+                                 ts=int(clock()))
+        third = await me.post_sealed(ORDERS, sealed, _headers(h))
+        assert third == (410, third[1]) and third[1]["error"] == "session_key_expired"
         await me.agree()  # a new key: fine again, until the clock passes its max_age
         assert (await me.client.request(send, "POST", ORDERS, small, expect=(201,))).response.status == 201
         clock.offset = 11.0  # past max_age (the DPoP proofs' iat still within their window)
@@ -254,6 +258,26 @@ async def test_an_expired_or_used_up_session_key_is_refused(tmp_path: Path) -> N
                                  ts=int(clock()))
         late = await me.post_sealed(ORDERS, sealed, _headers(h))
     assert (late[0], late[1]["error"]) == (410, "session_key_expired")
+
+
+async def test_the_sdk_agrees_a_new_key_when_its_key_is_spent_or_refused(tmp_path: Path) -> None:
+    async with envelope_stack(tmp_path, max_messages=2, burst=20) as stack, aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        send = aiohttp_send(http)
+        small = {**ORDER, "qty": 1}
+        first = await me.client.request(send, "POST", ORDERS, small, expect=(201,))
+        assert first.response.status == 201 and me.client.envelope is None  # no session: plaintext
+        await me.client.request(send, "GET", "/auth/session-key")  # (an unsealed call leaves it so)
+        session = await me.agree()
+        for _ in range(3):  # the third needs a new key: the SDK agrees it before sending
+            assert (await me.client.request(send, "POST", ORDERS, small, expect=(201,))).response.status == 201
+        assert me.client.envelope is not None and me.client.envelope.key_id != session.key_id
+        # A key the gateway does not know (e.g. its records were lost): refused unforwarded, re-agreed, resent.
+        me.client.envelope = EnvelopeSession("B" * 22, session.keys, time.time() + 600, 100)
+        before = len(await _book(stack))
+        again = await me.client.request(send, "POST", ORDERS, small, expect=(201,))
+        assert again.response.status == 201 and me.client.envelope.key_id != "B" * 22
+        assert len(await _book(stack)) == before + 1  # placed once
 
 
 async def test_key_agreement_refuses_bad_key_material(tmp_path: Path) -> None:

@@ -117,7 +117,11 @@ def agree(base_url: str, headers_for: Any, *, sub: str, jkt: str, pinned: bytes 
     keys = derive(client_random, b64d(str(doc["server_random"]), 32, "server_random"), bound)
     if not equal(confirm_tag(keys, bound), b64d(str(doc.get("confirm", "")), 32, "confirm")):
         raise KeyAgreementError("confirmation_failed", status, "the gateway did not prove the agreement key")
-    return EnvelopeSession(kid, keys, float(doc["expires_at"]), int(doc["max_messages"]), _clock=clock)
+    expires = float(doc["expires_at"])
+    # Stop using the key a little before it expires (a request in flight must not outlive it): 30 s,
+    # or a tenth of a short lifetime.
+    margin = min(30.0, max(0.0, (expires - clock()) / 10))
+    return EnvelopeSession(kid, keys, expires, int(doc["max_messages"]), margin=margin, _clock=clock)
 
 
 def _answer(status: int, raw: bytes, expect: int) -> dict[str, Any]:

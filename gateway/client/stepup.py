@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.client.device import DeviceKey
-from gateway.client.envelope import EnvelopeSession
+from gateway.client.envelope import EnvelopeSession, agree
 
 __all__ = [
     "CHALLENGE_ERROR",
@@ -62,6 +62,9 @@ CHALLENGE_ERROR = "insufficient_user_authentication"
 NAME_CHALLENGE = "step-up: challenge"
 NAME_TOTP = "step-up: totp"
 NAME_RETRY = "step-up: retry"
+NAME_SESSION_KEY = "session key"
+REKEY_CODES = ("session_key_expired", "session_key_unknown")
+"""Refusals of an envelope that the gateway gives before forwarding anything: agree a new key and resend."""
 
 
 def totp_code(secret: str, at: float | None = None, *, digits: int = 6, step: int = 30) -> str:
@@ -217,14 +220,17 @@ class StepUpClient:
     """
 
     def __init__(self, base_url: str, access_token: str, totp: TotpAuthenticator | None, *,
-                 device: DeviceKey | None = None, envelope: EnvelopeSession | None = None) -> None:
+                 device: DeviceKey | None = None, envelope: EnvelopeSession | None = None,
+                 pinned: bytes | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.access_token = access_token
         self.totp = totp
         self.device = device
         self.envelope = envelope
         """An agreed session key (gateway/client/envelope.py): request bodies are sealed with it and
-        encrypted responses opened, transparently."""
+        encrypted responses opened, transparently; a spent or refused key is replaced by a new agreement."""
+        self.pinned = pinned
+        """The gateway's SM2 agreement public key, when the app pins it."""
 
     def headers(self, method: str, url: str, step_up: str | None = None) -> dict[str, str]:
         h = {"Authorization": f"{'DPoP' if self.device is not None else 'Bearer'} {self.access_token}"}
@@ -276,11 +282,38 @@ class StepUpClient:
                 continue
             raise StepUpError(str(doc.get("error", "unexpected_status")), resp.status, doc)
 
+    def agree_session(self) -> Generator[HttpRequest, HttpResponse, EnvelopeSession]:
+        """Agree a session key (bound to this token's customer and the device key) and use it from now on."""
+        if self.device is None:
+            raise StepUpError("no_device", 0, None, "a session key is bound to a device key")
+        flow = agree(self.base_url, self.headers, sub=_token_sub(self.access_token), jkt=self.device.thumbprint,
+                     pinned=self.pinned)
+        try:
+            method, url, headers, body = next(flow)
+            while True:
+                resp = yield HttpRequest(method, url, url[len(self.base_url):], headers, body, NAME_SESSION_KEY,
+                                         (200,))
+                method, url, headers, body = flow.send((resp.status, resp.body))
+        except StopIteration as done:
+            session: EnvelopeSession = done.value
+            self.envelope = session
+            return session
+
     def flow(self, method: str, path: str, json_body: Any = None, *, expect: tuple[int, ...] = (200, 201)) -> Flow:
-        """The request; on a challenge, the TOTP answer and the same request again with the token."""
+        """The request; on a challenge, the TOTP answer and the same request again with the token.
+
+        In an encrypted session a spent key is replaced before the request, and a key the gateway
+        refuses as expired or unknown (it forwarded nothing) is replaced and the request sent once more.
+        """
         body = json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
+        if self.envelope is not None and self.envelope.spent:
+            yield from self.agree_session()
         req = self._request(method, path, body, NAME_CHALLENGE, (401,))
         first = self.opened(req, (yield req))
+        if req.sealed is not None and _doc(first).get("error") in REKEY_CODES:
+            yield from self.agree_session()
+            req = self._request(method, path, body, NAME_CHALLENGE, (401,))
+            first = self.opened(req, (yield req))
         challenge = StepUpRequired.parse(first.status, first.body)
         if challenge is None:
             return StepUpResult(first)
@@ -310,6 +343,18 @@ class StepUpClient:
         except StopIteration as done:
             result: StepUpResult = done.value
             return result
+
+
+def _token_sub(token: str) -> str:
+    """The ``sub`` of our own access token (read, not verified: the gateway verifies it)."""
+    try:
+        payload = token.split(".")[1]
+        sub = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("sub")
+    except (IndexError, ValueError, AttributeError):
+        sub = None
+    if not isinstance(sub, str):
+        raise StepUpError("token_malformed", 0, None, "the access token names no subject")
+    return sub
 
 
 def _doc(resp: HttpResponse) -> dict[str, Any]:
