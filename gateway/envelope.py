@@ -27,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
-import stat
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -43,6 +41,7 @@ from aiohttp import web
 from gateway.config import EnvelopeConfig, RateLimit, RouteConfig
 from gateway.context import RequestContext
 from gateway.crypto import SecretBox, SecretBoxError
+from gateway.crypto.keyfile import KeyFileError, create_private, read_private
 from gateway.crypto.session import (
     CLIENT_RANDOM_SIZE,
     ENVELOPE_HEADER,
@@ -136,38 +135,31 @@ class AgreementKeys:
 
     @classmethod
     def from_file(cls, path: Path, *, create: bool = False) -> AgreementKeys:
-        """``{"current": kid, "keys": {kid: hex of the 32-byte private key}}``, mode 0600."""
-        if not path.exists():
-            if not create:
-                raise ConfigError(f"envelope.agreement_key_file: {path} does not exist")
+        """``{"current": kid, "keys": {kid: hex of the 32-byte private key}}``, mode 0600.
+
+        With ``create``, a fresh file when absent; when several processes start at once, one
+        creates it and the others read it, so they all hold the same keys."""
+        if create and not path.exists():
             keys = cls.generate()
-            keys.write_file(path)
-            return keys
-        st = path.stat()
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"envelope.agreement_key_file: {path} must not be readable by group or others"
-                              " (chmod 600)")
+            if create_private(path, keys._to_json()):
+                return keys
+        where = "envelope.agreement_key_file"
         try:
-            doc = json.loads(path.read_bytes())
+            raw = read_private(path, "agreement key file")
+        except KeyFileError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if raw is None:
+            raise ConfigError(f"{where}: {path} does not exist")
+        try:
+            doc = json.loads(raw)
             pairs = {str(kid): Sm2PrivateKey.from_bytes(bytes.fromhex(v)) for kid, v in doc["keys"].items()}
             return cls(pairs, str(doc["current"]))
         except (ValueError, KeyError, TypeError, AttributeError, Sm2Error):
-            raise ConfigError(f"envelope.agreement_key_file: {path} is not a valid agreement key file") from None
+            raise ConfigError(f"{where}: {path} is not a valid agreement key file") from None
 
-    def write_file(self, path: Path) -> None:
+    def _to_json(self) -> bytes:
         doc = {"current": self._current, "keys": {kid: k.to_bytes().hex() for kid, k in self._keys.items()}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(doc, indent=1).encode())
-        os.replace(tmp, path)
-
-    def rotated(self, keep: int = 2) -> AgreementKeys:
-        """A new current key; the ``keep`` newest old ones stay to open what was sent to them."""
-        kid = "ak-" + secrets.token_hex(6)
-        old = list(self._keys.items())[-keep:] if keep else []
-        return AgreementKeys({**dict(old), kid: Sm2PrivateKey.generate()}, kid)
+        return json.dumps(doc, indent=1).encode()
 
     @property
     def current(self) -> str:

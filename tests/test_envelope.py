@@ -335,3 +335,23 @@ def test_response_header_parse_refuses_what_the_sdk_must_not_trust() -> None:
                               response=True)
     assert ok.type == "application/json" and ok.iv == bytes(12)
     assert HttpResponse(200).body == b""
+
+
+def test_the_agreement_key_file_is_created_once_and_refused_when_others_may_read_it(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from gateway.envelope import AgreementKeys
+    from gateway.errors import ConfigError
+
+    path = tmp_path / "agreement.json"
+    first = AgreementKeys.from_file(path, create=True)
+    second = AgreementKeys.from_file(path, create=True)  # a second process starting: reads the first's keys
+    assert (second.current, second.public()) == (first.current, first.public())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert first.public().hex() not in repr(first) and path.read_text() not in repr(first)
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        AgreementKeys.from_file(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        AgreementKeys.from_file(tmp_path / "absent.json")

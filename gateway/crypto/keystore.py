@@ -25,13 +25,13 @@ import binascii
 import contextlib
 import json
 import os
-import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from gateway.crypto.key_errors import KeyStoreError
+from gateway.crypto.keyfile import KeyFileError, read_private
 
 __all__ = ["FileKeyStore", "KeyStore", "KeyStoreError", "MemoryKeyStore"]
 
@@ -93,15 +93,11 @@ class FileKeyStore:
 
     def _read(self) -> dict[str, bytes]:
         try:
-            st = self.path.stat()
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
+            raw = read_private(self.path, "key store")
+        except KeyFileError as exc:
+            raise KeyStoreError(str(exc)) from None
+        if raw is None:
             return {}
-        except OSError as exc:
-            raise KeyStoreError(f"key store {str(self.path)!r} cannot be read: {exc.strerror}") from None
-        if os.name == "posix" and stat.S_IMODE(st.st_mode) & 0o077:
-            raise KeyStoreError(
-                f"key store {str(self.path)!r} is readable by group or others: chmod 600 {str(self.path)!r}")
         try:
             doc = json.loads(raw)
         except ValueError:

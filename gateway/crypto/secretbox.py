@@ -35,11 +35,11 @@ import json
 import os
 import re
 import secrets
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.crypto import sm4_gcm
+from gateway.crypto.keyfile import KeyFileError, create_private, read_private
 
 __all__ = ["KEY_SIZE", "SecretBox", "SecretBoxError", "VERSION"]
 
@@ -101,24 +101,16 @@ class SecretBox:
         path = Path(path)
         if create and not path.exists():
             box = cls.generate()
-            try:
-                box.write_file(path)
-            except FileExistsError:  # another process created it first: use theirs
-                pass
-            else:
+            if box._create(path):
                 return box
+            # another process created it first: use theirs
         try:
-            st = path.stat()
-            raw = path.read_bytes()
-        except FileNotFoundError:
+            raw = read_private(path)
+        except KeyFileError as exc:
+            raise SecretBoxError(str(exc)) from None
+        if raw is None:
             raise SecretBoxError(
-                f"key file {str(path)!r} does not exist: create it (SecretBox.from_file(..., create=True))"
-            ) from None
-        except OSError as exc:
-            raise SecretBoxError(f"key file {str(path)!r} cannot be read: {exc.strerror}") from None
-        if os.name == "posix" and stat.S_IMODE(st.st_mode) & 0o077:
-            raise SecretBoxError(
-                f"key file {str(path)!r} is readable by group or others: chmod 600 {str(path)!r}")
+                f"key file {str(path)!r} does not exist: create it (SecretBox.from_file(..., create=True))")
         return cls._parse(raw, str(path))
 
     @classmethod
@@ -145,14 +137,13 @@ class SecretBox:
 
     def write_file(self, path: str | os.PathLike[str]) -> None:
         """Write this box's keys to a new key file with mode 0600 (FileExistsError if it exists)."""
+        if not self._create(Path(path)):
+            raise FileExistsError(str(path))
+
+    def _create(self, path: Path) -> bool:
         doc = {"current": self._current,
                "keys": {kid: base64.b64encode(key).decode("ascii") for kid, key in self._keys.items()}}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
+        return create_private(path, (json.dumps(doc, indent=1) + "\n").encode("ascii"))
 
     # -- use -------------------------------------------------------------------
 
