@@ -81,6 +81,7 @@ from gateway.errors import (
     ConfigError,
     GatewayError,
 )
+from gateway.headers import drop_body_digests
 from gateway.proxy import is_envelope
 from gateway.routing import MethodNotAllowed
 from gateway.state.base import StateStore, StateUnavailable
@@ -416,9 +417,6 @@ class Decrypt:
         self._count("decrypted")
 
 
-_BODY_DIGESTS = ("Content-MD5", "Digest", "Repr-Digest", "Content-Digest", "ETag")
-
-
 class EncryptResponse:
     """Seals the (buffered) upstream response of an encrypted request under the session's s2c key."""
 
@@ -441,8 +439,7 @@ class EncryptResponse:
             h, sealed = seal_response(opened.keys, opened.header, resp.status, media, resp.body or b"")
         except EnvelopeError:
             raise GatewayError(RESPONSE_UNENCRYPTABLE) from None
-        for name in _BODY_DIGESTS:
-            resp.headers.popall(name, None)
+        drop_body_digests(resp.headers)  # they described the plaintext
         resp.body = sealed
         resp.content_type = ENVELOPE_TYPE
         resp.headers[ENVELOPE_HEADER] = h.render()

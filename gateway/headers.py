@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from multidict import MutableMultiMapping
+
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
@@ -30,6 +32,16 @@ _OVERRIDES = frozenset({
 _CREDENTIALS = frozenset({"authorization", "dpop", "cookie"})
 # Bodies are relayed undecoded (auto_decompress=False), so Content-Encoding stays.
 RESPONSE_DROP = HOP_BY_HOP | frozenset({"content-length", "server", "date"})
+
+
+BODY_DIGEST_HEADERS = ("ETag", "Content-MD5", "Digest", "Content-Digest", "Repr-Digest")
+"""Response headers that describe the body's bytes: dropped when the gateway rewrites a body
+(masking, encryption), since they would describe the body the upstream sent."""
+
+
+def drop_body_digests(headers: MutableMultiMapping[str]) -> None:
+    for name in BODY_DIGEST_HEADERS:
+        headers.popall(name, None)
 
 
 def _connection_tokens(values: Iterable[str]) -> set[str]:

@@ -57,6 +57,7 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.freezes import Freeze, FreezeStore
+from gateway.headers import drop_body_digests
 from gateway.masking import mask_document, parse_paths
 from gateway.notify import Notifier
 from gateway.policy.engine import Decision
@@ -74,7 +75,6 @@ NOTIFY_TIMEOUT = 5.0
 _MAX_ALERT_LABELS = 10
 _MAX_ALERT_LABEL = 200
 _JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.IGNORECASE)
-_BODY_DIGESTS = ("ETag", "Content-MD5", "Digest", "Content-Digest", "Repr-Digest")
 
 Count = Callable[[str, str], None]
 
@@ -318,6 +318,5 @@ class MaskResponse:
             raise ValueError("the response is not valid JSON") from None
         masked = mask_document(doc, paths)
         resp.body = orjson.dumps(doc)
-        for name in _BODY_DIGESTS:  # they described the unmasked body
-            resp.headers.popall(name, None)
+        drop_body_digests(resp.headers)  # they described the unmasked body
         return masked
