@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -10,12 +9,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.crypto.b64 import b64url_encode
+
 _THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
 
 
-def b64url(data: bytes) -> str:
-    """Unpadded base64url (RFC 7515 section 2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+b64url = b64url_encode
+"""Unpadded base64url (RFC 7515 section 2)."""
 
 
 def ec_public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:

@@ -355,3 +355,12 @@ def test_the_agreement_key_file_is_created_once_and_refused_when_others_may_read
         AgreementKeys.from_file(path)
     with pytest.raises(ConfigError, match="does not exist"):
         AgreementKeys.from_file(tmp_path / "absent.json")
+
+
+def test_base64url_decoding_is_strict() -> None:
+    from gateway.crypto.b64 import b64url_decode, b64url_encode
+
+    assert b64url_decode(b64url_encode(b"\xff\xfe\x00")) == b"\xff\xfe\x00"
+    for bad in ("AA==", "A", "+/8", "AA AA", "AA.A", "\u00c4\u00c4"):
+        with pytest.raises(ValueError):
+            b64url_decode(bad)

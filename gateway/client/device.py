@@ -14,7 +14,6 @@ both cannot drift together.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -28,25 +27,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from gateway.crypto.b64 import b64url_encode
+
 __all__ = ["DeviceKey", "access_token_hash", "thumbprint"]
 
 _THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def thumbprint(jwk: Mapping[str, str]) -> str:
     """RFC 7638 JWK thumbprint (SHA-256, base64url) over the key type's required members."""
     members = _THUMBPRINT_MEMBERS[jwk["kty"]]
     canonical = json.dumps({k: jwk[k] for k in members}, separators=(",", ":"), sort_keys=True)
-    return _b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
+    return b64url_encode(hashlib.sha256(canonical.encode("utf-8")).digest())
 
 
 def access_token_hash(access_token: str) -> str:
     """The ``ath`` claim: base64url SHA-256 of the access token's ASCII bytes (RFC 9449 section 4.2)."""
-    return _b64url(hashlib.sha256(access_token.encode("ascii")).digest())
+    return b64url_encode(hashlib.sha256(access_token.encode("ascii")).digest())
 
 
 def _htu(url: str) -> str:
@@ -68,12 +65,12 @@ class DeviceKey:
         nums = private_key.public_key().public_numbers()
         self.public_jwk: dict[str, str] = {
             "kty": "EC", "crv": "P-256",
-            "x": _b64url(nums.x.to_bytes(32, "big")), "y": _b64url(nums.y.to_bytes(32, "big")),
+            "x": b64url_encode(nums.x.to_bytes(32, "big")), "y": b64url_encode(nums.y.to_bytes(32, "big")),
         }
         self.thumbprint = thumbprint(self.public_jwk)
         """The device id: RFC 7638 thumbprint of the public key (what ``cnf.jkt`` names)."""
         header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": self.public_jwk}
-        self._header = _b64url(json.dumps(header, separators=(",", ":")).encode("ascii"))
+        self._header = b64url_encode(json.dumps(header, separators=(",", ":")).encode("ascii"))
         self._ecdsa = ec.ECDSA(hashes.SHA256())
 
     @classmethod
@@ -121,10 +118,10 @@ class DeviceKey:
             claims["ath"] = access_token_hash(access_token)
         if nonce is not None:
             claims["nonce"] = nonce
-        payload = _b64url(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
+        payload = b64url_encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
         signing_input = f"{self._header}.{payload}"
         r, s = decode_dss_signature(self._key.sign(signing_input.encode("ascii"), self._ecdsa))
-        return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+        return f"{signing_input}.{b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
     def __repr__(self) -> str:  # never the private key
         return f"DeviceKey(thumbprint={self.thumbprint!r})"

@@ -37,8 +37,6 @@ chosen so compliance can search by an ID number or phone across customers:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import secrets
 import unicodedata
@@ -46,6 +44,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.crypto import sm3, sm4_gcm
+from gateway.crypto.b64 import b64url_decode, b64url_encode
 from gateway.crypto.json_paths import FieldName, FieldPath, matches, parse_paths
 from gateway.crypto.key_errors import FieldCipherError
 from gateway.crypto.keyring import DataKey, KeyRing
@@ -60,16 +59,10 @@ _AAD_LABEL = "portcullis-field/v1"
 _SEALED_KEYS = frozenset({"enc", "kid", "iv", "ct", "bi", "bik"})
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _unb64url(text: Any, what: str) -> bytes:
-    if not isinstance(text, str) or "=" in text:
-        raise FieldCipherError(f"the sealed field's {what} is not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        return b64url_decode(text)
+    except ValueError:
         raise FieldCipherError(f"the sealed field's {what} is not base64url") from None
 
 
@@ -98,7 +91,7 @@ def blind_index(index_key: bytes, value: Any) -> str:
     text = normalise(value)
     if text is None:
         raise ValueError("only strings and numbers have a blind index")
-    return _b64url(sm3.hmac_sm3(index_key, text.encode("utf-8")))
+    return b64url_encode(sm3.hmac_sm3(index_key, text.encode("utf-8")))
 
 
 def _aad(sub: str, name: FieldName, kid: str, bi: str, bik: str) -> bytes:
@@ -118,7 +111,7 @@ def seal_value(key: DataKey, sub: str, name: FieldName, value: Any, index_key: D
         bi, bik = blind_index(index_key.material, value), index_key.kid
     iv = secrets.token_bytes(sm4_gcm.IV_SIZE)
     ct = sm4_gcm.encrypt(key.material, iv, plaintext, _aad(sub, name, key.kid, bi, bik))
-    sealed = {"enc": ALG, "kid": key.kid, "iv": _b64url(iv), "ct": _b64url(ct)}
+    sealed = {"enc": ALG, "kid": key.kid, "iv": b64url_encode(iv), "ct": b64url_encode(ct)}
     if bi:
         sealed["bi"], sealed["bik"] = bi, bik
     return sealed

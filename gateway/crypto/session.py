@@ -32,13 +32,12 @@ the status, the inner content type, the key id and the request's message id
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import secrets
 from dataclasses import dataclass
 
 from gateway.crypto import sm3
+from gateway.crypto.b64 import b64url_decode, b64url_encode
 from gateway.crypto.sm4_gcm import IV_SIZE, TAG_SIZE, InvalidTag, decrypt, encrypt
 
 __all__ = [
@@ -55,7 +54,6 @@ KEY_ID_BYTES = 16
 _VERSION = b"portcullis-envelope-v1"
 _MID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _KID = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_B64 = re.compile(r"[A-Za-z0-9_-]*")
 _MEDIA = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,60}/[A-Za-z0-9!#$&^_.+-]{1,60}")
 MAX_HEADER = 512
 
@@ -64,17 +62,14 @@ class EnvelopeError(ValueError):
     """A malformed envelope header or key-agreement field (the message names the part, never a key)."""
 
 
-def b64e(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+b64e = b64url_encode
 
 
 def b64d(text: str, size: int | None = None, what: str = "value") -> bytes:
     """Strict unpadded base64url; ``size``: the exact number of bytes it must decode to."""
-    if not isinstance(text, str) or _B64.fullmatch(text) is None or len(text) % 4 == 1:
-        raise EnvelopeError(f"{what} is not base64url")
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        raw = b64url_decode(text)
+    except ValueError:
         raise EnvelopeError(f"{what} is not base64url") from None
     if size is not None and len(raw) != size:
         raise EnvelopeError(f"{what} must be {size} bytes (got {len(raw)})")
