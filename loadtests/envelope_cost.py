@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "loadtests"))
 
 from gateway_cluster import gateway_cluster  # noqa: E402
+from redis_keys import drop_prefix  # noqa: E402
 
 from gateway.client import DeviceKey, StepUpClient, aiohttp_send  # noqa: E402
 from gateway.client.envelope import agree  # noqa: E402
@@ -100,13 +101,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     rounds.append({"plaintext": p, "encrypted": e,
                                    "ratio": e["cpu_us_per_order"] / p["cpu_us_per_order"]})
         finally:
-            import redis.asyncio
-
-            client = redis.asyncio.from_url(args.redis)
-            keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
+            await drop_prefix(args.redis, prefix)
     return {
         "n": args.n, "rounds": rounds, "rate": args.rate,
         "plaintext_cpu_us_median": round(statistics.median(r["plaintext"]["cpu_us_per_order"] for r in rounds), 1),

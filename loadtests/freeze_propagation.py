@@ -64,6 +64,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio
 from gateway_cluster import ROOT, Cluster, GatewayProcess, gateway_cluster
+from redis_keys import delete_matching
 
 from gateway.bench import machine_info
 
@@ -147,9 +148,7 @@ async def audit_times(gw: GatewayProcess, request_ids: set[str], timeout: float 
 async def reset(client: redis.asyncio.Redis, prefix: str) -> None:
     """The day's counters, seen client order ids and rate-limit buckets of this run: gone."""
     for pattern in ("ctr:*", "coid:*", "rl:*"):
-        keys = [k async for k in client.scan_iter(match=prefix + pattern, count=500)]
-        if keys:
-            await client.delete(*keys)
+        await delete_matching(client, prefix + pattern)
 
 
 async def trial(n: int, s: aiohttp.ClientSession, stream_s: aiohttp.ClientSession, cluster: Cluster,
@@ -231,9 +230,7 @@ async def main(args: argparse.Namespace) -> None:
                     trials.append(r)
                     await asyncio.sleep(args.pause)
     finally:
-        keys = [k async for k in client.scan_iter(match=prefix + "*", count=500)]
-        if keys:
-            await client.delete(*keys)
+        await delete_matching(client, prefix + "*")
         await client.aclose()
     a = [t["a_ms"] for t in trials]
     b = [t["b_ms"] for t in trials if t["b_ms"] is not None]

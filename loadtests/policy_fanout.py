@@ -40,7 +40,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import redis.asyncio
+from redis_keys import drop_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -210,13 +210,7 @@ async def main(args: argparse.Namespace) -> None:
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
             finally:
                 await conn.close()
-            client = redis.asyncio.Redis.from_url(args.redis_url)
-            try:
-                keys_left = [k async for k in client.scan_iter(match=prefix + "*")]
-                if keys_left:
-                    await client.delete(*keys_left)
-            finally:
-                await client.aclose()
+            await drop_prefix(args.redis_url, prefix)
 
 
 if __name__ == "__main__":

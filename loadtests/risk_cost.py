@@ -176,13 +176,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         try:
             result["redis"] = await measure(store, args.n, args.rounds)
         finally:
-            import redis.asyncio
+            from redis_keys import drop_prefix
 
-            client = redis.asyncio.from_url(args.redis)
-            keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
+            await drop_prefix(args.redis, prefix)
             await store.close()
     return result
 

@@ -154,13 +154,9 @@ async def flush_cost(url: str, trials: int = 200) -> dict[str, float]:
             assert await runner.flush()
             times.append((time.perf_counter_ns() - start) / 1000)
     finally:
-        import redis.asyncio
+        from redis_keys import drop_prefix
 
-        client = redis.asyncio.Redis.from_url(url)
-        keys = [k async for k in client.scan_iter(match=prefix + "*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+        await drop_prefix(url, prefix)
         await store.close()
     return {"flush_p50_us": round(statistics.median(times), 1), "flush_max_us": round(max(times), 1)}
 
