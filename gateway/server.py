@@ -257,13 +257,15 @@ class Gateway:
             self._settings_route = settings_route(cs)
             self._settings_pipeline = Pipeline([
                 Authenticate(self.verifier, self.device_proofs), RequireRole(), StateRound(), read_body,
-                CustomerSettingsEndpoint(cs, self.settings, self.notifier, self._auditor)])
+                self._decrypt(), CustomerSettingsEndpoint(cs, self.settings, self.notifier, self._auditor),
+                EncryptResponse(self.metrics.envelope)])
         if self.stepups is not None:
             # Served by the gateway itself: the same authentication, then the endpoints (gateway/mfa/handlers.py).
             self._mfa_pipeline = Pipeline([
                 Authenticate(self.verifier, self.device_proofs), RequireRole(), rate_limit, StateRound(), read_body,
                 self._decrypt(), StepUpToken(self.stepups, self.state),
-                MfaEndpoint(self.config.step_up, self.stepups, self.notifier, self._auditor)])
+                MfaEndpoint(self.config.step_up, self.stepups, self.notifier, self._auditor),
+                EncryptResponse(self.metrics.envelope)])
         if self.session_keys is not None:
             self._session_key_pipeline = Pipeline([
                 Authenticate(self.verifier, self.device_proofs), RequireRole(), rate_limit, StateRound(), read_body,

@@ -136,6 +136,17 @@ async def test_an_encrypted_order_is_decrypted_for_the_policy_forwarded_in_plain
     assert b64e(session.keys.c2s) not in text and b64e(session.keys.s2c) not in text
 
 
+async def test_the_gateways_own_endpoints_answer_an_encrypted_request_encrypted(tmp_path: Path) -> None:
+    async with envelope_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        await me.agree()
+        result = await me.client.request(aiohttp_send(http), "PUT", "/api/me/security",
+                                         {"single_trade_limit": 10000}, expect=(200,))
+    assert result.response.status == 200, result.response.body
+    assert result.response.headers["Content-Type"].startswith(ENVELOPE_TYPE)
+    assert result.response.json()["settings"]["single_trade_limit"] == 10000  # opened by the SDK
+
+
 async def test_the_sdk_refuses_a_gateway_that_offers_another_agreement_key(tmp_path: Path) -> None:
     async with envelope_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
         other = Sm2PrivateKey.generate().public_key().to_bytes()
