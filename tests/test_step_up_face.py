@@ -479,10 +479,13 @@ async def test_a_face_service_refusing_our_secret_withdraws_face(
         await consent_and_enrol(c, sms, photos["img10"])
         status, ch, _ = await c.call("POST", "/api/accounts/A1/orders", order(BIG, "w1"))
         assert ch["methods"] == ["sms", "face"]
+        original = s.gateway.stepups.face  # type: ignore[union-attr]
         s.gateway.stepups.face = BiometricsClient(face_service.url, b"not-the-secret")  # type: ignore[union-attr]
         status, doc = await answer(c, ch["challenge_id"], photos["img11"])
         assert (status, doc["error"], doc["methods"]) == (503, "face_unavailable", ["sms"]), doc
         assert "attempts_left" not in doc
         status, factors = await c.mfa("GET", "factors")
         assert factors["face"]["available"] is False
-        await s.gateway.stepups.face.close()  # type: ignore[union-attr]
+        wrong = s.gateway.stepups.face  # type: ignore[union-attr]
+        s.gateway.stepups.face = original  # type: ignore[union-attr]  # the gateway closes its own at stop
+        await wrong.close()
