@@ -83,7 +83,6 @@ from gateway.errors import (
 )
 from gateway.headers import drop_body_digests
 from gateway.proxy import is_envelope
-from gateway.routing import MethodNotAllowed
 from gateway.state.base import StateStore, StateUnavailable
 
 __all__ = ["PATH", "AgreementKeys", "Decrypt", "EncryptResponse", "SessionKeyEndpoint", "SessionKeyService",
@@ -336,12 +335,8 @@ class SessionKeyEndpoint:
         self._s = service
 
     async def __call__(self, ctx: RequestContext) -> None:
-        if ctx.method == "GET":
-            body = self._s.offer()
-        elif ctx.method == "POST":
-            body = await self._s.agree(ctx, ctx.json_body)
-        else:
-            raise MethodNotAllowed(("GET", "POST"))
+        # The route allows GET and POST only (the server answers 405 to anything else).
+        body = self._s.offer() if ctx.method == "GET" else await self._s.agree(ctx, ctx.json_body)
         ctx.response = web.Response(body=orjson.dumps(body), content_type="application/json",
                                     headers={"Cache-Control": "no-store"})
 

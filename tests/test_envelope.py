@@ -161,6 +161,9 @@ async def test_a_session_key_needs_a_device_proof(tmp_path: Path) -> None:
     async with envelope_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
         async with http.post(stack.url + "/auth/session-key", json={}, headers=stack.auth()) as r:
             assert r.status == 401 and (await r.json())["error"] == "dpop_required"
+        async with http.delete(stack.url + "/auth/session-key", headers=stack.auth()) as r:
+            assert r.status == 405 and (await r.json())["error"] == "method_not_allowed"
+            assert r.headers["Allow"] == "GET, POST"
 
 
 # -- bad input: each a 4xx with its code, audited, counted, never forwarded --------------------
