@@ -238,11 +238,12 @@ class Gateway:
         guarded: list[Step] = [
             Authenticate(self.verifier, self.device_proofs), RequireRole(), BindAccount(), rate_limit,
             RiskState(self.risk),
-            StateRound(), read_body, self._decrypt(), *self._step_up_token(),
+            StateRound(), read_body, self._decrypt(),
             FetchFacts(self.providers, self.state,
                        read_account_facts=self.config.providers is None
                        or self.config.providers.read_account_facts),
-            RefuseFrozen(), Score(self.scorer), Decide(self.policy, on_error=self.metrics.policy_error),
+            StateRound(), *self._step_up_token(), RefuseFrozen(), Score(self.scorer),
+            Decide(self.policy, on_error=self.metrics.policy_error),
             Obligations(self.freezes, self.notifier, self._auditor, officers=self.config.policy_admin.officers,
                         count=self.metrics.obligation),
             StepUpChallenge(self.stepups), self._auditor, Learn(self.risk), forward,
@@ -257,13 +258,14 @@ class Gateway:
             self._settings_route = settings_route(cs)
             self._settings_pipeline = Pipeline([
                 Authenticate(self.verifier, self.device_proofs), RequireRole(), StateRound(), read_body,
-                self._decrypt(), CustomerSettingsEndpoint(cs, self.settings, self.notifier, self._auditor),
+                self._decrypt(), StateRound(),
+                CustomerSettingsEndpoint(cs, self.settings, self.notifier, self._auditor),
                 EncryptResponse(self.metrics.envelope)])
         if self.stepups is not None:
             # Served by the gateway itself: the same authentication, then the endpoints (gateway/mfa/handlers.py).
             self._mfa_pipeline = Pipeline([
                 Authenticate(self.verifier, self.device_proofs), RequireRole(), rate_limit, StateRound(), read_body,
-                self._decrypt(), StepUpToken(self.stepups, self.state),
+                self._decrypt(), StateRound(), StepUpToken(self.stepups, self.state),
                 MfaEndpoint(self.config.step_up, self.stepups, self.notifier, self._auditor),
                 EncryptResponse(self.metrics.envelope)])
         if self.session_keys is not None:

@@ -39,6 +39,7 @@ decision := {"allow": true, "deny": [], "step_up": null, "obligations": {}} if {
 """
 ORDER = {"symbol": "601318.SH", "side": "buy", "qty": 100, "price": 57.2, "type": "limit"}
 ORDERS = "/api/accounts/A1/orders"
+TRANSFERS = "/api/accounts/A1/transfers"
 
 
 @asynccontextmanager
@@ -229,6 +230,77 @@ async def test_a_replayed_envelope_is_refused(tmp_path: Path) -> None:
         again = await me.post_sealed(ORDERS, sealed, _headers(h))
     assert first[0] == 201
     assert (again[0], again[1]["error"]) == (409, "envelope_replayed")
+
+
+async def test_a_replay_is_refused_on_a_transfer_and_on_the_gateways_own_endpoint(
+        tmp_path: Path, redis_store: RedisStore) -> None:
+    # The replay check rides on the facts step's read of the freeze (a transfer) and on a state round of
+    # its own where no facts are read (the gateway's own endpoints): each path refuses the second copy.
+    transfer = json.dumps({"direction": "in", "amount": 100.0, "currency": "CNY",
+                           "bank_account_id": "bank-a1-1"}).encode()
+    settings = json.dumps({"single_trade_limit": 10000}).encode()
+    async with envelope_stack(tmp_path, state=redis_store) as stack, aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        session = await me.agree()
+        for method, path, body in (("POST", TRANSFERS, transfer), ("PUT", "/api/me/security", settings)):
+            h, sealed = seal_request(session.keys, session.key_id, method, path, body, ts=int(time.time()))
+            url = stack.url + path
+            answers = []
+            for _ in range(2):
+                async with http.request(method, url, data=sealed,
+                                        headers={**me.headers(method, url), **_headers(h)}) as r:
+                    answers.append((r.status, r.headers.get("Content-Type", "")))
+                    raw = await r.read()
+            assert answers[0][0] < 300 and answers[0][1].startswith(ENVELOPE_TYPE), (path, answers)
+            assert (answers[1][0], json.loads(raw)["error"]) == (409, "envelope_replayed"), path
+
+
+class RoundTrips:
+    """Wraps the gateway's real store and records each round trip a request makes for one account."""
+
+    def __init__(self, inner: RedisStore, marks: tuple[str, ...]) -> None:
+        self.inner, self.marks = inner, marks
+        self.batches: list[Any] = []
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def batch(self) -> Any:
+        b = self.inner.batch()
+        self.batches.append(b)
+        return b
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args))
+            return attr(*args, **kwargs)
+        return call
+
+    def count(self) -> int:
+        """Round trips so far that touched one of ``marks`` (the gateway's background polling does not)."""
+        def touches(keys: Any) -> bool:
+            return any(m in str(keys) for m in self.marks)
+        return (sum(1 for b in self.batches if touches([op[1] for op in b._ops]))
+                + sum(1 for _, args in self.calls if touches(args)))
+
+
+async def test_an_encrypted_order_costs_no_more_state_round_trips_than_a_plaintext_one(
+        tmp_path: Path, redis_store: RedisStore) -> None:
+    counting = RoundTrips(redis_store, ("A1", "alice", "env:", "sk:"))
+    async with envelope_stack(tmp_path, state=counting) as stack, aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        await me.agree()  # the session key is in this process's cache from now on
+        plain = StepUpClient(stack.url, me.token, None, device=me.device)
+        costs = {}
+        for name, client in (("plaintext", plain), ("encrypted", me.client)):
+            await client.request(aiohttp_send(http), "POST", ORDERS, {**ORDER, "qty": 1}, expect=(201,))  # warm
+            before = counting.count()
+            result = await client.request(aiohttp_send(http), "POST", ORDERS, {**ORDER, "qty": 2}, expect=(201,))
+            assert result.response.status == 201, result.response.body
+            costs[name] = counting.count() - before
+    assert costs["encrypted"] == costs["plaintext"] == 2, costs  # the design budget on a trade route
 
 
 async def test_plaintext_to_an_encryption_required_route_is_refused(tmp_path: Path) -> None:

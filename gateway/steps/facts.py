@@ -18,7 +18,10 @@ only on a new order or cancel (``body_kind`` of the route). They are counted
 *before* the decision: the policy sees counts that include this request
 (``orders_today`` >= 1 on an order), denied and stepped-up attempts count too,
 and no second round trip follows the decision (the design budget is two on
-trade routes). That is the conservative choice: a flood of orders the policy
+trade routes). Operations that steps after the first state round queued on the
+request's batch (the envelope's replay cache and message count,
+gateway/envelope.py) are sent in the same round trip; the :class:`StateRound`
+after this step runs their checks. That is the conservative choice: a flood of orders the policy
 refuses still trips the rate rules, and the count never lags behind requests
 judged concurrently on other replicas. A state-store failure fails the request
 closed with 503 ``state_unavailable`` (its own code, for operators).
@@ -68,6 +71,7 @@ from gateway.policy.facts import Facts, exchange_time, order_doc, order_notional
 from gateway.policy.providers import MISS, FactProviders
 from gateway.settings import merge_limits, parse_record, settings_key
 from gateway.state.base import StateStore, StateUnavailable
+from gateway.steps.state_round import take_batch
 
 _DAY_TTL_MARGIN = 60.0  # seconds a daily counter outlives the exchange day (clock skew)
 
@@ -223,9 +227,14 @@ class FetchFacts:
                 facts.account = {**facts.account, "frozen": True}
 
     async def _freeze(self, ctx: RequestContext, account: str) -> tuple[bytes | None, bytes | None]:
-        """The account's freeze and the customer's settings (one round trip)."""
+        """The account's freeze and the customer's settings (one round trip, with what is queued)."""
         sub = ctx.subject.sub if ctx.subject is not None else None
         try:
+            if ctx.batch is not None:  # an encrypted transfer: the envelope's replay check rides along
+                async with take_batch(ctx, self._state) as b:
+                    frozen_p = b.get(freeze_key(account))
+                    settings_p = b.get(settings_key(sub)) if sub is not None else None
+                return frozen_p.value, settings_p.value if settings_p is not None else None
             if sub is None:
                 return await self._state.get(freeze_key(account)), None
             frozen, settings = await self._state.mget([freeze_key(account), settings_key(sub)])
@@ -245,7 +254,7 @@ class FetchFacts:
         cents = round(notional * 100) if notional is not None else 0
         coid = order.get("client_order_id") if order is not None else None
         try:
-            async with self._state.batch() as b:
+            async with take_batch(ctx, self._state) as b:  # with what earlier steps queued (decrypt)
                 frozen = b.get(freeze_key(account))
                 orders = b.incr(f"ctr:orders:{account}:{day}", 1 if is_order else 0, ttl)
                 cancels = b.incr(f"ctr:cancels:{account}:{day}", 0 if is_order else 1, ttl)

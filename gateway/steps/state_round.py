@@ -11,6 +11,13 @@ then runs the checks in order, which read their results and may refuse the
 request. Read routes make this one round trip, trade and transfer routes one
 more after the body (gateway/steps/facts.py), as docs/PERFORMANCE.md budgets.
 
+The second round works the same way: once a round has run, the request's batch
+is empty again, so steps after the body (the decrypt step's replay cache and
+message count) queue on a fresh batch; the facts step sends those operations
+with its own counters (one round trip), and a second :class:`StateRound` placed
+after it runs their checks (or sends them itself when the facts step had no
+reason to talk to the store: admin routes, the gateway's own endpoints).
+
 Failure: when the store cannot be reached, routes that fail closed (trade,
 transfer, admin) get 503 ``state_unavailable``; routes that fail open carry on
 with ``state_unavailable`` in ``ctx.degraded``, and each check sees results
@@ -49,11 +56,12 @@ class StateRound:
 
     def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
         batch = ctx.batch
+        ctx.batch = None  # later steps queue on a new batch (the second round)
         if batch is None or not len(batch):
-            _run_checks(ctx)
+            run_checks(ctx)
             return None
         if batch.execute_now() is not None:  # an in-memory store: nothing to wait for
-            _run_checks(ctx)
+            run_checks(ctx)
             return None
         return self._run(ctx, batch)
 
@@ -65,10 +73,20 @@ class StateRound:
             if ctx.route.fail_mode == "closed":
                 raise  # 503 state_unavailable
             ctx.degraded.append(STATE_UNAVAILABLE.code)
-        _run_checks(ctx)
+        run_checks(ctx)
 
 
-def _run_checks(ctx: RequestContext) -> None:
+def take_batch(ctx: RequestContext, store: StateStore) -> Batch:
+    """The request's queued batch for a step that sends it itself (else a new one); the caller executes it
+    and a later :class:`StateRound` runs the checks."""
+    batch = ctx.batch
+    if batch is None:
+        return store.batch()
+    ctx.batch = None
+    return batch
+
+
+def run_checks(ctx: RequestContext) -> None:
     checks = ctx.round_checks
     if checks:
         ctx.round_checks = None
