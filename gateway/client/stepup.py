@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.client.device import DeviceKey
 from gateway.client.envelope import EnvelopeSession, agree
@@ -54,6 +54,9 @@ __all__ = [
     "StepUpResult",
     "TotpAuthenticator",
     "aiohttp_send",
+    "drive",
+    "drive_sync",
+    "encode_json",
     "totp_code",
 ]
 
@@ -208,6 +211,7 @@ class StepUpResult:
     """TOTP codes the gateway refused as already used (each followed by the next step's code)."""
 
 
+T = TypeVar("T")
 Flow = Generator[HttpRequest, HttpResponse, StepUpResult]
 AsyncSend = Callable[[HttpRequest], Awaitable[HttpResponse]]
 SyncSend = Callable[[HttpRequest], HttpResponse]
@@ -299,50 +303,72 @@ class StepUpClient:
             self.envelope = session
             return session
 
-    def flow(self, method: str, path: str, json_body: Any = None, *, expect: tuple[int, ...] = (200, 201)) -> Flow:
-        """The request; on a challenge, the TOTP answer and the same request again with the token.
-
-        In an encrypted session a spent key is replaced before the request, and a key the gateway
-        refuses as expired or unknown (it forwarded nothing) is replaced and the request sent once more.
-        """
-        body = json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
+    def exchange(self, method: str, path: str, body: bytes | None, *, name: str, expect: tuple[int, ...],
+                 step_up: str | None = None) -> Generator[HttpRequest, HttpResponse, HttpResponse]:
+        """One request and its response, opened. Sealed in an encrypted session (a fresh message id each
+        call): a spent key is replaced before it, and a key the gateway refuses as expired or unknown (it
+        forwarded nothing) is replaced and the request sent once more."""
         if self.envelope is not None and self.envelope.spent:
             yield from self.agree_session()
-        req = self._request(method, path, body, NAME_CHALLENGE, (401,))
-        first = self.opened(req, (yield req))
-        if req.sealed is not None and _doc(first).get("error") in REKEY_CODES:
+        req = self._request(method, path, body, name, expect, step_up)
+        resp = self.opened(req, (yield req))
+        if req.sealed is not None and _doc(resp).get("error") in REKEY_CODES:
             yield from self.agree_session()
-            req = self._request(method, path, body, NAME_CHALLENGE, (401,))
-            first = self.opened(req, (yield req))
+            req = self._request(method, path, body, name, expect, step_up)
+            resp = self.opened(req, (yield req))
+        return resp
+
+    def flow(self, method: str, path: str, json_body: Any = None, *, expect: tuple[int, ...] = (200, 201),
+             name: str | None = None) -> Flow:
+        """The request; on a challenge, the TOTP answer and the same request again with the token.
+
+        The first leg is named ``step-up: challenge`` and expects 401 (a flow that must step up), or
+        with ``name`` is named so and expects ``expect`` or a challenge. Each leg is an :meth:`exchange`.
+        """
+        body = encode_json(json_body)
+        first_name, first_expect = (NAME_CHALLENGE, (401,)) if name is None else (name, (*expect, 401))
+        first = yield from self.exchange(method, path, body, name=first_name, expect=first_expect)
         challenge = StepUpRequired.parse(first.status, first.body)
         if challenge is None:
             return StepUpResult(first)
         token, replayed = yield from self.answer_totp(challenge)
-        req = self._request(method, path, body, NAME_RETRY, expect, step_up=token)
-        final = self.opened(req, (yield req))
+        final = yield from self.exchange(method, path, body, name=NAME_RETRY, expect=expect, step_up=token)
         return StepUpResult(final, challenge, token, replayed)
 
     async def request(self, send: AsyncSend, method: str, path: str, json_body: Any = None,
-                      *, expect: tuple[int, ...] = (200, 201)) -> StepUpResult:
-        gen = self.flow(method, path, json_body, expect=expect)
-        try:
-            req = next(gen)
-            while True:
-                req = gen.send(await send(req))
-        except StopIteration as done:
-            result: StepUpResult = done.value
-            return result
+                      *, expect: tuple[int, ...] = (200, 201), name: str | None = None) -> StepUpResult:
+        return await drive(self.flow(method, path, json_body, expect=expect, name=name), send)
 
     def request_sync(self, send: SyncSend, method: str, path: str, json_body: Any = None,
-                     *, expect: tuple[int, ...] = (200, 201)) -> StepUpResult:
-        gen = self.flow(method, path, json_body, expect=expect)
-        try:
-            req = next(gen)
-            while True:
-                req = gen.send(send(req))
-        except StopIteration as done:
-            result: StepUpResult = done.value
-            return result
+                     *, expect: tuple[int, ...] = (200, 201), name: str | None = None) -> StepUpResult:
+        return drive_sync(self.flow(method, path, json_body, expect=expect, name=name), send)
+
+
+async def drive(flow: Generator[HttpRequest, HttpResponse, T], send: AsyncSend) -> T:
+    """Run a sans-I/O flow (:meth:`StepUpClient.flow`, ``exchange``, ``agree_session``) over an async ``send``."""
+    try:
+        req = next(flow)
+        while True:
+            req = flow.send(await send(req))
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+def drive_sync(flow: Generator[HttpRequest, HttpResponse, T], send: SyncSend) -> T:
+    """Run a sans-I/O flow over a blocking ``send`` (e.g. locust's client)."""
+    try:
+        req = next(flow)
+        while True:
+            req = flow.send(send(req))
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+def encode_json(value: Any) -> bytes | None:
+    """A JSON body as the SDK sends it (compact; None for no body). A retry resends these very bytes."""
+    return json.dumps(value, separators=(",", ":")).encode() if value is not None else None
 
 
 def _token_sub(token: str) -> str:
