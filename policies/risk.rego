@@ -46,3 +46,21 @@ obligation contains {"alert": data.risk.pig_butchering_alert, "require_confirmat
 	some f in input.risk.factors
 	f.code == "deposit_then_illiquid_buy"
 }
+
+# Personal data in what a read returns (ID number, phone, address, bank account
+# numbers: data/risk.json mask_personal_data.fields) is masked for a session
+# scored above low, unless the customer proved themselves recently (a step-up
+# to one of unmask_acrs within unmask_max_age seconds). The gateway masks the
+# fields in the upstream's answer (the mask_fields obligation, docs/POLICIES.md).
+obligation contains {"mask_fields": m.fields} if {
+	input.request.tier == "read"
+	m := data.risk.mask_personal_data
+	input.risk.level in m.levels
+	not recently_stepped_up(m)
+}
+
+recently_stepped_up(m) if {
+	input.mfa.acr in m.unmask_acrs
+	is_number(input.mfa.age_s)
+	input.mfa.age_s <= m.unmask_max_age
+}

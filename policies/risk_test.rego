@@ -68,3 +68,27 @@ test_a_usual_read_or_order_is_out_of_scope if {
 	data.gateway.risk.applies with input as risk(base_input, "medium", [])
 	data.gateway.risk.applies with input as risk(transfer_input, "low", [])
 }
+
+masked_fields(inp) := {f | some o in data.gateway.risk.obligation with input as inp; some f in o.mask_fields}
+
+test_personal_data_is_masked_in_reads_of_a_session_above_low_risk if {
+	masked_fields(risk(read_input, "low", [])) == set()
+	masked_fields(risk(read_input, "medium", [])) == {"id_number", "phone", "address", "bank_accounts.number"}
+	masked_fields(risk(read_input, "high", [])) == masked_fields(risk(read_input, "medium", []))
+	masked_fields(risk(base_input, "medium", [])) == set() # what a trade answers is not masked here
+}
+
+test_a_recent_step_up_unmasks_personal_data if {
+	fresh := object.union(risk(read_input, "medium", []), {"mfa": {"acr": "urn:portcullis:acr:mfa", "age_s": 60}})
+	masked_fields(fresh) == set()
+	stale := object.union(fresh, {"mfa": {"age_s": 901}})
+	count(masked_fields(stale)) == 4
+	password := object.union(fresh, {"mfa": {"acr": "urn:portcullis:acr:pwd"}})
+	count(masked_fields(password)) == 4
+}
+
+test_the_whole_decision_carries_the_mask_for_a_medium_risk_read if {
+	d := data.gateway.decision with input as risk(read_input, "medium", [])
+	d.allow == true
+	{f | some f in d.obligations.mask_fields} == {"id_number", "phone", "address", "bank_accounts.number"}
+}

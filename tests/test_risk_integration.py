@@ -112,3 +112,36 @@ async def test_the_broker_bundle_acts_on_the_risk_engine(tmp_path: Path) -> None
     assert body["acr_values"] == "urn:portcullis:acr:face"
     assert "new_bank_account_transfer" in body["reasons"] and "new_bank_account_transfer" in body["risk_factors"]
     assert old_bank[0] == 201, old_bank  # medium (just logged in, no device proof): the fresh MFA suffices
+
+
+async def test_the_broker_bundle_masks_personal_data_for_a_session_above_low_risk(tmp_path: Path) -> None:
+    """A profile read by a session the engine scores above low (a scripted client with a bearer token and
+    no device proof) comes back with the ID number, phone, address and bank account numbers masked; the same
+    read after a fresh MFA step-up comes back whole (the bundle's mask_personal_data)."""
+    from harness import routes_with_body_kinds
+
+    from gateway.policy.rego import RegoPolicy
+
+    bundle = RegoPolicy.from_directory(Path(__file__).resolve().parent.parent / "policies")
+    async with run_stack(tmp_path, internal_token="risk-facts", routes=routes_with_body_kinds(),
+                         gateway_kwargs={"policy": bundle}) as st, aiohttp.ClientSession() as s:
+        async def profile(headers: dict[str, str]) -> tuple[dict[str, Any], str]:
+            async with s.get(st.url + "/api/accounts/A1", headers=headers) as r:
+                assert r.status == 200, await r.text()
+                return await r.json(), r.headers["X-Request-Id"]
+
+        scripted = {"User-Agent": "curl/8.5.0"}
+        masked, masked_rid = await profile({**st.auth(), **scripted})
+        whole, whole_rid = await profile({**st.auth(acr="urn:portcullis:acr:mfa", amr=("pwd", "otp")), **scripted})
+        await asyncio.sleep(0.05)
+    records = _decisions(tmp_path)
+    assert records[masked_rid]["risk_level"] != "low" and records[whole_rid]["risk_level"] != "low"
+    assert records[masked_rid]["obligations"] == ["mask_fields"] and records[whole_rid]["obligations"] == []
+    assert whole["name"] == masked["name"]  # only the configured fields are masked
+    for field in ("id_number", "phone"):
+        assert masked[field] != whole[field] and masked[field].endswith(whole[field][-4:])
+        assert set(masked[field][:-4]) == {"*"}
+    assert masked["address"] == "****" and whole["address"] != "****"
+    for hidden, shown in zip(masked["bank_accounts"], whole["bank_accounts"], strict=True):
+        assert hidden["number"] == "*" * (len(shown["number"]) - 4) + shown["number"][-4:]
+        assert hidden["id"] == shown["id"]
