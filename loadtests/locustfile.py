@@ -52,6 +52,18 @@ replayed guesses there would feed the account's TOTP lockout. The client never s
 already used (``TotpAuthenticator``), and after an ``otp_replayed`` takes the next step's code.
 ``PORTCULLIS_STEPUP=0`` leaves StepUpUser out.
 
+``EncryptedOrderUser`` (off unless ``PORTCULLIS_ENCRYPTED=1``) places orders in SM4-GCM envelopes
+(docs/CRYPTO.md "Session keys and envelopes") with the sans-I/O ``StepUpClient(envelope=...)`` over
+locust's client (``request_sync``): a device key and a token bound to it, a session key agreed at
+``/auth/session-key`` (``GET session key`` and ``POST session key`` in the stats; agreed again by the
+SDK when spent or refused), then limit buys of 100 shares sealed (``/api/accounts/[account]/orders
+[encrypted]``; the answer is opened and checked) and cancelled again in plaintext.
+``$PORTCULLIS_ENCRYPTED_USERS`` of them (``fixed_count``, default 2): agreements are rate-limited per
+customer (the demo's ``[envelope] burst = 5``, ``per_minute = 6``), so a refused agreement is counted
+as a failure and tried again on the user's next turn. ``$PORTCULLIS_AGREEMENT_KEY`` (base64url of the
+gateway's SM2 agreement public key, what ``GET /auth/session-key`` offers) pins it; without it the
+offered key is trusted on first use. The SDK needs ``gmssl-pyx`` in the locust venv (SM2).
+
 ``BenchUser`` is what ``portcullis bench --tool locust`` drives: one GET of
 ``$PORTCULLIS_BENCH_PATH`` with the headers in ``$PORTCULLIS_BENCH_HEADERS``
 (JSON), paced to ``$PORTCULLIS_BENCH_RATE`` requests/s in total when set.
@@ -60,6 +72,7 @@ Exactly one of the two classes is active, depending on those variables.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -84,7 +97,9 @@ from gateway.client import (  # noqa: E402
     StepUpClient,
     StepUpError,
     TotpAuthenticator,
+    drive_sync,
 )
+from gateway.client.envelope import KeyAgreementError  # noqa: E402
 
 DEFAULT_CLI = str(REPO_ROOT / ".venv" / "bin" / "portcullis")
 
@@ -101,6 +116,12 @@ def _error_code(resp: Any) -> str | None:
     except ValueError:
         return None
     return doc.get("error") if isinstance(doc, dict) else None
+
+
+def _sdk_response(resp: Any) -> HttpResponse:
+    """A FastHttpUser response for the SDK's flows (its header mapping gives (name, value) per key: items)."""
+    headers = dict(resp.headers.items()) if resp.headers is not None else {}
+    return HttpResponse(resp.status_code or 0, resp.content or b"", headers)
 
 
 # Limit orders only on main-board A-shares: lots of 100, 0.01 CNY ticks, +-10% bands.
@@ -268,7 +289,7 @@ class StepUpUser(FastHttpUser):
         """One leg of the flow, under its own name; a status the flow did not expect is a failure."""
         with self.client.request(req.method, req.path, data=req.body, headers=req.headers, name=req.name,
                                  catch_response=True) as resp:
-            out = HttpResponse(resp.status_code or 0, resp.content or b"", dict(resp.headers or {}))
+            out = _sdk_response(resp)
             if resp.status_code in req.expect:
                 resp.success()
             else:
@@ -296,6 +317,68 @@ class StepUpUser(FastHttpUser):
         if order and isinstance(order_id, str):  # give alice's buying power back
             cancel = f"{path}/{order_id}"
             self.client.delete(cancel, headers=self.stepup.headers("DELETE", f"{self.host}{cancel}"),
+                               name="/api/accounts/[account]/orders/[id]")
+
+
+_ENCRYPTED = os.environ.get("PORTCULLIS_ENCRYPTED", "0") == "1"
+ENCRYPTED_ORDER = "/api/accounts/[account]/orders [encrypted]"
+
+
+def _pinned_agreement_key() -> bytes | None:
+    value = os.environ.get("PORTCULLIS_AGREEMENT_KEY", "").strip()
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)) if value else None
+
+
+class EncryptedOrderUser(FastHttpUser):
+    """Orders in SM4-GCM envelopes through the SDK's sans-I/O client (see the module doc)."""
+
+    abstract = _BENCH_PATH is not None or not _ENCRYPTED
+    fixed_count = int(os.environ.get("PORTCULLIS_ENCRYPTED_USERS", "2"))
+    host = "http://127.0.0.1:8080"
+    wait_time = between(0.5, 2.0)
+
+    def on_start(self) -> None:
+        sub = os.environ.get("PORTCULLIS_SUB", "alice")
+        self.account = os.environ.get("PORTCULLIS_ACCOUNT", "A1")
+        device = DeviceKey.generate()  # a session key is bound to the device key and the customer
+        self.sdk = StepUpClient(self.host, _mint_token(device, sub, self.account), None, device=device,
+                                pinned=_pinned_agreement_key())
+        self.rng = random.Random()
+        self.last: dict[str, float] = dict(ORDER_SYMBOLS)
+
+    def send(self, req: HttpRequest) -> HttpResponse:
+        """One leg under its own name; the gateway refusing what it should refuse is not a failure."""
+        with self.client.request(req.method, req.path, data=req.body, headers=req.headers, name=req.name,
+                                 catch_response=True) as resp:
+            out = _sdk_response(resp)
+            if resp.status_code in req.expect or _error_code(resp) in GATEWAY_REFUSALS:
+                resp.success()
+            else:
+                resp.failure(f"status {resp.status_code}: {out.body[:200]!r}")
+            return out
+
+    @tag("trade")
+    @task
+    def place_encrypted_order(self) -> None:
+        if self.sdk.envelope is None:
+            try:
+                drive_sync(self.sdk.agree_session(), self.send)
+            except KeyAgreementError:
+                return  # e.g. 429 rate_limited: already a failure in the stats; again next turn
+        symbol = self.rng.choice(list(ORDER_SYMBOLS))
+        order = {"symbol": symbol, "side": "buy", "qty": 100, "type": "limit",
+                 "price": limit_price(self.last[symbol], self.rng),
+                 "client_order_id": f"enc-{self.rng.getrandbits(48):x}"}
+        path = f"/api/accounts/{self.account}/orders"
+        try:
+            result = self.sdk.request_sync(self.send, "POST", path, order, expect=(201,), name=ENCRYPTED_ORDER)
+        except StepUpError:
+            return  # a challenge (no TOTP here): counted as the gateway's answer, nothing placed
+        placed = result.response.json() if result.response.status == 201 else None  # opened by the SDK
+        order_id = placed.get("order_id") if isinstance(placed, dict) else None
+        if isinstance(order_id, str):  # give the buying power back
+            cancel = f"{path}/{order_id}"
+            self.client.delete(cancel, headers=self.sdk.headers("DELETE", f"{self.host}{cancel}"),
                                name="/api/accounts/[account]/orders/[id]")
 
 
