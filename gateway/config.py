@@ -302,6 +302,30 @@ class EnvelopeConfig:
     roles: tuple[str, ...] = ("client",)
 
 
+DEFAULT_PERSONAL_FIELDS = ("id_number", "phone", "address", "bank_accounts.number", "bank_account_number")
+
+
+@dataclass(frozen=True, slots=True)
+class CryptoConfig:
+    """Field-level encryption of personal data under per-customer keys (gateway/personal_data.py, docs/KEYS.md)."""
+
+    enabled: bool = False
+    master_key_file: Path | None = None
+    """The master key (SM4, a 0600 key file, created if absent); None: ``master_key_env``."""
+    master_key_env: str = "PORTCULLIS_MASTER_KEY"
+    """The environment variable holding the master key (base64) when there is no file."""
+    key_store: str = "state"
+    """Where wrapped data keys live: ``state`` (the shared state store: Redis for several processes) or ``file``."""
+    key_store_file: Path | None = None
+    """The key store file when ``key_store = "file"`` (one machine only)."""
+    fields: tuple[str, ...] = DEFAULT_PERSONAL_FIELDS
+    """JSON paths of personal data, sealed wherever the gateway stores or logs a document holding them."""
+    indexed: tuple[str, ...] = ("id_number", "phone")
+    """Of ``fields``, those that also get an HMAC-SM3 blind index (so compliance can search by them)."""
+    cache_ttl: float = 60.0
+    """Seconds an unwrapped data key is cached per process (an erasure elsewhere is also pushed at once)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CustomerSettingsConfig:
     """The customer security settings API (gateway/settings.py, docs/RISK.md "Customer security settings")."""
@@ -419,6 +443,7 @@ class Config:
     customer_settings: CustomerSettingsConfig = field(default_factory=CustomerSettingsConfig)
     step_up: StepUpConfig = field(default_factory=StepUpConfig)
     envelope: EnvelopeConfig = field(default_factory=EnvelopeConfig)
+    crypto: CryptoConfig = field(default_factory=CryptoConfig)
 
 
 # --------------------------------------------------------------------------
@@ -840,6 +865,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     customer_settings = _customer_settings(top.sub("customer_settings"))
     step_up = _step_up(top.sub("step_up"), base)
     envelope = _envelope(top.sub("envelope"), base)
+    crypto = _crypto(top.sub("crypto"), base)
 
     top.finish()
     return Config(
@@ -865,6 +891,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         customer_settings=customer_settings,
         step_up=step_up,
         envelope=envelope,
+        crypto=crypto,
     )
 
 
@@ -1203,5 +1230,34 @@ def _envelope(t: _Table, base: Path) -> EnvelopeConfig:
         burst=_number(t, "burst", 5.0, minimum=1.0),
         roles=_strs(t, "roles", ["client"]),
     )
+    t.finish()
+    return cfg
+
+
+def _crypto(t: _Table, base: Path) -> CryptoConfig:
+    from gateway.crypto.json_paths import parse_paths
+
+    store = t.get("key_store", str, "state")
+    if store not in ("state", "file"):
+        raise ConfigError(f"{t.key('key_store')}: must be \"state\" or \"file\" (got {store!r})")
+    fields, indexed = _strs(t, "fields", list(DEFAULT_PERSONAL_FIELDS)), _strs(t, "indexed", ["id_number", "phone"])
+    try:
+        parse_paths(fields)
+    except ValueError as exc:
+        raise ConfigError(f"{t.key('fields')}: {exc}") from None
+    if set(indexed) - set(fields):
+        raise ConfigError(f"{t.key('indexed')}: {sorted(set(indexed) - set(fields))} are not among the fields")
+    cfg = CryptoConfig(
+        enabled=t.get("enabled", bool, False),
+        master_key_file=_path(t, "master_key_file", base, None),
+        master_key_env=t.get("master_key_env", str, "PORTCULLIS_MASTER_KEY"),
+        key_store=store,
+        key_store_file=_path(t, "key_store_file", base, None),
+        fields=fields,
+        indexed=indexed,
+        cache_ttl=_number(t, "cache_ttl", 60.0, minimum=0.0),
+    )
+    if store == "file" and cfg.key_store_file is None:
+        raise ConfigError(f"{t.key('key_store_file')}: required when key_store = \"file\"")
     t.finish()
     return cfg

@@ -287,6 +287,8 @@ SESSION_KEY_MISMATCH = _kind("session_key_mismatch", 403,
 ENVELOPE_REPLAYED = _kind("envelope_replayed", 409, "this encrypted message was received before")
 SESSION_KEY_EXPIRED = _kind("session_key_expired", 410,
                             "the session key has expired or sealed its last message: agree a new one")
+PERSONAL_DATA_ERASED = _kind("personal_data_erased", 410,
+                             "this customer's personal data was erased: it can no longer be stored")
 ENCRYPTION_REQUIRED = _kind("encryption_required", 415,
                             "this route accepts only encrypted bodies (application/sm4-gcm+json)")
 RESPONSE_UNENCRYPTABLE = _kind("response_unencryptable", 502,

@@ -57,6 +57,11 @@ class Metrics:
         self.envelopes = Counter(
             "portcullis_envelope_events", "SM4-GCM envelopes and session keys (docs/CRYPTO.md) by event"
             " (session_key_issued, agreement_failed, decrypted, invalid, encrypted)", ["event"], registry=r)
+        self.personal_data = Counter(
+            "portcullis_personal_data_events", "Personal data at rest (docs/KEYS.md) by event: sealed (audit"
+            " records with personal data sealed under the customer's key), masked (could not be sealed: no"
+            " customer, an erased key, the key store down), erased (customer keys destroyed here)", ["event"],
+            registry=r)
         self.in_flight = Gauge("portcullis_in_flight_requests", "Requests being handled", registry=r)
         self.audit_backlog = Gauge("portcullis_audit_backlog", "Audit records not yet durable",
                                    registry=r)
@@ -103,6 +108,9 @@ class Metrics:
 
     def envelope(self, event: str) -> None:
         self._child(self.envelopes, event).inc()
+
+    def personal(self, event: str) -> None:
+        self._child(self.personal_data, event).inc()
 
     def watch_audit(self, backlog: Callable[[], float], failures: Callable[[], float]) -> None:
         self.audit_backlog.set_function(backlog)

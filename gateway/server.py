@@ -44,6 +44,7 @@ from gateway.mfa.sms import SmsSender
 from gateway.netutil import TrustedPeers, client_ip
 from gateway.notify import Notifier, build_notifier
 from gateway.paths import normalise_target
+from gateway.personal_data import PersonalData, SealingSink, build_key_ring
 from gateway.pipeline import Pipeline, Step
 from gateway.policy.engine import BaselinePolicy, PolicyEngine
 from gateway.policy.providers import FactProviders, HttpFactProviders
@@ -178,6 +179,12 @@ class Gateway:
                                       revocations=self.revocations)
         self.device_proofs = DeviceProofs(config.dpop, self.state,
                                           max_path_length=config.gateway.max_path_length)
+        self.personal: PersonalData | None = None
+        if config.crypto.enabled:
+            # Personal data in audit records is sealed under the customer's key (gateway/personal_data.py).
+            self.personal = PersonalData(config.crypto, build_key_ring(config.crypto, self.state), self.state,
+                                         count=self.metrics.personal)
+            self.audit = SealingSink(self.audit, self.personal)
         self.metrics.watch_audit(lambda: self.audit.backlog, lambda: self.audit.failed)
         g = config.gateway
         self._rid_header = g.request_id_header
@@ -208,7 +215,7 @@ class Gateway:
             self.stepups = build_stepups(config.step_up, state=self.state, risk=self.risk, auditor=self._auditor,
                                          phone_on_file=phone if phone is not None else _no_phone,
                                          sms_sender=sms_sender, face=face, clock=clock,
-                                         count=self.metrics.step_up)
+                                         count=self.metrics.step_up, personal=self.personal)
         self._mfa_routes = mfa_routes(config.step_up)
         self._mfa_pipeline = Pipeline(())
         self.session_keys: SessionKeyService | None = None
@@ -447,6 +454,8 @@ class Gateway:
             except (JwksError, OSError) as exc:
                 raise ConfigError(f"issuers: cannot load a JWKS: {exc}") from None
         await self.bundles.start()  # serves the repository's active version before any request
+        if self.personal is not None:
+            await self.personal.start()
         await self.risk.start()
         await self.upstreams.start()
         if self.stepups is not None and self.config.step_up.demo_totp_file is not None:
@@ -508,6 +517,8 @@ class Gateway:
             self.access_log.flush()
         await self.customer_alerts.drain()
         await self.audit.close()
+        if self.personal is not None:
+            await self.personal.stop()
         close_notifier = getattr(self.notifier, "close", None)
         if close_notifier is not None:  # the webhook notifier's connection pool
             await close_notifier()

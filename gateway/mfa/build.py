@@ -7,7 +7,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from biometrics.client import BiometricsClient
 from gateway.config import StepUpConfig
@@ -21,6 +21,9 @@ from gateway.mfa.totp import Totp
 from gateway.risk.engine import RiskEngine
 from gateway.state.base import StateStore
 from gateway.steps.audit import AuditDecision, base_record
+
+if TYPE_CHECKING:
+    from gateway.personal_data import PersonalData
 
 log = logging.getLogger("portcullis.mfa")
 
@@ -50,7 +53,8 @@ def build_face(cfg: StepUpConfig) -> FaceChecks | None:
 def build_stepups(cfg: StepUpConfig, *, state: StateStore, risk: RiskEngine, auditor: AuditDecision,
                   phone_on_file: PhoneOnFile, sms_sender: SmsSender | None = None,
                   face: FaceChecks | None = None, clock: Callable[[], float] = time.time,
-                  count: Callable[[str, str], None] | None = None) -> StepUps:
+                  count: Callable[[str, str], None] | None = None,
+                  personal: PersonalData | None = None) -> StepUps:
     box = (SecretBox.from_file(cfg.secrets_file, create=True) if cfg.secrets_file is not None
            else SecretBox.generate())
     sender = sms_sender if sms_sender is not None else build_sender(cfg)
@@ -73,7 +77,7 @@ def build_stepups(cfg: StepUpConfig, *, state: StateStore, risk: RiskEngine, aud
         ladder=Ladder.build(cfg.levels), store=state, tokens=StepUpTokens(_key(cfg.key_file)),
         totp=Totp(state, box, issuer=cfg.totp_issuer, clock=clock),
         sms=SmsOtp(state, sender or _NoSender(), hmac_key=_key(cfg.sms_key_file), clock=clock),
-        records=FactorRecords(state, box), phone_on_file=phone_on_file,
+        records=FactorRecords(state, box, personal), phone_on_file=phone_on_file,
         face=face if face is not None else build_face(cfg), audit=audit,
         challenge_ttl=cfg.challenge_ttl, token_ttl=cfg.token_ttl, session_ttl=cfg.session_ttl,
         max_attempts=cfg.max_attempts, cooling_off=cfg.cooling_off, face_liveness=cfg.face_liveness,

@@ -21,11 +21,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from gateway.context import RequestContext
+from gateway.crypto.fields import is_sealed
+from gateway.crypto.key_errors import KeyErased, KeyRingError
 from gateway.crypto.secretbox import SecretBox, SecretBoxError
 from gateway.errors import (
     CHALLENGE_EXPIRED,
@@ -34,6 +36,7 @@ from gateway.errors import (
     CHALLENGE_USED,
     METHOD_NOT_OFFERED,
     NO_STEP_UP_METHOD,
+    PERSONAL_DATA_ERASED,
     PHONE_UNKNOWN,
     STEP_UP_REQUIRED,
     GatewayError,
@@ -46,6 +49,9 @@ from gateway.mfa.tokens import HEADER, StepUpClaims, StepUpTokens
 from gateway.mfa.totp import Totp
 from gateway.policy.engine import StepUp
 from gateway.state.base import StateStore
+
+if TYPE_CHECKING:
+    from gateway.personal_data import PersonalData
 
 log = logging.getLogger("portcullis.mfa")
 
@@ -92,40 +98,59 @@ class Factors:
 class FactorRecords:
     """The gateway's own factor records: the SMS phone (sealed) and the face enrolment time.
 
-    TOTP secrets are kept by totp.py; face templates by the face service.
+    The phone is sealed twice: the record under the step-up secrets box, and, with ``[crypto]`` on, the
+    number inside it under the customer's own data key (gateway/personal_data.py), so erasing that key
+    erases the number too. TOTP secrets are kept by totp.py; face templates by the face service.
     """
 
-    def __init__(self, store: StateStore, box: SecretBox) -> None:
+    def __init__(self, store: StateStore, box: SecretBox, personal: PersonalData | None = None) -> None:
         self._store = store
         self._box = box
+        self._personal = personal
+
+    async def _pack(self, sub: str, label: str, phone: str, now: float) -> bytes:
+        value: Any = phone
+        if self._personal is not None:
+            try:
+                value = await self._personal.seal(sub, "mfa_phone", phone)
+            except KeyErased:
+                raise GatewayError(PERSONAL_DATA_ERASED) from None
+        return self._box.seal(orjson.dumps({"phone": value, "at": now}), f"{label}:{sub}".encode())
+
+    async def _unpack(self, sub: str, label: str, raw: bytes) -> tuple[str, float] | None:
+        try:
+            doc = orjson.loads(self._box.open(raw, f"{label}:{sub}".encode()))
+            phone, at = doc["phone"], float(doc["at"])
+        except (SecretBoxError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.error("mfa_phone_record_unreadable")
+            return None
+        if is_sealed(phone):
+            if self._personal is None:
+                log.error("mfa_phone_record_sealed_but_crypto_off")
+                return None
+            try:
+                phone = await self._personal.open(sub, "mfa_phone", phone)
+            except KeyErased:
+                return None  # erased with the customer's key: no phone
+            except KeyRingError:
+                log.error("mfa_phone_record_unreadable")
+                return None
+        return str(phone), at
 
     async def phone(self, sub: str) -> tuple[str, float] | None:
         raw = await self._store.get(f"mfa:phone:{sub}")
-        if raw is None:
-            return None
-        try:
-            doc = orjson.loads(self._box.open(raw, f"phone:{sub}".encode()))
-        except (SecretBoxError, orjson.JSONDecodeError):
-            log.error("mfa_phone_record_unreadable")
-            return None
-        return str(doc["phone"]), float(doc["at"])
+        return None if raw is None else await self._unpack(sub, "phone", raw)
 
     async def set_phone(self, sub: str, phone: str, now: float) -> None:
-        sealed = self._box.seal(orjson.dumps({"phone": phone, "at": now}), f"phone:{sub}".encode())
-        await self._store.set(f"mfa:phone:{sub}", sealed)
+        await self._store.set(f"mfa:phone:{sub}", await self._pack(sub, "phone", phone, now))
 
     async def pending_phone(self, sub: str) -> str | None:
         raw = await self._store.get(f"mfa:phone-pending:{sub}")
-        if raw is None:
-            return None
-        try:
-            return str(orjson.loads(self._box.open(raw, f"phone-pending:{sub}".encode()))["phone"])
-        except (SecretBoxError, orjson.JSONDecodeError, KeyError, TypeError):
-            return None
+        got = None if raw is None else await self._unpack(sub, "phone-pending", raw)
+        return got[0] if got is not None else None
 
     async def set_pending_phone(self, sub: str, phone: str, now: float, ttl: float = 600.0) -> None:
-        sealed = self._box.seal(orjson.dumps({"phone": phone, "at": now}), f"phone-pending:{sub}".encode())
-        await self._store.set(f"mfa:phone-pending:{sub}", sealed, ttl)
+        await self._store.set(f"mfa:phone-pending:{sub}", await self._pack(sub, "phone-pending", phone, now), ttl)
 
     async def clear_pending_phone(self, sub: str) -> None:
         await self._store.delete(f"mfa:phone-pending:{sub}")

@@ -296,6 +296,10 @@ class SmsOtp:
     def _digest(self, purpose: str, code: str) -> str:
         return hmac.new(self._key, purpose.encode() + b"\x00" + code.encode(), hashlib.sha256).hexdigest()
 
+    def _phone_tag(self, phone: str) -> str:
+        """The phone's name in the state store's keys: a keyed hash, never the number (personal data)."""
+        return hmac.new(self._key, b"phone\x00" + phone.encode(), hashlib.sha256).hexdigest()[:32]
+
     async def send(self, purpose: str, phone: str, *, ip: str) -> SentCode:
         """Send a fresh code for ``purpose`` to ``phone``, replacing the purpose's previous code."""
         phone = normalise_phone(phone)
@@ -309,7 +313,8 @@ class SmsOtp:
             # Over by our clock though the key lives on (its TTL runs on the store's clock): take it.
             await self._store.set(cooldown_key, repr(resend_after).encode(), ttl=self._cooldown)
         async with self._store.batch() as b:
-            by_phone = b.token_bucket(f"mfa:sms:phone:{phone}", self._per_phone[0] / self._per_phone[1],
+            by_phone = b.token_bucket(f"mfa:sms:phone:{self._phone_tag(phone)}",
+                                      self._per_phone[0] / self._per_phone[1],
                                       self._per_phone[0], now)
             by_ip = b.token_bucket(f"mfa:sms:ip:{ip}", self._per_ip[0] / self._per_ip[1], self._per_ip[0], now)
         refused = [wait for allowed, wait in (by_phone.value, by_ip.value) if not allowed]
