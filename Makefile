@@ -35,7 +35,7 @@ typecheck: $(STAMP)
 # locust monkey-patches sockets: it gets its own venv and never enters the gateway's process.
 .venv-load/.installed:
 	$(PYTHON) -m venv .venv-load
-	.venv-load/bin/pip install -q --disable-pip-version-check 'locust>=2.30,<3' 'cryptography>=44'
+	.venv-load/bin/pip install -q --disable-pip-version-check 'locust>=2.30,<3' 'cryptography>=44' 'gmssl-pyx==2.1.0'
 	@touch $@
 
 loadtest-deps: .venv-load/.installed
