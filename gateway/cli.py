@@ -382,6 +382,46 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_keys_agreement(args: argparse.Namespace) -> int:
+    """``keys agreement rotate|list|retire``: the gateway's SM2 agreement keys ([envelope] agreement_key_file)."""
+    from datetime import UTC, datetime
+
+    from gateway.crypto.session import b64e
+    from gateway.envelope import AgreementKeyRefused, agreement_key_infos, retire_agreement_key, rotate_agreement_key
+
+    cfg = load_config(args.config).envelope
+    path = cfg.agreement_key_file
+    if path is None:
+        print(f"portcullis keys agreement: {args.config} sets no [envelope] agreement_key_file: each gateway "
+              f"process draws its own agreement key at start, there is no file to rotate", file=sys.stderr)
+        return 2
+    keep = cfg.max_age + cfg.window  # how long a key stays after it stops being current (docs/KEYS.md)
+    now = time.time()
+
+    def utc(t: float | None) -> str:
+        return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    action = args.agreement_command
+    if action == "rotate":
+        kid, public = rotate_agreement_key(path, now=now)
+        print(f"agreement key {kid} is now current in {path}; gateways offer it within a few seconds, "
+              f"older keys are kept: retire them after {keep:g} s (max_age + window)")
+        print(f"public key (base64url, 65 bytes; for clients that pin it): {b64e(public)}")
+    elif action == "list":
+        print(f"{'kid':<16} {'created (UTC)':<20} {'current':<7} {'superseded (UTC)':<20} may retire from (UTC)")
+        for r in agreement_key_infos(path, keep=keep):
+            print(f"{r.kid:<16} {utc(r.created):<20} {'yes' if r.current else '':<7} {utc(r.superseded):<20} "
+                  f"{'-' if r.current else utc(r.retire_from)}")
+    elif action == "retire":
+        try:
+            retire_agreement_key(path, args.kid, keep=keep, now=now, force=args.force)
+        except AgreementKeyRefused as exc:
+            print(f"portcullis keys agreement: {exc}", file=sys.stderr)
+            return 2
+        print(f"agreement key {args.kid} removed from {path}; gateways drop it within a few seconds")
+    return 0
+
+
 def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--master-file", default=os.environ.get("PORTCULLIS_MASTER_FILE",
@@ -406,6 +446,22 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ke.add_argument("sub", help="the customer id (token sub)")
     ke.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
     k.set_defaults(func=cmd_keys)
+
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default=os.environ.get("PORTCULLIS_CONFIG", str(EXAMPLE_CONFIG)),
+                        help="the gateway's TOML configuration (default $PORTCULLIS_CONFIG or "
+                             "examples/portcullis.toml); its [envelope] agreement_key_file, max_age, window")
+    ka = k_sub.add_parser("agreement", help="the gateway's SM2 agreement keys (/auth/session-key)")
+    ka_sub = ka.add_subparsers(dest="agreement_command", required=True)
+    ka_sub.add_parser("rotate", parents=[config], help="a fresh current key (older ones kept); prints its id and "
+                                                       "public key, never private material")
+    ka_sub.add_parser("list", parents=[config], help="key ids, created, which is current, when each may be retired")
+    kt = ka_sub.add_parser("retire", parents=[config],
+                           help="remove a key that stopped being current at least max_age + window ago")
+    kt.add_argument("kid", help="the agreement key id (ak-...)")
+    kt.add_argument("--force", action="store_true",
+                    help="remove it even if it was current recently (a compromised key; in-flight agreements fail)")
+    ka.set_defaults(func=cmd_keys_agreement)
 
 
 def build_parser() -> argparse.ArgumentParser:
