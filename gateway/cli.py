@@ -386,8 +386,13 @@ def cmd_keys_agreement(args: argparse.Namespace) -> int:
     """``keys agreement rotate|list|retire``: the gateway's SM2 agreement keys ([envelope] agreement_key_file)."""
     from datetime import UTC, datetime
 
+    from gateway.agreement_keys import (
+        AgreementKeyRefused,
+        agreement_key_infos,
+        retire_agreement_key,
+        rotate_agreement_key,
+    )
     from gateway.crypto.session import b64e
-    from gateway.envelope import AgreementKeyRefused, agreement_key_infos, retire_agreement_key, rotate_agreement_key
 
     cfg = load_config(args.config).envelope
     path = cfg.agreement_key_file

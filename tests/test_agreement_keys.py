@@ -16,12 +16,7 @@ from harness import OffsetClock, gateway_config
 from test_cli import _write_toml
 from test_envelope import Customer, envelope_stack
 
-from gateway.cli import main
-from gateway.client.envelope import agree
-from gateway.crypto.session import b64e
-from gateway.crypto.sm2 import Sm2PrivateKey, Sm2PublicKey
-from gateway.demo_keys import ensure_demo_keys
-from gateway.envelope import (
+from gateway.agreement_keys import (
     RELOAD_INTERVAL,
     AgreementKeyRefused,
     AgreementKeys,
@@ -29,6 +24,11 @@ from gateway.envelope import (
     retire_agreement_key,
     rotate_agreement_key,
 )
+from gateway.cli import main
+from gateway.client.envelope import agree
+from gateway.crypto.session import b64e
+from gateway.crypto.sm2 import Sm2PrivateKey, Sm2PublicKey
+from gateway.demo_keys import ensure_demo_keys
 
 MAX_AGE, WINDOW = 600, 60
 KEEP = MAX_AGE + WINDOW
@@ -240,7 +240,7 @@ def test_a_corrupted_file_after_rotation_keeps_the_old_keys(tmp_path: Path,
     rotate_agreement_key(path, now=2000.0)
     secret = path.read_text()
     path.write_text(secret[: len(secret) // 2])  # a torn copy, mode still 0600
-    with caplog.at_level(logging.WARNING, logger="portcullis.envelope"):
+    with caplog.at_level(logging.WARNING, logger="portcullis.agreement_keys"):
         clock.tick()
         assert not keys.refresh()
         clock.tick()
@@ -259,7 +259,7 @@ def test_a_group_readable_file_after_rotation_keeps_the_old_keys(tmp_path: Path,
     old = keys.current
     new, _ = rotate_agreement_key(path, now=2000.0)
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="portcullis.envelope"):
+    with caplog.at_level(logging.WARNING, logger="portcullis.agreement_keys"):
         clock.tick()
         assert not keys.refresh()
     assert keys.current == old and keys.ids == [old]

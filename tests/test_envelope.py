@@ -427,7 +427,7 @@ def test_the_agreement_key_file_is_created_once_and_refused_when_others_may_read
     import os
     import stat
 
-    from gateway.envelope import AgreementKeys
+    from gateway.agreement_keys import AgreementKeys
     from gateway.errors import ConfigError
 
     path = tmp_path / "agreement.json"

@@ -25,13 +25,11 @@ import binascii
 import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from gateway.crypto.key_errors import KeyStoreError
-from gateway.crypto.keyfile import KeyFileError, read_private
+from gateway.crypto.keyfile import KeyFileError, locked, read_private, replace_private
 
 __all__ = ["FileKeyStore", "KeyStore", "KeyStoreError", "MemoryKeyStore"]
 
@@ -114,39 +112,11 @@ class FileKeyStore:
 
     def _write(self, records: dict[str, bytes]) -> None:
         doc = {name: base64.b64encode(value).decode("ascii") for name, value in sorted(records.items())}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # mkstemp creates the file with mode 0600; replace() keeps that mode.
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                json.dump(doc, f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        replace_private(self.path, (json.dumps(doc, indent=1) + "\n").encode("ascii"))
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         """An exclusive advisory lock for a read-modify-write (other processes included)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                import fcntl
-            except ImportError:  # not POSIX: one process at a time is the caller's business
-                yield
-                return
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        return locked(self.path)
 
     # -- KeyStore ------------------------------------------------------------------
 
