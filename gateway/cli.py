@@ -15,11 +15,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import Config
 from gateway.config import load as load_config
 from gateway.demo_keys import DEMO_ISSUER, TOTP_FILE, DemoKeys
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.crypto.keyring import KeyRing
+    from gateway.personal_data import PersonalData
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INTERNAL_TOKEN_ENV = "PORTCULLIS_BACKEND_INTERNAL_TOKEN"
@@ -323,8 +328,6 @@ KEYS_DIR = REPO_ROOT / "var" / "keys"
 
 
 async def _keys_run(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
     from gateway.crypto.keyring import KeyRing, LocalKms
     from gateway.crypto.keystore import FileKeyStore
 
@@ -342,8 +345,41 @@ async def _keys_run(args: argparse.Namespace) -> int:
         kms = LocalKms.from_file(path, create=True)
         print(f"master key {kms.key_id} written to {path} (mode 0600); back it up apart from the key store")
         return 0
+    if args.gateway_config:
+        return await _keys_with_gateway_config(args)
     kms = LocalKms.from_env(args.master_env) if args.master_env else LocalKms.from_file(args.master_file)
     ring = KeyRing(kms, FileKeyStore(args.store))
+    return await _keys_act(args, ring, None)
+
+
+async def _keys_with_gateway_config(args: argparse.Namespace) -> int:
+    """The ring the gateways use ([crypto]: master key and key store, Redis for a fleet); an erasure is
+    published so every running process drops its cached copy of the key at once."""
+    from gateway.personal_data import PersonalData, build_key_ring
+    from gateway.state import build_store
+
+    cfg = load_config(args.gateway_config)
+    if not cfg.crypto.enabled:
+        print(f"portcullis keys: {args.gateway_config} has no [crypto] enabled = true", file=sys.stderr)
+        return 2
+    if cfg.crypto.key_store == "state" and cfg.state.backend == "memory":
+        print(f"portcullis keys: {args.gateway_config} keeps its keys in a memory state store, inside the "
+              f"gateway process: use a redis [state] (or [crypto] key_store = \"file\")", file=sys.stderr)
+        return 2
+    state = build_store(cfg.state)
+    try:
+        personal = PersonalData(cfg.crypto, build_key_ring(cfg.crypto, state), state)
+        return await _keys_act(args, personal.ring, personal)
+    finally:
+        await state.close()
+
+
+async def _keys_act(args: argparse.Namespace, ring: KeyRing, personal: PersonalData | None) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.crypto.fields import FieldCipher
+
+    action = args.keys_command
     if action == "create":
         info = await ring.create(args.purpose, size=args.size)
         print(f"purpose {info.purpose}: key {info.kid} created ({info.size} bytes), current")
@@ -363,9 +399,20 @@ async def _keys_run(args: argparse.Namespace) -> int:
             print(f"portcullis keys: erase-customer destroys the data key of {args.sub!r}: all of their "
                   f"encrypted personal data becomes unreadable for good; add --yes to do it", file=sys.stderr)
             return 2
-        had = await ring.erase_customer(args.sub)
+        had = await (personal.erase(args.sub) if personal is not None else ring.erase_customer(args.sub))
+        told = ("running gateways were told to drop their cached copy" if personal is not None
+                else "replicas drop their cached copy within their cache TTL")
         print(f"customer {args.sub!r}: data key {'destroyed' if had else 'absent; marked erased'}; "
-              f"replicas drop their cached copy within their cache TTL; purge key store backups too")
+              f"{told}; purge key store backups too")
+    elif action == "search-term":
+        cipher = personal.cipher if personal is not None else FieldCipher(ring, ["value"], indexed=["value"])
+        terms = await cipher.search_terms(args.value)
+        if not terms:
+            print("(no blind-index key yet: nothing was indexed)", file=sys.stderr)
+            return 1
+        print("index key  blind index (match a sealed field's bik and bi)")
+        for kid, term in terms.items():
+            print(f"{kid:<10} {term}")
     return 0
 
 
@@ -437,6 +484,9 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     common.add_argument("--store", default=os.environ.get("PORTCULLIS_KEY_STORE", str(KEYS_DIR / "keyring.json")),
                         help="key store file of wrapped data keys (default $PORTCULLIS_KEY_STORE or "
                              "var/keys/keyring.json)")
+    common.add_argument("--config", dest="gateway_config", metavar="FILE",
+                        help="use the key ring of this gateway configuration ([crypto]: its master key and key "
+                             "store, e.g. Redis) instead of --master-file/--store; erasures reach running gateways")
     k = sub.add_parser("keys", help="the key ring: master key, data keys by purpose, customer erasure")
     k_sub = k.add_subparsers(dest="keys_command", required=True)
     k_sub.add_parser("init", parents=[common], help="create the master key file (mode 0600); never overwrites")
@@ -450,6 +500,9 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                           help="destroy a customer's data key (PIPL erasure): their encrypted data becomes unreadable")
     ke.add_argument("sub", help="the customer id (token sub)")
     ke.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    ks = k_sub.add_parser("search-term", parents=[common],
+                          help="the blind index of a value under each index key (search sealed fields by it)")
+    ks.add_argument("value", help="e.g. an ID number or phone number (normalised: case, spaces, dashes)")
     k.set_defaults(func=cmd_keys)
 
     config = argparse.ArgumentParser(add_help=False)

@@ -204,3 +204,65 @@ async def test_a_gateway_with_crypto_on_seals_personal_data_in_its_audit_trail(
     assert PHONE not in json.dumps(list(records.values()))
     assert 'portcullis_personal_data_events_total{event="sealed"} 1.0' in metrics
     assert "customer/alice" in await StateKeyStore(redis_store).names("customer/")
+
+
+# -- portcullis keys --config: the gateways' own ring ---------------------------------------------
+
+
+async def test_keys_with_the_gateway_config_erase_everywhere_and_find_search_terms(
+        tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    import subprocess
+    import sys
+
+    from gateway.demo_keys import ensure_demo_keys
+    from tests.harness import gateway_config
+    from tests.test_cli import _write_toml
+
+    crypto = {"enabled": True, "master_key_file": str(tmp_path / "master.key")}
+    state = {"backend": "redis", "url": redis_url, "prefix": redis_prefix, "timeout": 2.0}
+    data = gateway_config(ensure_demo_keys(tmp_path / "keys"), tmp_path, "http://127.0.0.1:9", crypto=crypto,
+                          state=state)
+    config = tmp_path / "gateway.toml"
+    _write_toml(config, data)
+    store = RedisStore(redis_url, redis_prefix, timeout=2.0)
+    running = await _personal(tmp_path, store)  # a running gateway's ring, listening for erasures
+    await running.start()
+    try:
+        doc = {"phone": PHONE, "id_number": ID_NUMBER}
+        await running.seal_fields(doc, "alice")
+
+        def keys(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "gateway", "keys", *args, "--config", str(config)],
+                                  capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+                                  timeout=60)
+
+        found = await asyncio.to_thread(keys, "search-term", "+86 138-0013-8000")
+        assert found.returncode == 0, found.stderr
+        assert doc["phone"]["bi"] in found.stdout and doc["phone"]["bik"] in found.stdout
+        erased = await asyncio.to_thread(keys, "erase-customer", "alice", "--yes")
+        assert erased.returncode == 0 and "destroyed" in erased.stdout and "were told" in erased.stdout
+        for _ in range(200):  # the running ring was told; its cache entry would otherwise live 60 s
+            try:
+                await running.open_fields(json.loads(json.dumps(doc)), "alice")
+            except KeyErased:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the running gateway still opened alice's data after the command erased her key")
+        assert PHONE not in found.stdout + erased.stdout + found.stderr + erased.stderr
+    finally:
+        await running.stop()
+        await store.close()
+
+
+def test_keys_with_a_gateway_config_on_memory_state_is_refused(tmp_path: Path) -> None:
+    from gateway.cli import main
+    from gateway.demo_keys import ensure_demo_keys
+    from tests.harness import gateway_config
+    from tests.test_cli import _write_toml
+
+    crypto = {"enabled": True, "master_key_file": str(tmp_path / "master.key")}
+    config = tmp_path / "gateway.toml"
+    _write_toml(config, gateway_config(ensure_demo_keys(tmp_path / "keys"), tmp_path, "http://127.0.0.1:9",
+                                       crypto=crypto))
+    assert main(["keys", "erase-customer", "alice", "--yes", "--config", str(config)]) == 2
