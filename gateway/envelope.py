@@ -60,6 +60,7 @@ from gateway.crypto.session import (
     confirm_tag,
     derive,
     new_key_id,
+    open_bodiless,
     open_request,
     seal_response,
     transcript,
@@ -321,21 +322,31 @@ class Decrypt:
 
     def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
         if not is_envelope(ctx.headers.get("Content-Type", "")):
-            if ctx.route.encryption == "required" and ctx.body:
-                raise GatewayError(ENCRYPTION_REQUIRED)
-            return None
+            if ENVELOPE_HEADER not in ctx.headers:
+                if ctx.route.encryption == "required" and ctx.body:
+                    raise GatewayError(ENCRYPTION_REQUIRED)
+                return None
+            # A request without a body, sealed in the header (a GET of personal data): its answer is sealed.
+            if self._s is None or ctx.route.encryption == "off":
+                raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "encrypted requests are not accepted here")
+            if ctx.body or ctx.stream is not None:
+                raise GatewayError(ENVELOPE_MALFORMED, f"a body is sent sealed as {ENVELOPE_TYPE}")
+            return self._open(ctx, self._s, bodiless=True)
         if self._s is None or ctx.route.encryption == "off":
             raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "encrypted payloads are not accepted here")
         if ctx.body is None:
             raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "encrypted bodies are accepted on trade, transfer and"
                                                        " admin routes")
-        return self._open(ctx, self._s)
+        return self._open(ctx, self._s, bodiless=False)
 
-    async def _open(self, ctx: RequestContext, service: SessionKeyService) -> None:
+    async def _open(self, ctx: RequestContext, service: SessionKeyService, *, bodiless: bool) -> None:
         try:
             h = EnvelopeHeader.parse(ctx.headers.get(ENVELOPE_HEADER))
         except EnvelopeError as exc:
             raise GatewayError(ENVELOPE_MALFORMED, str(exc)) from None
+        if (h.tag is None) == bodiless:
+            raise GatewayError(ENVELOPE_MALFORMED, "tag= goes in the header of a request without a body, and"
+                                                   " only there")
         now = self._clock()
         if abs(now - h.ts) > service.cfg.window:
             raise GatewayError(ENVELOPE_STALE)
@@ -348,20 +359,29 @@ class Decrypt:
         if subject is None or subject.sub != record.sub or ctx.device_id != record.jkt:
             raise GatewayError(SESSION_KEY_MISMATCH)
         target = ctx.path + ("?" + ctx.query if ctx.query else "")
+        plaintext = b""
         try:
-            plaintext = open_request(record.keys, ctx.method, target, h, ctx.body or b"")
+            if bodiless:
+                open_bodiless(record.keys, ctx.method, target, h)
+            else:
+                plaintext = open_request(record.keys, ctx.method, target, h, ctx.body or b"")
         except InvalidTag:
             self._count("invalid")
             raise GatewayError(ENVELOPE_INVALID) from None
         service.admit(ctx, h.kid, h.mid, record.max_messages)  # checked at the next state round
+        if not bodiless:
+            self._use(ctx, plaintext)
+        ctx.envelope = Opened(h, record.keys)
+        self._count("decrypted")
+
+    @staticmethod
+    def _use(ctx: RequestContext, plaintext: bytes) -> None:
         if ctx.route.json_body and plaintext:
             try:
                 ctx.json_body = orjson.loads(plaintext)
             except orjson.JSONDecodeError:
                 raise GatewayError(INVALID_JSON, "the decrypted body is not valid JSON") from None
         ctx.body = plaintext
-        ctx.envelope = Opened(h, record.keys)
-        self._count("decrypted")
 
 
 class EncryptResponse:

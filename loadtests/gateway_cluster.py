@@ -104,6 +104,9 @@ def gateway_config(tmp: Path, name: str, keys: DemoKeys, *, backend_url: str, in
     cfg["policy_admin"].update({"repository": "memory", "officers": [OFFICER]})
     cfg["notifier"] = {"sink": "file", "path": str(tmp / name / "notifications.jsonl")}
     cfg.setdefault("dpop", {})["origins"] = []  # DPoP proofs name the port the system chose
+    # Key files every process of the cluster shares (session keys agreed on one open on the others).
+    cfg["envelope"].update(agreement_key_file=str(tmp / "sm2-agreement.json"), key_file=str(tmp / "session-keys.key"))
+    cfg["crypto"]["master_key_file"] = str(tmp / "master.key")
     return cfg
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from gateway.client import DeviceKey, HttpResponse, StepUpClient, aiohttp_send
 from gateway.client.envelope import ENVELOPE_HEADER, ENVELOPE_TYPE, EnvelopeSession, KeyAgreementError, agree
-from gateway.crypto.session import EnvelopeHeader, b64e, seal_request
+from gateway.crypto.session import EnvelopeHeader, b64e, seal_bodiless, seal_request
 from gateway.crypto.sm2 import Sm2PrivateKey
 from gateway.policy.rego import RegoPolicy
 from gateway.state.redis import RedisStore
@@ -40,6 +40,7 @@ decision := {"allow": true, "deny": [], "step_up": null, "obligations": {}} if {
 ORDER = {"symbol": "601318.SH", "side": "buy", "qty": 100, "price": 57.2, "type": "limit"}
 ORDERS = "/api/accounts/A1/orders"
 TRANSFERS = "/api/accounts/A1/transfers"
+PROFILE = "/api/accounts/A1"
 
 
 @asynccontextmanager
@@ -301,6 +302,54 @@ async def test_an_encrypted_order_costs_no_more_state_round_trips_than_a_plainte
             assert result.response.status == 201, result.response.body
             costs[name] = counting.count() - before
     assert costs["encrypted"] == costs["plaintext"] == 2, costs  # the design budget on a trade route
+
+
+async def test_a_read_sealed_in_the_header_is_answered_sealed(tmp_path: Path) -> None:
+    async with envelope_stack(tmp_path) as stack, aiohttp.ClientSession() as http:
+        me = Customer(stack, http)
+        session = await me.agree()
+        result = await me.client.request(aiohttp_send(http), "GET", PROFILE, None, expect=(200,))
+        assert result.response.status == 200, result.response.body
+        assert result.response.headers["Content-Type"].startswith(ENVELOPE_TYPE)  # the profile travelled sealed
+        assert result.response.json()["account"] == "A1"  # opened by the SDK
+        assert session.sent == 1
+        url = stack.url + PROFILE
+
+        async def get(headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+            async with http.get(url, headers={**me.headers("GET", url), **headers}) as r:
+                raw = await r.read()
+                return r.status, json.loads(raw) if r.content_type == "application/json" else {}
+
+        h = seal_bodiless(session.keys, session.key_id, "GET", PROFILE, ts=int(time.time()))
+        first, again = await get(_headers_only(h)), await get(_headers_only(h))
+        assert first[0] == 200 and (again[0], again[1]["error"]) == (409, "envelope_replayed")
+        other = seal_bodiless(session.keys, session.key_id, "GET", "/api/accounts/A1/positions", ts=int(time.time()))
+        cases = [
+            ("sealed for another path", _headers_only(other), 400, "envelope_invalid"),
+            ("flipped tag bit", _headers_only(_fresh(session), tag_flip=True), 400, "envelope_invalid"),
+            ("no tag", {ENVELOPE_HEADER: _fresh(session).render().rsplit("; tag=", 1)[0]}, 400,
+             "envelope_malformed"),
+            ("an hour old", _headers_only(seal_bodiless(session.keys, session.key_id, "GET", PROFILE,
+                                                        ts=int(time.time()) - 3600)), 400, "envelope_stale"),
+        ]
+        for what, headers, status, code in cases:
+            got_status, doc = await get(headers)
+            assert (got_status, doc.get("error")) == (status, code), what
+        # A body sealed with a tag in its header is malformed too: the tag belongs to bodiless requests.
+        h2, sealed = _sealed(session)
+        tagged = EnvelopeHeader(h2.kid, h2.iv, h2.mid, h2.ts, tag=b"\0" * 16)
+        got = await me.post_sealed(ORDERS, sealed, _headers(tagged))
+        assert (got[0], got[1]["error"]) == (400, "envelope_malformed")
+
+
+def _fresh(session: EnvelopeSession) -> EnvelopeHeader:
+    return seal_bodiless(session.keys, session.key_id, "GET", PROFILE, ts=int(time.time()))
+
+
+def _headers_only(h: EnvelopeHeader, *, tag_flip: bool = False) -> dict[str, str]:
+    if tag_flip and h.tag is not None:
+        h = EnvelopeHeader(h.kid, h.iv, h.mid, h.ts, tag=h.tag[:-1] + bytes([h.tag[-1] ^ 1]))
+    return {ENVELOPE_HEADER: h.render()}
 
 
 async def test_plaintext_to_an_encryption_required_route_is_refused(tmp_path: Path) -> None:

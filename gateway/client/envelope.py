@@ -36,6 +36,7 @@ from gateway.crypto.session import (
     confirm_tag,
     derive,
     open_response,
+    seal_bodiless,
     seal_request,
     transcript,
 )
@@ -71,10 +72,18 @@ class EnvelopeSession:
     def spent(self) -> bool:
         return self.sent >= self.max_messages or self._clock() >= self.expires_at - self.margin
 
-    def seal(self, method: str, target: str, body: bytes) -> tuple[dict[str, str], bytes, EnvelopeHeader]:
-        """The headers and sealed body of one request to ``target`` (path and query, as sent)."""
-        h, sealed = seal_request(self.keys, self.key_id, method, target, body, ts=int(self._clock()))
+    def seal(self, method: str, target: str,
+             body: bytes | None) -> tuple[dict[str, str], bytes | None, EnvelopeHeader]:
+        """The headers and sealed body of one request to ``target`` (path and query, as sent).
+
+        ``body`` None: a request without a body (a GET), sealed in the header alone; its answer comes
+        back sealed all the same."""
+        ts = int(self._clock())
         self.sent += 1
+        if body is None:
+            h = seal_bodiless(self.keys, self.key_id, method, target, ts=ts)
+            return {ENVELOPE_HEADER: h.render()}, None, h
+        h, sealed = seal_request(self.keys, self.key_id, method, target, body, ts=ts)
         return {"Content-Type": ENVELOPE_TYPE, ENVELOPE_HEADER: h.render()}, sealed, h
 
     def open(self, status: int, headers: Mapping[str, str], body: bytes, request: EnvelopeHeader) -> bytes:

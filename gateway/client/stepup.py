@@ -249,7 +249,7 @@ class StepUpClient:
         url = self.base_url + path
         headers = self.headers(method, url, step_up)  # the proof's htu leaves the query out
         sealed = None
-        if body is not None and self.envelope is not None and not path.startswith("/auth/"):
+        if self.envelope is not None and not path.startswith("/auth/"):  # bodiless requests too (a GET)
             extra, body, sealed = self.envelope.seal(method, path, body)
             headers.update(extra)
         elif body is not None:

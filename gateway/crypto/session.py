@@ -28,6 +28,13 @@ be moved to another route, replayed under another message id or aged. A
 response is sealed under ``s2c`` with a fresh IV, its associated data binding
 the status, the inner content type, the key id and the request's message id
 (:func:`response_aad`), so it cannot be swapped with another response.
+
+A request without a body (a GET of a profile, a DELETE) is sealed the same way
+with an empty plaintext: its 16-byte tag (a GMAC over the same associated data)
+travels in the header instead of a body, ``...; ts=<unix seconds>; tag=<16
+bytes, base64url>``, and no ``Content-Type`` is sent (:func:`seal_bodiless`).
+The gateway checks it like any envelope (replay, age, key) and seals the
+response, so a read of personal data comes back encrypted too.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from gateway.crypto.sm4_gcm import IV_SIZE, TAG_SIZE, InvalidTag, decrypt, encry
 __all__ = [
     "CLIENT_RANDOM_SIZE", "ENVELOPE_HEADER", "ENVELOPE_TYPE", "EnvelopeError", "EnvelopeHeader", "InvalidTag",
     "SessionKeys", "b64d", "b64e", "confirm_tag", "derive", "open_request", "open_response", "request_aad",
-    "response_aad", "seal_request", "seal_response", "transcript",
+    "open_bodiless", "response_aad", "seal_bodiless", "seal_request", "seal_response", "transcript",
 ]
 
 ENVELOPE_TYPE = "application/sm4-gcm+json"
@@ -119,6 +126,8 @@ class EnvelopeHeader:
     ts: int
     type: str | None = None
     """Responses: the media type of the plaintext."""
+    tag: bytes | None = None
+    """Requests without a body: the tag of the sealed empty plaintext (:func:`seal_bodiless`)."""
 
     def render(self) -> str:
         parts = [f"kid={self.kid}", f"iv={b64e(self.iv)}", f"mid={self.mid}"]
@@ -126,6 +135,8 @@ class EnvelopeHeader:
             parts.append(f"type={self.type}")
         else:
             parts.append(f"ts={self.ts}")
+        if self.tag is not None:
+            parts.append(f"tag={b64e(self.tag)}")
         return "; ".join(parts)
 
     @classmethod
@@ -141,8 +152,11 @@ class EnvelopeHeader:
                 raise EnvelopeError(f"the {ENVELOPE_HEADER} header is malformed")
             fields[name.lower()] = val.strip()
         wanted = {"kid", "iv", "mid", "type"} if response else {"kid", "iv", "mid", "ts"}
+        if not response and "tag" in fields:
+            wanted.add("tag")
         if set(fields) != wanted:
-            raise EnvelopeError(f"the {ENVELOPE_HEADER} header needs exactly {', '.join(sorted(wanted))}")
+            raise EnvelopeError(f"the {ENVELOPE_HEADER} header needs exactly {', '.join(sorted(wanted))}"
+                                + ("" if response else " (and tag, on a request without a body)"))
         if _KID.fullmatch(fields["kid"]) is None:
             raise EnvelopeError("kid is malformed")
         if _MID.fullmatch(fields["mid"]) is None:
@@ -155,7 +169,8 @@ class EnvelopeHeader:
         ts = fields["ts"]
         if not ts.isdigit() or len(ts) > 12:
             raise EnvelopeError("ts must be whole seconds since the epoch")
-        return cls(fields["kid"], iv, fields["mid"], int(ts))
+        tag = b64d(fields["tag"], TAG_SIZE, "tag") if "tag" in fields else None
+        return cls(fields["kid"], iv, fields["mid"], int(ts), tag=tag)
 
 
 def _lines(*parts: bytes) -> bytes:
@@ -182,6 +197,20 @@ def open_request(keys: SessionKeys, method: str, target: str, h: EnvelopeHeader,
     if len(sealed) < TAG_SIZE:
         raise InvalidTag()
     return decrypt(keys.c2s, h.iv, sealed, request_aad(method, target, h))
+
+
+def seal_bodiless(keys: SessionKeys, kid: str, method: str, target: str, *, mid: str | None = None,
+                  ts: int) -> EnvelopeHeader:
+    """The header of a request without a body: the tag of an empty plaintext, carried in the header."""
+    h, tag = seal_request(keys, kid, method, target, b"", mid=mid, ts=ts)
+    return EnvelopeHeader(h.kid, h.iv, h.mid, h.ts, tag=tag)
+
+
+def open_bodiless(keys: SessionKeys, method: str, target: str, h: EnvelopeHeader) -> None:
+    """Check the header's tag; :class:`InvalidTag` when it is missing, or the key or anything bound differs."""
+    if h.tag is None:
+        raise InvalidTag()
+    decrypt(keys.c2s, h.iv, h.tag, request_aad(method, target, h))
 
 
 def seal_response(keys: SessionKeys, request: EnvelopeHeader, status: int, media_type: str,
