@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .app import create_app
+from .app import SEALED_ROUTE_NAMES, create_app
 
 _ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'  # no headers: they carry the identity assertion
 _TOKEN_ENV = "PORTCULLIS_BACKEND_INTERNAL_TOKEN"
@@ -42,6 +42,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve /__debug/echo and /__debug/slow (integration tests only)",
     )
+    p.add_argument(
+        "--payload-key-file",
+        type=Path,
+        help="SM4 key file shared with the gateway (mode 0600): open request bodies it sealed",
+    )
+    p.add_argument(
+        "--require-sealed",
+        action="append",
+        default=[],
+        choices=SEALED_ROUTE_NAMES,
+        metavar="ROUTE",
+        help=f"refuse plaintext bodies on this route ({', '.join(SEALED_ROUTE_NAMES)}); repeatable",
+    )
     p.add_argument("--access-log", action="store_true", help="log one line per request")
     p.add_argument("--seed", type=int, default=7, help="seed of the simulated prices")
     p.add_argument("--shutdown-timeout", type=float, default=5.0, help="seconds to drain")
@@ -55,6 +68,8 @@ async def _serve(args: argparse.Namespace) -> None:
         debug_routes=args.debug_routes,
         internal_token=args.internal_token,
         seed=args.seed,
+        payload_key_file=args.payload_key_file,
+        require_sealed=args.require_sealed,
     )
     runner = web.AppRunner(
         app,
@@ -85,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.identity_jwks is None and args.identity_hmac_key is None:
         parser.error("give --identity-jwks, --identity-hmac-key or both")
+    if args.require_sealed and args.payload_key_file is None:
+        parser.error("--require-sealed needs --payload-key-file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         asyncio.run(_serve(args))

@@ -18,13 +18,13 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from . import internal
+from . import internal, sealed
 from .book import Brokerage
 from .data import CUSTOMERS
 from .errors import DemoError, invalid_order, invalid_transfer
@@ -49,6 +49,11 @@ INTERNAL_TOKEN = web.AppKey("internal_token", bytes)
 STREAM_INTERVAL = web.AppKey("stream_interval", float)
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])  # handlers remove themselves
 IDENTITY = web.RequestKey("identity", Identity)
+PAYLOAD_KEYS = web.AppKey("payload_keys", dict[str, bytes])
+SEALED_ROUTES = web.AppKey("sealed_routes", frozenset[str])
+OPENED_BODY = web.RequestKey("opened_body", bytes)
+SEALED_ROUTE_NAMES = ("order_place", "order_cancel", "transfer")
+"""Routes ``require_sealed`` may name: those with a request body the gateway may seal."""
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HEALTH_BODY = b'{"status":"ok"}'
@@ -95,6 +100,9 @@ async def _guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
                 if account is not None and account not in identity.accounts:
                     raise DemoError(403, "account_forbidden", "the account is not the caller's")
                 request[IDENTITY] = identity
+        keys = request.app.get(PAYLOAD_KEYS)
+        if keys is not None:
+            await _open_sealed(request, keys)
         return await handler(request)
     except DemoError as exc:
         return error_response(request, exc.status, exc.code, exc.message)
@@ -110,6 +118,18 @@ async def _guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path,
                   exc_info=exc)
         return error_response(request, 500, "internal_error", "the backend failed")
+
+
+async def _open_sealed(request: web.Request, keys: dict[str, bytes]) -> None:
+    """A body the gateway sealed for us is opened here, before any handler reads it."""
+    if sealed.HEADER in request.headers or request.content_type == sealed.CONTENT_TYPE:
+        identity = request.get(IDENTITY)
+        # The signed assertion's request id, so a body cannot ride on another request's assertion.
+        rid = identity.rid if identity is not None and identity.rid else request.headers.get("X-Request-Id", "")
+        _, request[OPENED_BODY] = sealed.open_body(
+            keys, request.headers.get(sealed.HEADER), request.method, request.raw_path, rid, await request.read())
+    elif request.body_exists and request.match_info.route.name in request.app[SEALED_ROUTES]:
+        raise DemoError(415, "upstream_envelope_required", "this route accepts bodies sealed by the gateway only")
 
 
 # --------------------------------------------------------------------------
@@ -141,7 +161,9 @@ async def get_orders(request: web.Request) -> web.Response:
 
 
 async def _json_body(request: web.Request, bad: Callable[[str], DemoError]) -> Any:
-    raw = await request.read()
+    raw = request.get(OPENED_BODY)
+    if raw is None:
+        raw = await request.read()
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -333,6 +355,8 @@ def create_app(
     clock: Callable[[], float] = time.time,
     seed: int = 7,
     stream_interval: float = TICK_SECONDS,
+    payload_key_file: Path | None = None,
+    require_sealed: Collection[str] = (),
 ) -> web.Application:
     """The backend application; ``identity_jwks`` holds the gateway's public key(s)
     (ES256 assertions), ``identity_hmac_key`` this backend's own HS256 key.
@@ -343,8 +367,20 @@ def create_app(
     routes trust the identity assertion alone, so the token never travels with
     client traffic. ``clock`` and ``seed`` drive the simulated
     market and timestamps.
+
+    ``payload_key_file`` (SM4 keys shared with the gateway, demo_backend/sealed.py) opens
+    request bodies the gateway sealed; without it such bodies are not understood, as
+    before. ``require_sealed`` names routes (of ``SEALED_ROUTE_NAMES``) where a plaintext
+    body is refused (415 ``upstream_envelope_required``).
     """
+    unknown = set(require_sealed) - set(SEALED_ROUTE_NAMES)
+    if unknown or (require_sealed and payload_key_file is None):
+        raise ValueError(f"require_sealed: needs a payload key file and names of {', '.join(SEALED_ROUTE_NAMES)}"
+                         f" (got {', '.join(sorted(require_sealed))})")
     app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
+    if payload_key_file is not None:
+        app[PAYLOAD_KEYS] = sealed.load_keys(payload_key_file)
+    app[SEALED_ROUTES] = frozenset(require_sealed)
     market = Market(clock, seed)
     app[VERIFIER] = AssertionVerifier.from_files(identity_jwks, identity_hmac_key)
     app[MARKET] = market
@@ -362,9 +398,9 @@ def create_app(
     r.add_get("/api/accounts/{account}", get_profile)
     r.add_get("/api/accounts/{account}/positions", get_positions)
     r.add_get("/api/accounts/{account}/orders", get_orders)
-    r.add_post("/api/accounts/{account}/orders", post_order)
-    r.add_delete("/api/accounts/{account}/orders/{order_id}", delete_order)
-    r.add_post("/api/accounts/{account}/transfers", post_transfer)
+    r.add_post("/api/accounts/{account}/orders", post_order, name="order_place")
+    r.add_delete("/api/accounts/{account}/orders/{order_id}", delete_order, name="order_cancel")
+    r.add_post("/api/accounts/{account}/transfers", post_transfer, name="transfer")
     r.add_post("/auth/login", login)
     if internal_token:
         internal.add_routes(app, market, app[BROKERAGE])

@@ -5,13 +5,15 @@ Every error response is ``{"error": code, "message": text}`` (plus
 
 Codes (status: codes)::
 
-    400 invalid_order, invalid_transfer, invalid_delay
+    400 invalid_order, invalid_transfer, invalid_delay,
+        upstream_envelope_malformed, upstream_envelope_key_unknown, upstream_envelope_invalid
     401 identity_assertion_invalid, internal_token_invalid
     403 account_forbidden
     404 not_found, unknown_symbol, unknown_account, unknown_order
     405 method_not_allowed
     409 order_not_cancellable, duplicate_order
     413 body_too_large
+    415 upstream_envelope_required
     422 insufficient_funds, insufficient_position
     500 internal_error
 """

@@ -53,6 +53,9 @@ class UpstreamConfig:
     health_path: str = "/healthz"
     identity_hmac_key: Path | None = None
     """This upstream's own HS256 key for the identity assertion (else ES256)."""
+    payload_key_file: Path | None = None
+    """SM4 keys shared with this upstream (SecretBox format, mode 0600) for routes with
+    ``upstream_encryption = "sm4-gcm"`` (gateway/upstream_crypto.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class RouteConfig:
     encryption: Literal["off", "optional", "required"] = "optional"
     """SM4-GCM request envelopes (docs/CRYPTO.md): accepted (optional), demanded of every request with a
     body (required: plaintext gets 415 encryption_required) or refused (off)."""
+    upstream_encryption: Literal["off", "sm4-gcm"] = "off"
+    """Bodies forwarded sealed under the upstream's payload key (gateway/upstream_crypto.py); buffered tiers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -714,10 +719,25 @@ def _route(t: _Table, upstreams: dict[str, UpstreamConfig],
         login_field=login_field,
         login_param=login_param,
         encryption=_choice(t, "encryption", ("off", "optional", "required"), "optional"),  # type: ignore[arg-type]
+        upstream_encryption=_upstream_encryption(t, tier, upstreams[upstream]),  # type: ignore[arg-type]
     )
     t.used.update({"connect_timeout", "read_timeout", "body_kind"})
     t.finish()
     return rc
+
+
+def _upstream_encryption(t: _Table, tier: str, upstream: UpstreamConfig) -> str:
+    mode = _choice(t, "upstream_encryption", ("off", "sm4-gcm"), "off")
+    if mode == "off":
+        return mode
+    where = t.key("upstream_encryption")
+    if upstream.payload_key_file is None:
+        raise ConfigError(f"{where}: upstream {upstream.name!r} has no payload key: set"
+                          f" upstreams.{upstream.name}.payload_key_file (a key file shared with that backend)")
+    if tier not in GUARDED_TIERS or t.data.get("websocket") is True:
+        raise ConfigError(f"{where}: only buffered routes (tier trade, transfer or admin, not a WebSocket)"
+                          f" can re-encrypt their bodies; this {tier} route's body streams")
+    return mode
 
 
 def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Config:
@@ -808,6 +828,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
             pool_size=_int(u, "pool_size", 256, 1, 100_000),
             health_path=u.get("health_path", str, "/healthz"),
             identity_hmac_key=_path(u, "identity_hmac_key", base, None),
+            payload_key_file=_payload_key_file(u, base),
         )
         u.finish()
     ups_t.finish()
@@ -893,6 +914,20 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         envelope=envelope,
         crypto=crypto,
     )
+
+
+def _payload_key_file(t: _Table, base: Path) -> Path | None:
+    """The path, checked now (exists, mode 0600, SecretBox format) so a bad file stops the start."""
+    path = _path(t, "payload_key_file", base, None)
+    if path is not None:
+        # Here, not at the top: the config module stays free of `cryptography` until a key is named.
+        from gateway.upstream_crypto import PayloadKeys, UpstreamEnvelopeError
+
+        try:
+            PayloadKeys.from_file(path)
+        except UpstreamEnvelopeError as exc:
+            raise ConfigError(f"{t.key('payload_key_file')}: {exc}") from None
+    return path
 
 
 def _env(t: _Table, name: str) -> str:

@@ -8,11 +8,13 @@ which costs far less than a streamed response; large or unsized ones stream.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -35,6 +37,14 @@ from gateway.errors import (
 )
 from gateway.headers import dropped_headers, response_headers, upstream_headers
 from gateway.masking import MASK_RESPONSE_LIMIT
+from gateway.upstream_crypto import (
+    UPSTREAM_ENVELOPE_TYPE,
+    PayloadKeys,
+    UpstreamEnvelopeError,
+    seal_body,
+)
+
+log = logging.getLogger("portcullis")
 
 #: Responses up to this size are buffered and sent in one write.
 BUFFER_RESPONSE_LIMIT = 256 * 1024
@@ -231,6 +241,8 @@ class Forward:
         self._drop = dropped_headers(strip_credentials)
         self._rid_header = request_id_header.lower()
         self._hooks = header_hooks
+        self._payload_keys: dict[str, PayloadKeys] = {}
+        """Each re-encrypting upstream's payload keys, read on first use (the config loader checked the file)."""
 
     def build_headers(self, ctx: RequestContext, request: web.BaseRequest) -> dict[str, str]:
         inbound = request.headers
@@ -253,6 +265,7 @@ class Forward:
         up = self._upstreams.get(ctx.route.upstream)
         url = up.config.url + ctx.path + ("?" + ctx.query if ctx.query else "")
         headers = self.build_headers(ctx, request)
+        headers.pop(_UPSTREAM_ENVELOPE_HEADER, None)  # only the gateway may say a body is sealed
         # Masking and encryption rewrite the whole response: it is buffered (bounded) and uncompressed.
         masked = ctx.mask_fields is not None or ctx.envelope is not None
         if masked:
@@ -267,7 +280,10 @@ class Forward:
                                                  self._upstreams.timeout(ctx.route), self.websockets)
             return
         data: Any
-        if ctx.body is not None:
+        if ctx.route.upstream_encryption != "off" and (ctx.body or request.body_exists):
+            data = self._seal(ctx, up, headers, ctx.body if ctx.body is not None else await self._read(ctx, request))
+            headers["content-length"] = str(len(data))
+        elif ctx.body is not None:
             data = ctx.body
             headers["content-length"] = str(len(ctx.body))
         elif request.body_exists:
@@ -297,6 +313,33 @@ class Forward:
             raise GatewayError(UPSTREAM_BAD_RESPONSE) from None
         finally:
             ctx.upstream_seconds = time.perf_counter() - started
+
+    async def _read(self, ctx: RequestContext, request: web.BaseRequest) -> bytes:
+        """The whole body of a re-encrypting route when no read_body step buffered it (bare proxy)."""
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            raise GatewayError(UNSUPPORTED_MEDIA_TYPE, "compressed request bodies are not accepted here")
+        return await BoundedBody(request, ctx.route.body_limit, self._body_timeout).read()
+
+    def _seal(self, ctx: RequestContext, up: Upstream, headers: dict[str, str], body: bytes) -> bytes:
+        """``body`` sealed under the upstream's current payload key; the headers say how (upstream_crypto)."""
+        if not body:
+            return body  # nothing to protect: forwarded as is
+        keys = self._payload_keys.get(up.config.name)
+        if keys is None:
+            try:
+                keys = PayloadKeys.from_file(up.config.payload_key_file or "")
+            except UpstreamEnvelopeError as exc:
+                log.error("upstream %s: %s", up.config.name, exc)
+                raise GatewayError(UPSTREAM_UNREACHABLE, "the upstream's payload key cannot be used") from None
+            self._payload_keys[up.config.name] = keys
+        target = urlsplit(up.config.url).path + ctx.path + ("?" + ctx.query if ctx.query else "")
+        h, sealed = seal_body(keys, ctx.method, target, ctx.request_id, headers.get("content-type"), body)
+        headers["content-type"] = UPSTREAM_ENVELOPE_TYPE
+        headers[_UPSTREAM_ENVELOPE_HEADER] = h.render()
+        return sealed
+
+
+_UPSTREAM_ENVELOPE_HEADER = "portcullis-upstream-envelope"
 
 
 def _peer(request: web.BaseRequest) -> str:

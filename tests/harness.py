@@ -119,11 +119,14 @@ class Stack:
 
 
 @asynccontextmanager
-async def run_backend(keys: DemoKeys, *, internal_token: str | None = None) -> AsyncIterator[str]:
-    """The demo backend on loopback; ``internal_token`` also serves its /internal fact routes."""
+async def run_backend(keys: DemoKeys, *, internal_token: str | None = None, payload_key_file: Path | None = None,
+                      require_sealed: Sequence[str] = ()) -> AsyncIterator[str]:
+    """The demo backend on loopback; ``internal_token`` also serves its /internal fact routes,
+    ``payload_key_file`` opens bodies the gateway sealed (``require_sealed``: routes refusing plaintext)."""
     runner = web.AppRunner(create_app(keys.identity_jwks, identity_hmac_key=keys.identity_hmac,
                                       debug_routes=True, stream_interval=0.05,
-                                      internal_token=internal_token))
+                                      internal_token=internal_token, payload_key_file=payload_key_file,
+                                      require_sealed=require_sealed))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
