@@ -27,9 +27,6 @@ demo backend opens it in a few lines of ``cryptography`` (demo_backend/sealed.py
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import os
 import re
 import secrets
@@ -39,6 +36,7 @@ from pathlib import Path
 from gateway.crypto import sm4_gcm
 from gateway.crypto.b64 import b64url_decode, b64url_encode
 from gateway.crypto.keyfile import KeyFileError, read_private
+from gateway.crypto.secretbox import SecretBoxError, parse_key_file
 
 __all__ = [
     "UPSTREAM_ENVELOPE_HEADER", "UPSTREAM_ENVELOPE_TYPE", "PayloadKeys", "UpstreamEnvelope",
@@ -83,19 +81,10 @@ class PayloadKeys:
         if raw is None:
             raise UpstreamEnvelopeError(f"payload key file {where!r} does not exist")
         try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise UpstreamEnvelopeError(f"payload key file {where!r} is not JSON") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), dict) or not doc["keys"] \
-                or not isinstance(doc.get("current"), str):
-            raise UpstreamEnvelopeError(f'payload key file {where!r} needs {{"current": kid, "keys": {{kid: base64}}}}')
-        keys: dict[str, bytes] = {}
-        for kid, encoded in doc["keys"].items():
-            try:
-                keys[kid] = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
-            except binascii.Error:
-                keys[kid] = b""
-        return cls(keys, doc["current"])
+            keys, current = parse_key_file(raw, where)
+        except SecretBoxError as exc:
+            raise UpstreamEnvelopeError(f"payload {exc}") from None
+        return cls(keys, current)
 
     def key(self, kid: str) -> bytes | None:
         return self._keys.get(kid)

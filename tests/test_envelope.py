@@ -499,3 +499,23 @@ def test_base64url_decoding_is_strict() -> None:
     for bad in ("AA==", "A", "+/8", "AA AA", "AA.A", "\u00c4\u00c4"):
         with pytest.raises(ValueError):
             b64url_decode(bad)
+
+
+async def test_the_demo_walk_through_reads_and_orders_encrypted(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("encrypted_session",
+                                                  Path(__file__).resolve().parents[1] / "examples" /
+                                                  "encrypted_session.py")
+    assert spec is not None and spec.loader is not None
+    walk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(walk)
+    lines: list[str] = []
+    async with envelope_stack(tmp_path) as stack:
+        result = await walk.run(stack.url, tmp_path / "keys", out=lines.append)
+        book = await _book(stack)
+    assert result["profile"].status == 200 and result["profile_sealed"]
+    assert result["profile"].data["account"] == "A1"
+    assert result["order"].status == 201 and [o["order_id"] for o in book] == [result["order"].data["order_id"]]
+    assert [line[:2] for line in lines] == ["1.", "2.", "3.", "4."]
+    assert result["session_key"] is not None and result["session_key"] not in "".join(lines)  # ids shortened

@@ -115,24 +115,7 @@ class SecretBox:
 
     @classmethod
     def _parse(cls, raw: bytes, where: str) -> SecretBox:
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise SecretBoxError(f"key file {where!r} is not JSON") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), dict) or not doc["keys"]:
-            raise SecretBoxError(f'key file {where!r} needs {{"current": kid, "keys": {{kid: base64 key}}}}')
-        current = doc.get("current")
-        if not isinstance(current, str):
-            raise SecretBoxError(f"key file {where!r}: 'current' must be the id of one of its keys")
-        keys: dict[str, bytes] = {}
-        for kid, encoded in doc["keys"].items():
-            try:
-                keys[kid] = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
-            except binascii.Error:
-                keys[kid] = b""
-            if len(keys[kid]) != KEY_SIZE:
-                raise SecretBoxError(
-                    f"key file {where!r}: key {kid!r} must be {KEY_SIZE} bytes in standard base64")
+        keys, current = parse_key_file(raw, where)
         return cls(keys, current)
 
     def write_file(self, path: str | os.PathLike[str]) -> None:
@@ -196,3 +179,28 @@ class SecretBox:
 def new_kid() -> str:
     """A fresh key id: ``k`` and 8 random hex digits."""
     return "k" + secrets.token_hex(4)
+
+
+def parse_key_file(raw: bytes, where: str) -> tuple[dict[str, bytes], str]:
+    """``({key id: 16-byte key}, current id)`` of a key file's bytes; SecretBoxError naming the problem.
+
+    The format (``{"current": kid, "keys": {kid: base64 key}}``) is shared by every SM4 key file: the
+    SecretBox's and the upstream payload keys (gateway/upstream_crypto.py)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise SecretBoxError(f"key file {where!r} is not JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), dict) or not doc["keys"]:
+        raise SecretBoxError(f'key file {where!r} needs {{"current": kid, "keys": {{kid: base64 key}}}}')
+    current = doc.get("current")
+    if not isinstance(current, str):
+        raise SecretBoxError(f"key file {where!r}: 'current' must be the id of one of its keys")
+    keys: dict[str, bytes] = {}
+    for kid, encoded in doc["keys"].items():
+        try:
+            keys[kid] = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
+        except binascii.Error:
+            keys[kid] = b""
+        if len(keys[kid]) != KEY_SIZE:
+            raise SecretBoxError(f"key file {where!r}: key {kid!r} must be {KEY_SIZE} bytes in standard base64")
+    return keys, current
