@@ -7,6 +7,7 @@ made fresh in the test's tmp folder. Tests talk to them over real sockets.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -159,7 +160,16 @@ async def _gateway(keys: DemoKeys, tmp: Path, backend_url: str, gateway_kwargs: 
                    overrides: dict[str, Any]) -> AsyncIterator[Stack]:
     cfg = parse(gateway_config(keys, tmp, backend_url, **overrides), tmp)
     gw = Gateway(cfg, **gateway_kwargs)
-    await gw.start()
+    try:
+        await gw.start()
+    except BaseException:
+        await gw.stop()  # what started (connections) is closed
+        # The gateway that failed is garbage now: collect it on this thread. The Rego engine's objects
+        # refuse to be dropped on another one, which the cycle collector may otherwise pick (a worker
+        # thread that happens to allocate), printing "Rvm is unsendable" warnings.
+        del gw
+        gc.collect()
+        raise
     try:
         yield Stack(gw, keys, backend_url, tmp)
     finally:
