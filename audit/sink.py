@@ -6,21 +6,37 @@ record is durable. Writes are group-committed: records arriving within
 `fsync_interval` share one write and one fsync, which keeps the per-record
 cost to a JSON dump and a list append on the event loop.
 
-The audit issue hardens this (SM3 hash chain, SM2-signed checkpoints,
-rotation and retention, a PostgreSQL store) behind the same interface.
+Every record is chained as it is queued (audit/chain.py): an SM3 link to the
+one before, in one chain per sink (one per gateway process and start), and
+every ``checkpoint_every`` records or ``checkpoint_interval`` seconds the head
+is signed with the SM2 audit key (audit/keys.py) and the signed statement is
+pushed to the witness (audit/witness.py). Segment files are named after their
+chain: ``audit-<chain id>-<segment number>.jsonl``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from audit.chain import GENESIS, Chain, ChainBreak, line_hash, new_chain_id, parse_line
+from audit.keys import AuditKeys
+from audit.witness import Witness, WitnessError
+
+log = logging.getLogger("portcullis.audit")
+
+SEGMENT = re.compile(r"audit-(?P<chain>\d{8}T\d{6}Z-[0-9a-f]{8})-(?P<seg>\d{6})\.jsonl")
+"""Segment file names: the chain they belong to, then their number in it."""
+TAIL_BYTES = 64 * 1024
 
 
 class AuditWriteError(Exception):
@@ -59,6 +75,49 @@ def encode(record: Mapping[str, Any]) -> bytes:
     return orjson.dumps(record, option=_ORJSON_OPTS, default=str)
 
 
+def segment_files(directory: Path) -> dict[str, list[Path]]:
+    """The chained segment files under ``directory``, by chain id, in order."""
+    chains: dict[str, list[tuple[int, Path]]] = {}
+    try:
+        names = sorted(directory.iterdir())
+    except OSError:  # absent, not a folder, unreadable: the first write reports it
+        return {}
+    for path in names:
+        m = SEGMENT.fullmatch(path.name)
+        if m is not None:
+            chains.setdefault(m["chain"], []).append((int(m["seg"]), path))
+    return {chain: [p for _, p in sorted(files)] for chain, files in sorted(chains.items())}
+
+
+def chain_end(path: Path) -> dict[str, Any]:
+    """How the chain whose last segment is ``path`` ended: ``{seq, head, status}``.
+
+    ``status``: ``closed`` (its last record is a closing checkpoint), ``open``
+    (the process stopped without closing it: a crash), ``torn`` (bytes after
+    the last complete line: a crash mid-write), ``corrupt`` (its last line is
+    not a chained record).
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        f.seek(max(0, size - TAIL_BYTES))
+        tail = f.read()
+        if size > TAIL_BYTES and tail.count(b"\n") < 2:  # one huge record: read it whole
+            f.seek(0)
+            tail = f.read()
+    torn = bool(tail) and not tail.endswith(b"\n")
+    lines = tail.split(b"\n")
+    complete = [ln for ln in lines[:-1] if ln]
+    if not complete:
+        return {"seq": -1, "head": GENESIS, "status": "torn" if torn else "open"}
+    last = complete[-1]
+    try:
+        doc = parse_line(last)
+    except ChainBreak:
+        return {"seq": -1, "head": line_hash(last), "status": "corrupt"}
+    status = "torn" if torn else ("closed" if doc.get("type") == "checkpoint" and doc.get("closing") else "open")
+    return {"seq": doc["seq"], "head": line_hash(last), "status": status}
+
+
 class FileAuditSink:
     """Append-only JSON Lines segments with batched fsync.
 
@@ -74,8 +133,21 @@ class FileAuditSink:
     """
 
     def __init__(self, directory: Path, *, fsync_interval: float = 0.005,
-                 segment_max_bytes: int = 256 * 1024 * 1024, sync_interval: float = 0.2) -> None:
+                 segment_max_bytes: int = 256 * 1024 * 1024, sync_interval: float = 0.2,
+                 keys: AuditKeys | None = None, witness: Witness | None = None,
+                 checkpoint_every: int = 1000, checkpoint_interval: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.directory = directory
+        self._keys = keys
+        self._witness = witness
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_interval = checkpoint_interval
+        self._clock = clock
+        self._wall = wall
+        self._chain: Chain | None = None
+        self._statements: list[dict[str, Any]] = []  # signed checkpoints the witness has not taken yet
+        self._pusher: asyncio.Task[None] | None = None
+        self.witness_failures = 0
         self._interval = fsync_interval
         self._sync_interval = sync_interval
         self._dirty = False  # queued records written but not yet fsynced
@@ -96,16 +168,24 @@ class FileAuditSink:
         return len(self._pending)
 
     @property
+    def witness_backlog(self) -> int:
+        """Signed checkpoints not yet taken by the witness."""
+        return len(self._statements)
+
+    @property
+    def chain_id(self) -> str | None:
+        return self._chain.chain_id if self._chain is not None else None
+
+    @property
     def failed(self) -> int:
         return self._failed
 
     def _open_segment(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._segment_seq += 1
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        name = f"audit-{stamp}-{os.getpid()}-{self._segment_seq:06d}.jsonl"
-        path = self.directory / name
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        assert self._chain is not None
+        path = self.directory / f"audit-{self._chain.chain_id}-{self._segment_seq:06d}.jsonl"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         self._size = os.fstat(self._fd).st_size
         self.current_path = path
         # The new file's directory entry must be durable too, or a power cut could
@@ -117,6 +197,10 @@ class FileAuditSink:
             os.close(dir_fd)
 
     def _write_batch(self, data: bytes, sync: bool = True) -> None:
+        if not data:  # only a sync of what was written (never opens a segment)
+            if sync and self._fd is not None:
+                os.fsync(self._fd)
+            return
         if self._fd is None or self._size >= self._segment_max:
             if self._fd is not None:
                 # Queued records may still be unsynced in the full segment: the sync
@@ -144,17 +228,82 @@ class FileAuditSink:
         if self._closed:
             fut.set_exception(AuditWriteError("audit sink is closed"))
             return fut
-        self._append(encode(record), fut)
+        self._append(record, fut)
         return fut
 
     def enqueue(self, record: Mapping[str, Any]) -> None:
         if self._closed:
             self._failed += 1
             return
-        self._append(encode(record), None)
+        self._append(record, None)
 
-    def _append(self, line: bytes, fut: asyncio.Future[None] | None) -> None:
+    # -- the chain ------------------------------------------------------------------------
+
+    def _start_chain(self) -> Chain:
+        """A new chain: its first record names the audit key and binds the ends of the chains found."""
+        previous = []
+        for chain_id, files in segment_files(self.directory).items():
+            try:
+                end = chain_end(files[-1])
+            except OSError as exc:
+                end = {"seq": -1, "head": GENESIS, "status": f"unreadable: {exc.strerror}"}
+            if end["status"] == "closed":
+                continue
+            if end["status"] != "open":
+                log.warning("audit chain %s ends %s in %s: it is not continued (a new chain starts and binds"
+                            " its last good record, seq %s); `portcullis audit verify` reports it",
+                            chain_id, end["status"], files[-1].name, end["seq"])
+            previous.append({"chain": chain_id, **end})
+        chain = self._chain = Chain(new_chain_id(self._wall()), last_checkpoint=self._clock())
+        start: dict[str, Any] = {"type": "chain_start", "time": round(self._wall(), 3), "pid": os.getpid(),
+                                 "previous": previous}
+        if self._keys is not None:
+            start["key_id"] = self._keys.current
+        self._pending.append((chain.append(start), None))
+        self._checkpoint()  # the witness learns of the chain from its first record
+        return chain
+
+    def _checkpoint(self, *, closing: bool = False) -> None:
+        chain = self._chain
+        if self._keys is None or chain is None:
+            return
+        cp = chain.checkpoint(self._keys.signing_key, self._keys.current, now=self._clock(), wall=self._wall(),
+                              closing=closing)
+        self._pending.append((cp.line, None))
+        if self._witness is not None:
+            self._statements.append(cp.statement)
+            if self._pusher is None or self._pusher.done():
+                self._pusher = asyncio.get_running_loop().create_task(self._push())
+
+    async def _push(self) -> None:
+        """Hand the signed checkpoints to the witness in order, retrying with backoff while it fails."""
+        assert self._witness is not None
+        delay = 0.1
+        while self._statements:
+            try:
+                await self._witness.push(self._statements[0])
+            except WitnessError as exc:
+                self.witness_failures += 1
+                log.warning("audit checkpoint not taken by the witness (retrying in %.1f s): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._statements.pop(0)
+            delay = 0.1
+
+    def _append(self, record: Mapping[str, Any], fut: asyncio.Future[None] | None) -> None:
+        chain = self._chain or self._start_chain()
+        try:
+            line = chain.append(record)
+        except (TypeError, ValueError) as exc:
+            if fut is None:
+                self._failed += 1
+            else:
+                fut.set_exception(AuditWriteError(f"audit record refused: {exc}"))
+            return
         self._pending.append((line, fut))
+        if self._keys is not None and chain.since_checkpoint >= self._checkpoint_every:
+            self._checkpoint()
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -168,13 +317,22 @@ class FileAuditSink:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while True:
-            if self._dirty:
+            deadline = self._sync_deadline if self._dirty else None
+            chain = self._chain
+            if self._keys is not None and chain is not None and chain.seq > chain.checkpointed_seq:
+                # Unsigned records: a checkpoint within checkpoint_interval even if traffic stops.
+                signed_by = loop.time() + max(chain.last_checkpoint + self._checkpoint_interval - self._clock(), 0)
+                deadline = signed_by if deadline is None else min(deadline, signed_by)
+            if deadline is not None:
                 # Unsynced queued records: sync them by the deadline even if traffic stops.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(self._sync_deadline - loop.time(), 0))
+                    await asyncio.wait_for(self._wake.wait(), max(deadline - loop.time(), 0))
             else:
                 await self._wake.wait()
             self._wake.clear()
+            if self._keys is not None and chain is not None and not self._closed \
+                    and chain.checkpoint_due(self._checkpoint_every, self._checkpoint_interval, self._clock()):
+                self._checkpoint()
             if self._interval and not self._closed:
                 await asyncio.sleep(self._interval)
             batch, self._pending = self._pending, []
@@ -208,8 +366,19 @@ class FileAuditSink:
             if self._closed and not self._pending and not self._dirty:
                 return
 
-    async def close(self) -> None:
+    async def close(self, *, witness_timeout: float = 5.0) -> None:
+        if not self._closed and self._chain is not None:
+            self._checkpoint(closing=True)  # the chain ends signed: a later start knows it closed cleanly
         self._closed = True
+        if self._pending and (self._task is None or self._task.done()):
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._pusher is not None and not self._pusher.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._pusher), witness_timeout)
+            except TimeoutError:
+                log.error("audit: %d checkpoints not taken by the witness at shutdown", len(self._statements))
+                self._pusher.cancel()
         if self._task is not None and not self._task.done():
             assert self._wake is not None
             self._wake.set()

@@ -178,6 +178,16 @@ class AuditConfig:
     fsync_interval_ms: float = 5.0
     sync_interval_ms: float = 200.0
     write_timeout: float = 2.0
+    signing_key_file: Path | None = None
+    """The SM2 audit key signing checkpoints (JSON, 0600, created if absent; audit/keys.py); None: one
+    drawn per process, which no verifier knows (tests only)."""
+    checkpoint_every: int = 1000
+    """Records between two signed checkpoints at most."""
+    checkpoint_interval: float = 5.0
+    """Seconds an unsigned record waits for its checkpoint at most."""
+    witness: Literal["none", "file"] = "none"
+    witness_path: Path | None = None
+    """The file witness (on other storage than ``path``): every signed checkpoint, append-only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -872,7 +882,14 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         fsync_interval_ms=_number(at, "fsync_interval_ms", 5.0),
         sync_interval_ms=_number(at, "sync_interval_ms", 200.0),
         write_timeout=_number(at, "write_timeout", 2.0),
+        signing_key_file=_path(at, "signing_key_file", base, None),
+        checkpoint_every=_int(at, "checkpoint_every", 1000, 1, 10_000_000),
+        checkpoint_interval=_number(at, "checkpoint_interval", 5.0, minimum=0.05),
+        witness=_choice(at, "witness", ("none", "file"), "none"),  # type: ignore[arg-type]
+        witness_path=_path(at, "witness_path", base, None),
     )
+    if audit.witness == "file" and audit.witness_path is None:
+        raise ConfigError(f"{at.key('witness_path')}: required when witness = \"file\"")
     at.finish()
 
     notifier = _notifier(top.sub("notifier"), base)

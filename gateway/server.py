@@ -20,14 +20,16 @@ from pathlib import Path
 
 from aiohttp import web
 
+from audit.keys import AuditKeyError, AuditKeys
 from audit.sink import AuditSink, FileAuditSink
+from audit.witness import FileWitness
 from gateway import logs
 from gateway.authn.jwks import JwksError
 from gateway.authn.revocation import RevocationList
 from gateway.authn.tokens import TokenVerifier
 from gateway.bundles.runtime import ActivePolicy
 from gateway.bundles.service import PolicyAdmin
-from gateway.config import Config, ListenerConfig, RouteConfig
+from gateway.config import AuditConfig, Config, ListenerConfig, RouteConfig
 from gateway.context import RequestContext
 from gateway.customer_alerts import CustomerAlerts, TransferAlert
 from gateway.envelope import PATH as SESSION_KEY_PATH
@@ -165,9 +167,7 @@ class Gateway:
         self.router = Router(config.routes)
         self.upstreams = Upstreams(config)
         self.state = state or build_store(config.state)
-        self.audit: AuditSink = audit_sink or FileAuditSink(
-            config.audit.path, fsync_interval=config.audit.fsync_interval_ms / 1000,
-            sync_interval=config.audit.sync_interval_ms / 1000)
+        self.audit: AuditSink = audit_sink or build_audit_sink(config.audit)
         self.notifier = notifier or build_notifier(config.notifier)
         # Swappable: an approved bundle replaces the engine while requests run (gateway/bundles).
         self.policy = ActivePolicy(policy or build_policy(config))
@@ -535,3 +535,16 @@ async def _no_phone(account: str) -> str | None:
 def _bound_port(runner: web.BaseRunner) -> int:
     addr = runner.addresses[0]
     return int(addr[1])
+
+
+def build_audit_sink(cfg: AuditConfig) -> FileAuditSink:
+    """The file audit trail ``[audit]`` describes: chained, checkpoints signed and witnessed."""
+    try:
+        keys = (AuditKeys.from_file(cfg.signing_key_file, create=True) if cfg.signing_key_file is not None
+                else AuditKeys.generate())
+    except AuditKeyError as exc:
+        raise ConfigError(f"audit.signing_key_file: {exc}") from None
+    witness = FileWitness(cfg.witness_path) if cfg.witness == "file" and cfg.witness_path is not None else None
+    return FileAuditSink(cfg.path, fsync_interval=cfg.fsync_interval_ms / 1000,
+                         sync_interval=cfg.sync_interval_ms / 1000, keys=keys, witness=witness,
+                         checkpoint_every=cfg.checkpoint_every, checkpoint_interval=cfg.checkpoint_interval)

@@ -287,7 +287,7 @@ async def test_order_is_forwarded_after_durable_decision_record(tmp_path: Path) 
                                             headers=st.auth(), json=ORDER)
         await asyncio.sleep(0.05)
     assert status == 201, body
-    records = [r for r in _audit_records(tmp_path) if r["request_id"] == headers["X-Request-Id"]]
+    records = [r for r in _audit_records(tmp_path) if r.get("request_id") == headers["X-Request-Id"]]
     assert [r["type"] for r in records] == ["decision", "outcome"]
     assert records[0]["decision"] == "allow" and records[0]["account"] == "A1"
     assert records[1]["status"] == 201
