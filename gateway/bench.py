@@ -280,7 +280,8 @@ def proxy_config(example: Mapping[str, Any], *, security: bool, port: int, backe
         if key in step_up:
             step_up[key] = str(audit_dir.parent / Path(step_up[key]).name)
     step_up.pop("demo_totp_file", None)  # no demo customer's TOTP in a benchmark
-    for section, keys in (("envelope", ("agreement_key_file", "key_file")), ("crypto", ("master_key_file",))):
+    for section, keys in (("envelope", ("agreement_key_file", "key_file")), ("crypto", ("master_key_file",)),
+                          ("audit", ("signing_key_file", "witness_path"))):
         for key in keys:  # key files in the bench's folder, never beside the example's relative paths
             if key in cfg.get(section, {}):
                 cfg[section][key] = str(audit_dir.parent / Path(cfg[section][key]).name)

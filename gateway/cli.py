@@ -621,6 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.set_defaults(func=cmd_biometrics_eval)
 
     _keys_parser(sub)
+    from gateway.cli_audit import add_parser as audit_parser
+
+    audit_parser(sub, EXAMPLE_CONFIG)
     return p
 
 

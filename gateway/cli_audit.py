@@ -1,0 +1,106 @@
+"""``portcullis audit verify|public-key``: check the audit trail (audit/verify.py) from the command line.
+
+    portcullis audit verify [--config FILE]                       # [audit] path, witness, signing key
+    portcullis audit verify --dir DIR --public-keys FILE [--witness FILE] [--json]
+    portcullis audit public-key [--config FILE]                   # what a verifier is handed
+
+Exit status: 0 when every chain verifies (notices are printed, they are not
+breaks), 1 on any break, 2 on a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser"]
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path | None, Any]:
+    """The audit directory, the witness file and the public keys, from the flags or the config."""
+    from audit.keys import AuditKeys, load_public_keys
+    from gateway.config import load
+
+    if args.dir is not None:
+        if args.public_keys is None:
+            raise SystemExit("portcullis audit verify: --dir needs --public-keys (the audit public keys)")
+        return Path(args.dir), Path(args.witness) if args.witness else None, load_public_keys(Path(args.public_keys))
+    cfg = load(args.config).audit
+    if cfg.signing_key_file is None:
+        raise SystemExit(f"portcullis audit: {args.config} sets no [audit] signing_key_file: each process drew "
+                         f"its own key, which nobody can verify against")
+    keys = (load_public_keys(Path(args.public_keys)) if args.public_keys
+            else AuditKeys.from_file(cfg.signing_key_file).public_keys())
+    witness = Path(args.witness) if args.witness else (cfg.witness_path if cfg.witness == "file" else None)
+    return cfg.path, witness, keys
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from audit.keys import AuditKeyError
+    from audit.verify import verify_directory
+    from audit.witness import FileWitness, WitnessError
+
+    try:
+        directory, witness_path, keys = _paths(args)
+        statements = FileWitness(witness_path).read() if witness_path is not None else None
+    except (AuditKeyError, WitnessError) as exc:
+        print(f"portcullis audit verify: {exc}", file=sys.stderr)
+        return 2
+    if not directory.is_dir():
+        print(f"portcullis audit verify: {directory} is not a directory", file=sys.stderr)
+        return 2
+    report = verify_directory(directory, keys, statements)
+    if args.json:
+        print(json.dumps({
+            "ok": report.ok, "witnessed": report.witnessed,
+            "chains": {c: {"records": s.records, "files": s.files, "checkpoints": s.checkpoints,
+                           "closed": s.closed, "broken": s.broken} for c, s in report.chains.items()},
+            "findings": [{"severity": f.severity, "chain": f.chain, "where": f.where, "seq": f.seq,
+                          "problem": f.problem} for f in report.findings]}, indent=1))
+    else:
+        for chain, s in report.chains.items():
+            state = "BROKEN" if s.broken else ("closed" if s.closed else "open")
+            print(f"chain {chain}: {s.records} records in {s.files} files, {s.checkpoints} checkpoints, {state}")
+        for finding in report.findings:
+            print(finding)
+        witnessed = f"{report.witnessed} witnessed checkpoints checked" if statements is not None else "no witness"
+        print(("OK: " if report.ok else "BROKEN: ") + f"{len(report.chains)} chains, {witnessed}")
+    return 0 if report.ok else 1
+
+
+def cmd_public_key(args: argparse.Namespace) -> int:
+    from audit.keys import AuditKeyError, AuditKeys, public_keys_json
+    from gateway.config import load
+
+    cfg = load(args.config).audit
+    if cfg.signing_key_file is None:
+        print(f"portcullis audit public-key: {args.config} sets no [audit] signing_key_file", file=sys.stderr)
+        return 2
+    try:
+        print(public_keys_json(AuditKeys.from_file(cfg.signing_key_file).public_keys()))
+    except AuditKeyError as exc:
+        print(f"portcullis audit public-key: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], example_config: Path) -> None:
+    a = sub.add_parser("audit", help="the tamper-evident audit trail: verify it, print its public keys")
+    a_sub = a.add_subparsers(dest="audit_command", required=True)
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default=os.environ.get("PORTCULLIS_CONFIG", str(example_config)),
+                        help="the gateway's TOML configuration: its [audit] path, witness and signing key")
+    v = a_sub.add_parser("verify", parents=[config],
+                         help="check every chain, checkpoint signature and the witness; name the first bad record")
+    v.add_argument("--dir", help="the audit directory (instead of the config's [audit] path)")
+    v.add_argument("--public-keys", help="the audit public keys (`portcullis audit public-key` output, or the "
+                                         "key file itself)")
+    v.add_argument("--witness", help="the witness file (instead of the config's)")
+    v.add_argument("--json", action="store_true", help="a JSON report instead of text")
+    v.set_defaults(func=cmd_verify)
+    k = a_sub.add_parser("public-key", parents=[config], help="the audit public keys, for verifiers")
+    k.set_defaults(func=cmd_public_key)
