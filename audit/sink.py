@@ -2,9 +2,11 @@
 
 `write()` returns only once the record is on disk (fsync), so the gateway can
 forward trade, transfer and admin requests strictly after their decision
-record is durable. Writes are group-committed: records arriving within
-`fsync_interval` share one write and one fsync, which keeps the per-record
-cost to a JSON dump and a list append on the event loop.
+record is durable. Writes are group-committed: a record someone waits for is
+written and fsynced at once, and the records arriving while that fsync runs
+share the next write and fsync; records nobody waits for are gathered for
+`fsync_interval` first. The per-record cost on the event loop is a JSON dump,
+an SM3 digest and a list append.
 
 Every record is chained as it is queued (audit/chain.py): an SM3 link to the
 one before, in one chain per sink (one per gateway process and start), and
@@ -199,13 +201,13 @@ class FileAuditSink:
     def _write_batch(self, data: bytes, sync: bool = True) -> None:
         if not data:  # only a sync of what was written (never opens a segment)
             if sync and self._fd is not None:
-                os.fsync(self._fd)
+                os.fdatasync(self._fd)
             return
         if self._fd is None or self._size >= self._segment_max:
             if self._fd is not None:
                 # Queued records may still be unsynced in the full segment: the sync
                 # deadline only ever syncs the current one.
-                os.fsync(self._fd)
+                os.fdatasync(self._fd)
                 os.close(self._fd)
             self._open_segment()
         assert self._fd is not None
@@ -215,7 +217,9 @@ class FileAuditSink:
                 n = os.write(self._fd, view)
                 view = view[n:]
             if sync:
-                os.fsync(self._fd)
+                # The data and what reading it back needs (the file's size), not its times: an
+                # appended record is as durable as with fsync, at ~0.6x its cost here.
+                os.fdatasync(self._fd)
         except OSError:
             # Never leave a torn line for the next batch to append to.
             with contextlib.suppress(OSError):
@@ -333,7 +337,9 @@ class FileAuditSink:
             if self._keys is not None and chain is not None and not self._closed \
                     and chain.checkpoint_due(self._checkpoint_every, self._checkpoint_interval, self._clock()):
                 self._checkpoint()
-            if self._interval and not self._closed:
+            if self._interval and not self._closed and not any(fut is not None for _, fut in self._pending):
+                # Only queued records: gather more before writing. Someone waiting (write-ahead) goes at
+                # once; records arriving while that fsync runs form the next batch (group commit).
                 await asyncio.sleep(self._interval)
             batch, self._pending = self._pending, []
             data = b"".join(b for b, _ in batch)

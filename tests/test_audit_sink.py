@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,13 +109,16 @@ def synced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     import audit.sink as sink_module
 
     calls: list[int] = []
-    real_fsync = sink_module.os.fsync
+    real_fsync, real_fdatasync = sink_module.os.fsync, sink_module.os.fdatasync
 
-    def recording_fsync(fd: int) -> None:
-        calls.append(fd)
-        real_fsync(fd)
+    def recording(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            calls.append(fd)
+            real(fd)
+        return sync
 
-    monkeypatch.setattr(sink_module.os, "fsync", recording_fsync)
+    monkeypatch.setattr(sink_module.os, "fsync", recording(real_fsync))  # directory entries
+    monkeypatch.setattr(sink_module.os, "fdatasync", recording(real_fdatasync))  # records
     return calls
 
 
