@@ -308,11 +308,21 @@ class FileAuditSink:
         self._pending.append((line, fut))
         if self._keys is not None and chain.since_checkpoint >= self._checkpoint_every:
             self._checkpoint()
+        self._kick()
+
+    def _kick(self) -> None:
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
         assert self._wake is not None
         self._wake.set()
+
+    async def start(self) -> None:
+        """Begin the chain now (at the gateway's start) rather than at the first record: the scan of the
+        chains already in the directory happens here, and the witness hears of the chain at once."""
+        if self._chain is None and not self._closed:
+            self._start_chain()
+            self._kick()
 
     async def write(self, record: Mapping[str, Any]) -> None:
         await self.submit(record)

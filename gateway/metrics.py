@@ -65,6 +65,11 @@ class Metrics:
         self.in_flight = Gauge("portcullis_in_flight_requests", "Requests being handled", registry=r)
         self.audit_backlog = Gauge("portcullis_audit_backlog", "Audit records not yet durable",
                                    registry=r)
+        self.audit_witness_backlog = Gauge(
+            "portcullis_audit_witness_backlog", "Signed audit checkpoints the witness has not taken yet", registry=r)
+        self.audit_witness_failures = Gauge(
+            "portcullis_audit_witness_failures", "Pushes of audit checkpoints to the witness that failed (count;"
+            " each is retried)", registry=r)
 
         # Children by label values: `labels()` costs ~4 us a call, a dict lookup ~0.1 us.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -115,6 +120,10 @@ class Metrics:
     def watch_audit(self, backlog: Callable[[], float], failures: Callable[[], float]) -> None:
         self.audit_backlog.set_function(backlog)
         self.audit_failures.set_function(failures)
+
+    def watch_witness(self, backlog: Callable[[], float], failures: Callable[[], float]) -> None:
+        self.audit_witness_backlog.set_function(backlog)
+        self.audit_witness_failures.set_function(failures)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

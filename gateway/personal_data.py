@@ -220,6 +220,11 @@ class SealingSink:
     def inner(self) -> AuditSink:
         return self._inner
 
+    async def start(self) -> None:
+        start = getattr(self._inner, "start", None)
+        if start is not None:
+            await start()
+
     async def write(self, record: Mapping[str, Any]) -> None:
         await self.submit(record)
 

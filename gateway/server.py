@@ -186,6 +186,9 @@ class Gateway:
                                          count=self.metrics.personal)
             self.audit = SealingSink(self.audit, self.personal)
         self.metrics.watch_audit(lambda: self.audit.backlog, lambda: self.audit.failed)
+        trail = getattr(self.audit, "inner", self.audit)  # under the personal-data sealing, the file store
+        if isinstance(trail, FileAuditSink):
+            self.metrics.watch_witness(lambda: trail.witness_backlog, lambda: trail.witness_failures)
         g = config.gateway
         self._rid_header = g.request_id_header
         self._trusted = config.trusted_proxies
@@ -453,6 +456,9 @@ class Gateway:
                 await self.verifier.start()
             except (JwksError, OSError) as exc:
                 raise ConfigError(f"issuers: cannot load a JWKS: {exc}") from None
+        start_audit = getattr(self.audit, "start", None)
+        if start_audit is not None:  # the chain begins now, its first checkpoint to the witness
+            await start_audit()
         await self.bundles.start()  # serves the repository's active version before any request
         if self.personal is not None:
             await self.personal.start()
