@@ -175,6 +175,11 @@ class FileAuditSink:
         return len(self._statements)
 
     @property
+    def keys(self) -> AuditKeys | None:
+        """The audit keys signing this sink's checkpoints (their public halves verify the trail)."""
+        return self._keys
+
+    @property
     def chain_id(self) -> str | None:
         return self._chain.chain_id if self._chain is not None else None
 

@@ -119,9 +119,11 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/status", status)
     app.router.add_post("/admin/revocations", revoke)
+    from gateway.admin_audit import add_audit_routes
     from gateway.admin_freezes import add_freeze_routes
     from gateway.admin_policy import add_policy_routes
 
     add_policy_routes(app)
     add_freeze_routes(app)
+    add_audit_routes(app)
     return app

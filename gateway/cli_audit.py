@@ -1,8 +1,14 @@
-"""``portcullis audit verify|public-key``: check the audit trail (audit/verify.py) from the command line.
+"""``portcullis audit verify|query|public-key``: the audit trail (audit/) from the command line.
 
     portcullis audit verify [--config FILE]                       # [audit] path, witness, signing key
     portcullis audit verify --dir DIR --public-keys FILE [--witness FILE] [--json]
+    portcullis audit query [--config FILE] [--sub S] [--account A] [--from T] [--to T] [--decision D]
+                           [--reason CODE] [--route R] [--type T] [--limit N] [--cursor C] [--format json|csv]
     portcullis audit public-key [--config FILE]                   # what a verifier is handed
+
+A query is itself audited (who ran it, the filters, how many records) in the
+same trail before its results are printed: it needs the gateway's
+configuration, for its audit key and witness.
 
 Exit status: 0 when every chain verifies (notices are printed, they are not
 breaks), 1 on any break, 2 on a usage or configuration error.
@@ -88,6 +94,42 @@ def cmd_public_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from audit.query import Filter, FilterError, search, to_csv, to_json
+    from gateway.config import load
+    from gateway.server import build_audit_sink
+
+    cfg = load(args.config).audit
+    try:
+        flt = Filter.parse({"sub": args.sub, "account": args.account, "from": args.since, "to": args.until,
+                            "decision": args.decision, "reason": args.reason, "route": args.route,
+                            "type": args.type})
+        page = search(cfg.path, flt, limit=args.limit, cursor=args.cursor)
+    except FilterError as exc:
+        print(f"portcullis audit query: {exc}", file=sys.stderr)
+        return 2
+
+    async def record() -> None:  # write-ahead: the query is in the trail before its answer is shown
+        sink = build_audit_sink(cfg)
+        await sink.start()
+        await sink.write({"type": "admin", "time": time.time(), "sub": args.officer, "action": "audit_query",
+                          "via": "cli", "filters": flt.public(), "format": args.format, "count": len(page.records),
+                          "cursor": args.cursor})
+        await sink.close()
+
+    asyncio.run(record())
+    if args.format == "csv":
+        sys.stdout.write(to_csv(page.records))
+    else:
+        sys.stdout.write(to_json(page).decode() + "\n")
+    if page.cursor:
+        print(f"more: --cursor {page.cursor}", file=sys.stderr)
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], example_config: Path) -> None:
     a = sub.add_parser("audit", help="the tamper-evident audit trail: verify it, print its public keys")
     a_sub = a.add_subparsers(dest="audit_command", required=True)
@@ -102,5 +144,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], example
     v.add_argument("--witness", help="the witness file (instead of the config's)")
     v.add_argument("--json", action="store_true", help="a JSON report instead of text")
     v.set_defaults(func=cmd_verify)
+    q = a_sub.add_parser("query", parents=[config], help="search the trail (the search is audited too)")
+    for name in ("sub", "account", "decision", "reason", "route", "type"):
+        q.add_argument(f"--{name}")
+    q.add_argument("--from", dest="since", help="ISO 8601 time or epoch seconds")
+    q.add_argument("--to", dest="until", help="ISO 8601 time or epoch seconds")
+    q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--cursor", help="the cursor a previous page printed")
+    q.add_argument("--format", choices=("json", "csv"), default="json")
+    q.add_argument("--officer", default=os.environ.get("USER") or "unknown",
+                   help="who is asking (recorded; default $USER)")
+    q.set_defaults(func=cmd_query)
     k = a_sub.add_parser("public-key", parents=[config], help="the audit public keys, for verifiers")
     k.set_defaults(func=cmd_public_key)
