@@ -120,26 +120,24 @@ def chain_end(path: Path) -> dict[str, Any]:
     return {"seq": doc["seq"], "head": line_hash(last), "status": status}
 
 
-class FileAuditSink:
-    """Append-only JSON Lines segments with batched fsync.
+class ChainedSink:
+    """What every store of the trail shares: the chain, checkpoints, the witness, group commit.
+
+    A store supplies where lines go (:meth:`_store`), the ends of the chains it
+    already holds (:meth:`_previous`), and, if it keeps unsynced data, when it
+    must sync it (:meth:`_deadline`, :meth:`_settled`).
 
     Two promises, by who is waiting. A record someone awaits (``write`` or
     ``submit``: the write-ahead decision records of trade, transfer and admin
-    requests) is fsynced before its future resolves, together with everything
-    written before it. A queued record (``enqueue``) is written to the file
-    within ``fsync_interval`` on the event loop, so a gateway crash keeps it,
-    and fsynced within ``sync_interval``, so a power cut loses at most that
-    much. Under read traffic that is a handful of fsyncs a second instead of
-    one per batch, each of which cost a thread hand-off (~12 us a request
-    under load here, docs/PERFORMANCE.md).
+    requests) is durable before its future resolves, together with everything
+    queued before it; it goes at once, and the records arriving meanwhile form
+    the next batch. A queued record (``enqueue``) is gathered for
+    ``fsync_interval`` first.
     """
 
-    def __init__(self, directory: Path, *, fsync_interval: float = 0.005,
-                 segment_max_bytes: int = 256 * 1024 * 1024, sync_interval: float = 0.2,
-                 keys: AuditKeys | None = None, witness: Witness | None = None,
-                 checkpoint_every: int = 1000, checkpoint_interval: float = 5.0,
+    def __init__(self, *, fsync_interval: float = 0.005, keys: AuditKeys | None = None,
+                 witness: Witness | None = None, checkpoint_every: int = 1000, checkpoint_interval: float = 5.0,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
-        self.directory = directory
         self._keys = keys
         self._witness = witness
         self._checkpoint_every = checkpoint_every
@@ -151,19 +149,35 @@ class FileAuditSink:
         self._pusher: asyncio.Task[None] | None = None
         self.witness_failures = 0
         self._interval = fsync_interval
-        self._sync_interval = sync_interval
-        self._dirty = False  # queued records written but not yet fsynced
-        self._sync_deadline = 0.0
-        self._segment_max = segment_max_bytes
         self._pending: list[tuple[bytes, asyncio.Future[None] | None]] = []
         self._failed = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._fd: int | None = None
-        self._size = 0
         self._closed = False
-        self._segment_seq = 0
         self.written = 0
+
+    # -- what a store supplies ------------------------------------------------------------
+
+    def _previous(self) -> list[dict[str, Any]]:
+        """``{chain, seq, head, status}`` of the chains in the store that did not close (bound at start)."""
+        return []
+
+    async def _store(self, lines: list[bytes], awaited: bool) -> None:
+        """Make ``lines`` durable if ``awaited`` (else at least safe from a process crash); AuditWriteError."""
+        raise NotImplementedError
+
+    def _deadline(self) -> float | None:
+        """Loop time by which unsynced data must be synced, if any."""
+        return None
+
+    def _settled(self) -> bool:
+        """Nothing left unsynced."""
+        return True
+
+    async def _release(self) -> None:
+        """Close files or connections (after the last batch)."""
+
+    # -- the sink -------------------------------------------------------------------------
 
     @property
     def backlog(self) -> int:
@@ -187,51 +201,6 @@ class FileAuditSink:
     def failed(self) -> int:
         return self._failed
 
-    def _open_segment(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._segment_seq += 1
-        assert self._chain is not None
-        path = self.directory / f"audit-{self._chain.chain_id}-{self._segment_seq:06d}.jsonl"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
-        self._size = os.fstat(self._fd).st_size
-        self.current_path = path
-        # The new file's directory entry must be durable too, or a power cut could
-        # take the whole segment, records acknowledged as durable included.
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def _write_batch(self, data: bytes, sync: bool = True) -> None:
-        if not data:  # only a sync of what was written (never opens a segment)
-            if sync and self._fd is not None:
-                os.fdatasync(self._fd)
-            return
-        if self._fd is None or self._size >= self._segment_max:
-            if self._fd is not None:
-                # Queued records may still be unsynced in the full segment: the sync
-                # deadline only ever syncs the current one.
-                os.fdatasync(self._fd)
-                os.close(self._fd)
-            self._open_segment()
-        assert self._fd is not None
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-            if sync:
-                # The data and what reading it back needs (the file's size), not its times: an
-                # appended record is as durable as with fsync, at ~0.6x its cost here.
-                os.fdatasync(self._fd)
-        except OSError:
-            # Never leave a torn line for the next batch to append to.
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._size)
-            raise
-        self._size += len(data)
-
     def submit(self, record: Mapping[str, Any]) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closed:
@@ -246,23 +215,26 @@ class FileAuditSink:
             return
         self._append(record, None)
 
+    async def write(self, record: Mapping[str, Any]) -> None:
+        await self.submit(record)
+
+    async def start(self) -> None:
+        """Begin the chain now (at the gateway's start) rather than at the first record: the scan of the
+        chains already in the store happens here, and the witness hears of the chain at once."""
+        if self._chain is None and not self._closed:
+            self._start_chain()
+            self._kick()
+
     # -- the chain ------------------------------------------------------------------------
 
     def _start_chain(self) -> Chain:
         """A new chain: its first record names the audit key and binds the ends of the chains found."""
-        previous = []
-        for chain_id, files in segment_files(self.directory).items():
-            try:
-                end = chain_end(files[-1])
-            except OSError as exc:
-                end = {"seq": -1, "head": GENESIS, "status": f"unreadable: {exc.strerror}"}
-            if end["status"] == "closed":
-                continue
+        previous = self._previous()
+        for end in previous:
             if end["status"] != "open":
-                log.warning("audit chain %s ends %s in %s: it is not continued (a new chain starts and binds"
-                            " its last good record, seq %s); `portcullis audit verify` reports it",
-                            chain_id, end["status"], files[-1].name, end["seq"])
-            previous.append({"chain": chain_id, **end})
+                log.warning("audit chain %s ends %s (last good record seq %s): it is not continued, a new"
+                            " chain starts and binds it; `portcullis audit verify` reports it",
+                            end["chain"], end["status"], end["seq"])
         chain = self._chain = Chain(new_chain_id(self._wall()), last_checkpoint=self._clock())
         start: dict[str, Any] = {"type": "chain_start", "time": round(self._wall(), 3), "pid": os.getpid(),
                                  "previous": previous}
@@ -322,28 +294,17 @@ class FileAuditSink:
         assert self._wake is not None
         self._wake.set()
 
-    async def start(self) -> None:
-        """Begin the chain now (at the gateway's start) rather than at the first record: the scan of the
-        chains already in the directory happens here, and the witness hears of the chain at once."""
-        if self._chain is None and not self._closed:
-            self._start_chain()
-            self._kick()
-
-    async def write(self, record: Mapping[str, Any]) -> None:
-        await self.submit(record)
-
     async def _run(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while True:
-            deadline = self._sync_deadline if self._dirty else None
+            deadline = self._deadline()
             chain = self._chain
             if self._keys is not None and chain is not None and chain.seq > chain.checkpointed_seq:
                 # Unsigned records: a checkpoint within checkpoint_interval even if traffic stops.
                 signed_by = loop.time() + max(chain.last_checkpoint + self._checkpoint_interval - self._clock(), 0)
                 deadline = signed_by if deadline is None else min(deadline, signed_by)
             if deadline is not None:
-                # Unsynced queued records: sync them by the deadline even if traffic stops.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(deadline - loop.time(), 0))
             else:
@@ -354,37 +315,23 @@ class FileAuditSink:
                 self._checkpoint()
             if self._interval and not self._closed and not any(fut is not None for _, fut in self._pending):
                 # Only queued records: gather more before writing. Someone waiting (write-ahead) goes at
-                # once; records arriving while that fsync runs form the next batch (group commit).
+                # once; records arriving while that write runs form the next batch (group commit).
                 await asyncio.sleep(self._interval)
             batch, self._pending = self._pending, []
-            data = b"".join(b for b, _ in batch)
-            awaited = any(fut is not None for _, fut in batch)
-            due = self._dirty and loop.time() >= self._sync_deadline
             try:
-                if awaited or due or (self._closed and (batch or self._dirty)):
-                    # Someone waits (write-ahead), the deadline passed or the sink closes:
-                    # write and fsync off the loop, covering every record written before.
-                    await loop.run_in_executor(None, self._write_batch, data, True)
-                    self._dirty = False
-                elif batch:
-                    # Only queued records: into the page cache now (a gateway crash keeps
-                    # them), onto the disk within sync_interval, without a thread hand-off.
-                    self._write_batch(data, False)
-                    if not self._dirty:
-                        self._dirty = True
-                        self._sync_deadline = loop.time() + self._sync_interval
-            except OSError as exc:
+                await self._store([line for line, _ in batch], any(fut is not None for _, fut in batch))
+            except AuditWriteError as exc:
                 for _, fut in batch:
                     if fut is None:
                         self._failed += 1
                     elif not fut.done():
-                        fut.set_exception(AuditWriteError(f"audit write failed: {exc.strerror}"))
+                        fut.set_exception(AuditWriteError(str(exc)))
             else:
                 self.written += len(batch)
                 for _, fut in batch:
                     if fut is not None and not fut.done():
                         fut.set_result(None)
-            if self._closed and not self._pending and not self._dirty:
+            if self._closed and not self._pending and self._settled():
                 return
 
     async def close(self, *, witness_timeout: float = 5.0) -> None:
@@ -404,6 +351,119 @@ class FileAuditSink:
             assert self._wake is not None
             self._wake.set()
             await self._task
+        await self._release()
+
+
+class FileAuditSink(ChainedSink):
+    """The trail in append-only JSON Lines segment files, one set per chain.
+
+    A queued record is written to the file on the event loop (a gateway crash
+    keeps it) and synced within ``sync_interval`` (a power cut loses at most
+    that much): under read traffic a handful of syncs a second instead of one
+    per batch, each a thread hand-off. A record someone awaits is written and
+    synced (``fdatasync``) in the executor before its future resolves.
+    """
+
+    def __init__(self, directory: Path, *, fsync_interval: float = 0.005,
+                 segment_max_bytes: int = 256 * 1024 * 1024, sync_interval: float = 0.2,
+                 keys: AuditKeys | None = None, witness: Witness | None = None,
+                 checkpoint_every: int = 1000, checkpoint_interval: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        super().__init__(fsync_interval=fsync_interval, keys=keys, witness=witness,
+                         checkpoint_every=checkpoint_every, checkpoint_interval=checkpoint_interval,
+                         clock=clock, wall=wall)
+        self.directory = directory
+        self._sync_interval = sync_interval
+        self._dirty = False  # queued records written but not yet synced
+        self._sync_deadline = 0.0
+        self._segment_max = segment_max_bytes
+        self._fd: int | None = None
+        self._size = 0
+        self._segment_seq = 0
+
+    def _previous(self) -> list[dict[str, Any]]:
+        previous = []
+        for chain_id, files in segment_files(self.directory).items():
+            try:
+                end = chain_end(files[-1])
+            except OSError as exc:
+                end = {"seq": -1, "head": GENESIS, "status": f"unreadable: {exc.strerror}"}
+            if end["status"] != "closed":
+                previous.append({"chain": chain_id, **end})
+        return previous
+
+    def _deadline(self) -> float | None:
+        return self._sync_deadline if self._dirty else None
+
+    def _settled(self) -> bool:
+        return not self._dirty
+
+    async def _store(self, lines: list[bytes], awaited: bool) -> None:
+        loop = asyncio.get_running_loop()
+        data = b"".join(lines)
+        due = self._dirty and loop.time() >= self._sync_deadline
+        try:
+            if awaited or due or (self._closed and (data or self._dirty)):
+                # Someone waits (write-ahead), the deadline passed or the sink closes: write and sync
+                # off the loop, covering every record written before.
+                await loop.run_in_executor(None, self._write_batch, data, True)
+                self._dirty = False
+            elif data:
+                # Only queued records: into the page cache now (a gateway crash keeps them), onto
+                # the disk within sync_interval, without a thread hand-off.
+                self._write_batch(data, False)
+                if not self._dirty:
+                    self._dirty = True
+                    self._sync_deadline = loop.time() + self._sync_interval
+        except OSError as exc:
+            raise AuditWriteError(f"audit write failed: {exc.strerror}") from None
+
+    async def _release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def _open_segment(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._segment_seq += 1
+        assert self._chain is not None
+        path = self.directory / f"audit-{self._chain.chain_id}-{self._segment_seq:06d}.jsonl"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        self.current_path = path
+        # The new file's directory entry must be durable too, or a power cut could
+        # take the whole segment, records acknowledged as durable included.
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _write_batch(self, data: bytes, sync: bool = True) -> None:
+        if not data:  # only a sync of what was written (never opens a segment)
+            if sync and self._fd is not None:
+                os.fdatasync(self._fd)
+            return
+        if self._fd is None or self._size >= self._segment_max:
+            if self._fd is not None:
+                # Queued records may still be unsynced in the full segment: the sync
+                # deadline only ever syncs the current one.
+                os.fdatasync(self._fd)
+                os.close(self._fd)
+            self._open_segment()
+        assert self._fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if sync:
+                # The data and what reading it back needs (the file's size), not its times: an
+                # appended record is as durable as with fsync, at ~0.6x its cost here.
+                os.fdatasync(self._fd)
+        except OSError:
+            # Never leave a torn line for the next batch to append to.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(data)
