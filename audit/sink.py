@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from audit.chain import GENESIS, Chain, ChainBreak, line_hash, new_chain_id, parse_line
+from audit.chain import CHAIN_FIELDS, GENESIS, Chain, ChainBreak, line_hash, new_chain_id, parse_line
 from audit.keys import AuditKeys
 from audit.witness import Witness, WitnessError
 
@@ -120,6 +120,12 @@ def chain_end(path: Path) -> dict[str, Any]:
     return {"seq": doc["seq"], "head": line_hash(last), "status": status}
 
 
+_BEGIN, _CHECKPOINT, _CLOSE = object(), object(), object()
+"""Markers in the queue: begin the chain now, sign the head now, close the chain."""
+
+Entry = tuple[Any, "asyncio.Future[None] | None"]
+
+
 class ChainedSink:
     """What every store of the trail shares: the chain, checkpoints, the witness, group commit.
 
@@ -133,6 +139,12 @@ class ChainedSink:
     queued before it; it goes at once, and the records arriving meanwhile form
     the next batch. A queued record (``enqueue``) is gathered for
     ``fsync_interval`` first.
+
+    Records are chained when their batch is taken (in order, on the loop), so a
+    batch the store refuses (disk full, the database down) leaves no gap: the
+    chain ends at its last stored record, and the next batch begins a new chain
+    whose ``chain_start`` binds that end. A checkpoint goes to the witness only
+    once it is stored, so the witness never holds a head the store lacks.
     """
 
     def __init__(self, *, fsync_interval: float = 0.005, keys: AuditKeys | None = None,
@@ -145,11 +157,13 @@ class ChainedSink:
         self._clock = clock
         self._wall = wall
         self._chain: Chain | None = None
-        self._statements: list[dict[str, Any]] = []  # signed checkpoints the witness has not taken yet
+        self._stored: dict[str, Any] | None = None  # the end of the current chain that is stored
+        self._ended: dict[str, dict[str, Any]] = {}  # this sink's chains that a failed batch ended
+        self._statements: list[dict[str, Any]] = []  # stored checkpoints the witness has not taken yet
         self._pusher: asyncio.Task[None] | None = None
         self.witness_failures = 0
         self._interval = fsync_interval
-        self._pending: list[tuple[bytes, asyncio.Future[None] | None]] = []
+        self._pending: list[Entry] = []
         self._failed = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -219,42 +233,91 @@ class ChainedSink:
         await self.submit(record)
 
     async def start(self) -> None:
-        """Begin the chain now (at the gateway's start) rather than at the first record: the scan of the
-        chains already in the store happens here, and the witness hears of the chain at once."""
+        """Begin the chain now (at the gateway's start) rather than with the first record: the store's
+        earlier chains are looked at here, and the witness hears of the chain at once."""
         if self._chain is None and not self._closed:
-            self._start_chain()
+            self._pending.append((_BEGIN, None))
             self._kick()
+
+    def _append(self, record: Mapping[str, Any], fut: asyncio.Future[None] | None) -> None:
+        clash = [k for k in CHAIN_FIELDS if k in record]
+        if clash:
+            refused = AuditWriteError(f"audit record refused: it may not set {clash}, the chain does")
+            if fut is None:
+                self._failed += 1
+            else:
+                fut.set_exception(refused)
+            return
+        self._pending.append((record, fut))
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        assert self._wake is not None
+        self._wake.set()
 
     # -- the chain ------------------------------------------------------------------------
 
-    def _start_chain(self) -> Chain:
+    def _begin(self, lines: list[bytes], statements: list[dict[str, Any]]) -> Chain:
         """A new chain: its first record names the audit key and binds the ends of the chains found."""
-        previous = self._previous()
+        found = {end["chain"]: end for end in self._previous()}
+        found.update(self._ended)
+        previous = list(found.values())
         for end in previous:
             if end["status"] != "open":
-                log.warning("audit chain %s ends %s (last good record seq %s): it is not continued, a new"
+                log.warning("audit chain %s ends %s (last stored record seq %s): it is not continued, a new"
                             " chain starts and binds it; `portcullis audit verify` reports it",
                             end["chain"], end["status"], end["seq"])
         chain = self._chain = Chain(new_chain_id(self._wall()), last_checkpoint=self._clock())
+        self._stored = None
         start: dict[str, Any] = {"type": "chain_start", "time": round(self._wall(), 3), "pid": os.getpid(),
                                  "previous": previous}
         if self._keys is not None:
             start["key_id"] = self._keys.current
-        self._pending.append((chain.append(start), None))
-        self._checkpoint()  # the witness learns of the chain from its first record
+        lines.append(chain.append(start))
+        self._sign(chain, lines, statements)  # the witness learns of the chain from its first record
         return chain
 
-    def _checkpoint(self, *, closing: bool = False) -> None:
-        chain = self._chain
-        if self._keys is None or chain is None:
+    def _sign(self, chain: Chain, lines: list[bytes], statements: list[dict[str, Any]], *,
+              closing: bool = False) -> None:
+        if self._keys is None:
             return
         cp = chain.checkpoint(self._keys.signing_key, self._keys.current, now=self._clock(), wall=self._wall(),
                               closing=closing)
-        self._pending.append((cp.line, None))
-        if self._witness is not None:
-            self._statements.append(cp.statement)
-            if self._pusher is None or self._pusher.done():
-                self._pusher = asyncio.get_running_loop().create_task(self._push())
+        lines.append(cp.line)
+        statements.append(cp.statement)
+
+    def _encode(self, batch: list[Entry]) -> tuple[list[bytes], list[dict[str, Any]], list[Entry]]:
+        """Chain the batch's records in order: their lines, the checkpoints signed, the entries kept."""
+        lines: list[bytes] = []
+        statements: list[dict[str, Any]] = []
+        kept: list[Entry] = []
+        for item, fut in batch:
+            if item is _CLOSE:
+                if self._chain is not None:
+                    self._sign(self._chain, lines, statements, closing=True)
+                continue
+            chain = self._chain or self._begin(lines, statements)
+            if item is _BEGIN:
+                continue
+            if item is _CHECKPOINT:
+                if chain.seq > chain.checkpointed_seq:
+                    self._sign(chain, lines, statements)
+                continue
+            try:
+                lines.append(chain.append(item))
+            except (TypeError, ValueError) as exc:  # not JSON-able: refused, the chain unharmed
+                if fut is None:
+                    self._failed += 1
+                else:
+                    fut.set_exception(AuditWriteError(f"audit record refused: {exc}"))
+                continue
+            kept.append((item, fut))
+            if self._keys is not None and chain.since_checkpoint >= self._checkpoint_every:
+                self._sign(chain, lines, statements)
+        return lines, statements, kept
 
     async def _push(self) -> None:
         """Hand the signed checkpoints to the witness in order, retrying with backoff while it fails."""
@@ -272,28 +335,6 @@ class ChainedSink:
             self._statements.pop(0)
             delay = 0.1
 
-    def _append(self, record: Mapping[str, Any], fut: asyncio.Future[None] | None) -> None:
-        chain = self._chain or self._start_chain()
-        try:
-            line = chain.append(record)
-        except (TypeError, ValueError) as exc:
-            if fut is None:
-                self._failed += 1
-            else:
-                fut.set_exception(AuditWriteError(f"audit record refused: {exc}"))
-            return
-        self._pending.append((line, fut))
-        if self._keys is not None and chain.since_checkpoint >= self._checkpoint_every:
-            self._checkpoint()
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._task is None or self._task.done():
-            self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        assert self._wake is not None
-        self._wake.set()
-
     async def _run(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
@@ -304,53 +345,73 @@ class ChainedSink:
                 # Unsigned records: a checkpoint within checkpoint_interval even if traffic stops.
                 signed_by = loop.time() + max(chain.last_checkpoint + self._checkpoint_interval - self._clock(), 0)
                 deadline = signed_by if deadline is None else min(deadline, signed_by)
-            if deadline is not None:
+            if deadline is not None and not self._pending:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(deadline - loop.time(), 0))
-            else:
+            elif not self._pending:
                 await self._wake.wait()
             self._wake.clear()
+            chain = self._chain
             if self._keys is not None and chain is not None and not self._closed \
                     and chain.checkpoint_due(self._checkpoint_every, self._checkpoint_interval, self._clock()):
-                self._checkpoint()
+                self._pending.append((_CHECKPOINT, None))
             if self._interval and not self._closed and not any(fut is not None for _, fut in self._pending):
                 # Only queued records: gather more before writing. Someone waiting (write-ahead) goes at
                 # once; records arriving while that write runs form the next batch (group commit).
                 await asyncio.sleep(self._interval)
             batch, self._pending = self._pending, []
+            lines, statements, kept = self._encode(batch)
             try:
-                await self._store([line for line, _ in batch], any(fut is not None for _, fut in batch))
+                await self._store(lines, any(fut is not None for _, fut in kept))
             except AuditWriteError as exc:
-                for _, fut in batch:
+                self._chain_failed()
+                for _, fut in kept:
                     if fut is None:
                         self._failed += 1
                     elif not fut.done():
                         fut.set_exception(AuditWriteError(str(exc)))
             else:
-                self.written += len(batch)
-                for _, fut in batch:
+                if lines and self._chain is not None:
+                    self._stored = {"chain": self._chain.chain_id, "seq": self._chain.seq,
+                                    "head": self._chain.head}
+                self.written += len(kept)
+                for _, fut in kept:
                     if fut is not None and not fut.done():
                         fut.set_result(None)
+                if statements and self._witness is not None:
+                    self._statements.extend(statements)
+                    if self._pusher is None or self._pusher.done():
+                        self._pusher = loop.create_task(self._push())
             if self._closed and not self._pending and self._settled():
                 return
 
+    def _chain_failed(self) -> None:
+        """The store refused a batch: the chain ends at its last stored record (never a gap in it)."""
+        if self._chain is not None:
+            if self._stored is not None:
+                self._ended[self._chain.chain_id] = {**self._stored, "status": "open"}
+            log.error("audit chain %s ends after a failed write; the next record starts a new chain",
+                      self._chain.chain_id)
+        self._chain = None
+        self._stored = None
+
     async def close(self, *, witness_timeout: float = 5.0) -> None:
         if not self._closed and self._chain is not None:
-            self._checkpoint(closing=True)  # the chain ends signed: a later start knows it closed cleanly
+            self._pending.append((_CLOSE, None))  # the chain ends signed: a later start knows it closed
         self._closed = True
         if self._pending and (self._task is None or self._task.done()):
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._task is not None and not self._task.done():
+            assert self._wake is not None
+            self._wake.set()
+            await self._task
         if self._pusher is not None and not self._pusher.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._pusher), witness_timeout)
             except TimeoutError:
                 log.error("audit: %d checkpoints not taken by the witness at shutdown", len(self._statements))
                 self._pusher.cancel()
-        if self._task is not None and not self._task.done():
-            assert self._wake is not None
-            self._wake.set()
-            await self._task
         await self._release()
 
 
@@ -380,6 +441,7 @@ class FileAuditSink(ChainedSink):
         self._fd: int | None = None
         self._size = 0
         self._segment_seq = 0
+        self._segment_chain = ""
 
     def _previous(self) -> list[dict[str, Any]]:
         previous = []
@@ -427,6 +489,7 @@ class FileAuditSink(ChainedSink):
         self.directory.mkdir(parents=True, exist_ok=True)
         self._segment_seq += 1
         assert self._chain is not None
+        self._segment_chain = self._chain.chain_id
         path = self.directory / f"audit-{self._chain.chain_id}-{self._segment_seq:06d}.jsonl"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         self._size = os.fstat(self._fd).st_size
@@ -444,6 +507,11 @@ class FileAuditSink(ChainedSink):
             if sync and self._fd is not None:
                 os.fdatasync(self._fd)
             return
+        chain = self._chain.chain_id if self._chain is not None else ""
+        if self._fd is not None and chain != self._segment_chain:  # a new chain (after a failed write)
+            os.fdatasync(self._fd)
+            os.close(self._fd)
+            self._fd, self._segment_seq = None, 0
         if self._fd is None or self._size >= self._segment_max:
             if self._fd is not None:
                 # Queued records may still be unsynced in the full segment: the sync

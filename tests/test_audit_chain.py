@@ -294,3 +294,38 @@ async def test_the_gateway_exports_the_witness_backlog(tmp_path: Path) -> None:
             text = await r.text()
     assert "portcullis_audit_witness_backlog" in text and "portcullis_audit_witness_failures" in text
     assert FileWitness(tmp_path / "w" / "witness.jsonl").read()  # the chain's first checkpoint got there
+
+
+async def test_a_full_disk_ends_the_chain_without_a_gap_and_the_next_record_starts_a_new_one(
+        tmp_path: Path, keys: AuditKeys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import audit.sink as sink_module
+
+    witness = FileWitness(tmp_path / "witness.jsonl")
+    sink = FileAuditSink(tmp_path / "audit", fsync_interval=0.0, keys=keys, witness=witness, checkpoint_every=3)
+    await sink.start()
+    for i in range(4):
+        await sink.write({"type": "decision", "n": i})
+    first = sink.chain_id
+    real_write = sink_module.os.write
+
+    def full(fd: int, data: Any) -> int:  # the disk is full (an OS fault we cannot cause here)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sink_module.os, "write", full)
+    from audit.sink import AuditWriteError
+
+    with pytest.raises(AuditWriteError, match="No space left"):
+        await sink.write({"type": "decision", "n": 99})  # write-ahead: refused, never acknowledged
+    monkeypatch.setattr(sink_module.os, "write", real_write)
+    await sink.write({"type": "decision", "n": 5})  # space again: a new chain
+    await sink.close()
+    assert sink.chain_id != first
+    report = _verify(tmp_path / "audit", keys, witness)
+    assert report.ok, [str(f) for f in report.breaks]
+    assert len(report.chains) == 2
+    texts = "".join(p.read_text() for files in segment_files(tmp_path / "audit").values() for p in files)
+    assert '"n":99' not in texts  # the refused record is nowhere: its request was not forwarded
+    starts = [parse_line(line.encode()) for line in texts.splitlines() if '"chain_start"' in line]
+    assert any(p["chain"] == first for s in starts for p in s["previous"])  # the new chain bound the old end
