@@ -23,7 +23,7 @@ the last checkpoint (not signed yet).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +32,7 @@ from audit.chain import GENESIS, ChainBreak, line_hash, parse_line, verify_state
 from audit.sink import segment_files
 from gateway.crypto.sm2 import Sm2PublicKey
 
-__all__ = ["ChainSummary", "Finding", "Report", "verify_directory"]
+__all__ = ["ChainSummary", "Finding", "Item", "Report", "Torn", "verify_chains", "verify_directory"]
 
 DIGEST = 32
 
@@ -84,13 +84,45 @@ class Report:
         return [f for f in self.findings if f.severity == "break"]
 
 
+@dataclass(frozen=True, slots=True)
+class Torn:
+    """Bytes after a file's last complete line (``final``: in the chain's last segment)."""
+
+    where: str
+    size: int
+    final: bool
+
+
+Item = tuple[str, bytes] | Torn
+"""What a store yields per chain, in order: ``(where, line)`` for each stored line, or a torn tail."""
+
+
+def _file_items(files: list[Path]) -> Iterator[Item]:
+    for index, path in enumerate(files):
+        data = path.read_bytes()
+        complete, newline, rest = data.rpartition(b"\n")
+        lines = (complete + newline).split(b"\n")[:-1] if newline else []
+        for number, line in enumerate(lines, start=1):
+            yield f"{path.name}:{number}", line
+        if rest:
+            yield Torn(f"{path.name}:{len(lines) + 1}", len(rest), index == len(files) - 1)
+
+
 def verify_directory(directory: Path, public_keys: Mapping[str, Sm2PublicKey],
                      witness: Iterable[Mapping[str, Any]] | None = None) -> Report:
+    """The file store: every chain's segment files (audit/sink.py)."""
+    chains = {chain: (len(files), _file_items(files)) for chain, files in segment_files(directory).items()}
+    return verify_chains(chains, public_keys, witness)
+
+
+def verify_chains(chains: Mapping[str, tuple[int, Iterable[Item]]], public_keys: Mapping[str, Sm2PublicKey],
+                  witness: Iterable[Mapping[str, Any]] | None = None) -> Report:
+    """Any store: ``{chain id: (how many files or parts, its items in order)}``, chains in start order."""
     report = Report()
     bindings: list[tuple[str, str, Mapping[str, Any]]] = []  # (binding chain, where, what it bound)
-    for chain_id, files in segment_files(directory).items():
-        summary = report.chains[chain_id] = ChainSummary(chain_id, files=len(files))
-        _verify_chain(chain_id, files, public_keys, summary, report, bindings)
+    for chain_id, (parts, items) in chains.items():
+        summary = report.chains[chain_id] = ChainSummary(chain_id, files=parts)
+        _verify_chain(chain_id, items, public_keys, summary, report, bindings)
     for chain_id, where, bound in bindings:
         _check_binding(chain_id, where, bound, report)
     if witness is None:
@@ -103,7 +135,7 @@ def verify_directory(directory: Path, public_keys: Mapping[str, Sm2PublicKey],
     return report
 
 
-def _verify_chain(chain_id: str, files: list[Path], keys: Mapping[str, Sm2PublicKey], summary: ChainSummary,
+def _verify_chain(chain_id: str, items: Iterable[Item], keys: Mapping[str, Sm2PublicKey], summary: ChainSummary,
                   report: Report, bindings: list[tuple[str, str, Mapping[str, Any]]]) -> None:
     expected, prev = 0, GENESIS
     last_where = ""
@@ -112,71 +144,66 @@ def _verify_chain(chain_id: str, files: list[Path], keys: Mapping[str, Sm2Public
         report.findings.append(Finding(chain_id, where, seq, problem))
         summary.broken = True
 
-    for index, path in enumerate(files):
-        data = path.read_bytes()
-        complete, newline, rest = data.rpartition(b"\n")
-        lines = (complete + newline).split(b"\n")[:-1] if newline else []
-        for number, line in enumerate(lines, start=1):
-            where = f"{path.name}:{number}"
+    for item in items:
+        if isinstance(item, Torn):
+            if item.final:
+                report.findings.append(Finding(chain_id, item.where, expected, f"a torn final line ({item.size} "
+                                               f"bytes): the process stopped while writing it", "notice"))
+                continue
+            brk(item.where, expected, "an incomplete line inside the chain (the file was cut)")
+            return
+        where, line = item
+        try:
+            doc = parse_line(line)
+        except ChainBreak as exc:
+            brk(where, expected, f"{exc}: the record was altered or the file corrupted")
+            return
+        seq = doc["seq"]
+        if doc["chain"] != chain_id:
+            brk(where, seq, f"a record of chain {doc['chain']} in this chain's place (moved or inserted)")
+            return
+        if seq != expected:
+            if seq > expected:
+                brk(where, expected, f"records {expected}..{seq - 1} are missing (deleted); "
+                                     f"the next one present is seq {seq}")
+            else:
+                brk(where, seq, f"seq {seq} where {expected} was due (a record inserted or reordered)")
+            return
+        if doc["prev"] != prev:
+            if expected == 0:
+                brk(where, 0, "the chain's first record does not start from the genesis hash")
+            else:
+                brk(last_where, expected - 1, f"its hash no longer matches what the next record ({where}) "
+                                              f"names: it was edited (or a record was put between them)")
+            return
+        kind = doc.get("type")
+        if kind == "checkpoint":
+            statement = doc.get("checkpoint")
             try:
-                doc = parse_line(line)
+                if not isinstance(statement, Mapping):
+                    raise ChainBreak("a checkpoint record without its statement")
+                verify_statement(statement, keys)
+                if statement["chain"] != chain_id or statement["seq"] != seq - 1 or statement["head"] != prev:
+                    raise ChainBreak("the checkpoint does not sign the record before it")
             except ChainBreak as exc:
-                brk(where, expected, f"{exc}: the record was altered or the file corrupted")
+                brk(where, seq, str(exc))
                 return
-            seq = doc["seq"]
-            if doc["chain"] != chain_id:
-                brk(where, seq, f"a record of chain {doc['chain']} in this chain's file (moved or inserted)")
+            summary.checkpoints += 1
+            summary.last_signed = seq - 1
+            summary.closed = bool(doc.get("closing"))
+        else:
+            summary.closed = False
+        if kind == "chain_start":
+            if seq != 0:
+                brk(where, seq, "a chain_start record in the middle of a chain (inserted)")
                 return
-            if seq != expected:
-                if seq > expected:
-                    brk(where, expected, f"records {expected}..{seq - 1} are missing (deleted); "
-                                         f"the next one present is seq {seq}")
-                else:
-                    brk(where, seq, f"seq {seq} where {expected} was due (a record inserted or reordered)")
-                return
-            if doc["prev"] != prev:
-                if expected == 0:
-                    brk(where, 0, "the chain's first record does not start from the genesis hash")
-                else:
-                    brk(last_where, expected - 1, f"its hash no longer matches what the next record ({where}) "
-                                                  f"names: it was edited (or a record was put between them)")
-                return
-            kind = doc.get("type")
-            if kind == "checkpoint":
-                statement = doc.get("checkpoint")
-                try:
-                    if not isinstance(statement, Mapping):
-                        raise ChainBreak("a checkpoint record without its statement")
-                    verify_statement(statement, keys)
-                    if statement["chain"] != chain_id or statement["seq"] != seq - 1 or statement["head"] != prev:
-                        raise ChainBreak("the checkpoint does not sign the record before it")
-                except ChainBreak as exc:
-                    brk(where, seq, str(exc))
-                    return
-                summary.checkpoints += 1
-                summary.last_signed = seq - 1
-                summary.closed = bool(doc.get("closing"))
-            else:
-                summary.closed = False
-            if kind == "chain_start":
-                if seq != 0:
-                    brk(where, seq, "a chain_start record in the middle of a chain (inserted)")
-                    return
-                for bound in doc.get("previous") or ():
-                    if isinstance(bound, Mapping):
-                        bindings.append((chain_id, where, bound))
-            digest = bytes.fromhex(line_hash(line))
-            summary.hashes += digest
-            prev, expected, last_where = digest.hex(), expected + 1, where
-            summary.records += 1
-        if rest:
-            where = f"{path.name}:{len(lines) + 1}"
-            if index == len(files) - 1:
-                report.findings.append(Finding(chain_id, where, expected, f"a torn final line ({len(rest)} bytes):"
-                                               f" the process stopped while writing it", "notice"))
-            else:
-                brk(where, expected, "an incomplete line inside the chain (the file was cut)")
-                return
+            for bound in doc.get("previous") or ():
+                if isinstance(bound, Mapping):
+                    bindings.append((chain_id, where, bound))
+        digest = bytes.fromhex(line_hash(line))
+        summary.hashes += digest
+        prev, expected, last_where = digest.hex(), expected + 1, where
+        summary.records += 1
     if not summary.closed:
         report.findings.append(Finding(chain_id, last_where or "-", expected - 1 if expected else None,
                                        "the chain did not close (a crash, or its process is still running)",
