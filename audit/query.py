@@ -29,7 +29,7 @@ import orjson
 
 from audit.sink import segment_files
 
-__all__ = ["COLUMNS", "Filter", "FilterError", "Page", "search", "to_csv", "to_json"]
+__all__ = ["COLUMNS", "MAX_LIMIT", "Filter", "FilterError", "Page", "parse_cursor", "search", "to_csv", "to_json"]
 
 MAX_LIMIT = 1000
 COLUMNS = ("time", "type", "request_id", "sub", "account", "route", "method", "path", "decision", "reasons",
@@ -154,15 +154,18 @@ def _records(directory: Path, after: tuple[str, int] | None) -> Iterator[dict[st
                     yield doc
 
 
+def parse_cursor(cursor: str) -> tuple[str, int]:
+    """``(chain, seq)`` of a cursor a page gave out; FilterError otherwise."""
+    m = _CURSOR.fullmatch(cursor)
+    if m is None:
+        raise FilterError("cursor: not one this API gave out")
+    return m["chain"], int(m["seq"])
+
+
 def search(directory: Path, flt: Filter, *, limit: int = 100, cursor: str | None = None) -> Page:
     if not 1 <= limit <= MAX_LIMIT:
         raise FilterError(f"limit: 1 to {MAX_LIMIT}")
-    after = None
-    if cursor:
-        m = _CURSOR.fullmatch(cursor)
-        if m is None:
-            raise FilterError("cursor: not one this API gave out")
-        after = (m["chain"], int(m["seq"]))
+    after = parse_cursor(cursor) if cursor else None
     out: list[dict[str, Any]] = []
     scanned = 0
     for doc in _records(directory, after):

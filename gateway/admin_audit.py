@@ -19,12 +19,14 @@ from typing import Any
 from aiohttp import web
 
 from audit.keys import AuditKeys
+from audit.postgres import PostgresAuditSink
 from audit.query import Filter, FilterError, search, to_csv, to_json
+from audit.sink import AuditWriteError
 from audit.verify import verify_directory
 from audit.witness import FileWitness
 from gateway.admin import GATEWAY_KEY, _audit_first
 from gateway.admin_policy import compliance_officer, json_ok
-from gateway.errors import BAD_REQUEST, GatewayError
+from gateway.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, GatewayError
 
 __all__ = ["add_audit_routes"]
 
@@ -39,9 +41,15 @@ async def search_records(request: web.Request) -> web.StreamResponse:
         limit = int(q.get("limit", "100"))
         if fmt not in ("json", "csv"):
             raise FilterError("format: json or csv")
-        page = await asyncio.to_thread(search, gw.config.audit.path, flt, limit=limit, cursor=q.get("cursor"))
+        trail = getattr(gw.audit, "inner", gw.audit)
+        if isinstance(trail, PostgresAuditSink):
+            page = await trail.search(flt, limit=limit, cursor=q.get("cursor"))
+        else:
+            page = await asyncio.to_thread(search, gw.config.audit.path, flt, limit=limit, cursor=q.get("cursor"))
     except (FilterError, ValueError) as exc:
         raise GatewayError(BAD_REQUEST, str(exc)) from None
+    except AuditWriteError as exc:
+        raise GatewayError(AUDIT_UNAVAILABLE, str(exc)) from None
     await _audit_first(gw, {"type": "admin", "time": time.time(), "sub": officer.sub, "action": "audit_query",
                             "filters": flt.public(), "format": fmt, "count": len(page.records),
                             "cursor": q.get("cursor")})
@@ -57,12 +65,16 @@ async def verify_trail(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     officer = await compliance_officer(request, "audit API")
     cfg = gw.config.audit
-    keys: Any = getattr(getattr(gw.audit, "inner", gw.audit), "keys", None)  # the file store's
+    keys: Any = getattr(getattr(gw.audit, "inner", gw.audit), "keys", None)  # the store's
     if not isinstance(keys, AuditKeys):
         raise GatewayError(BAD_REQUEST, "this gateway's audit trail has no signing key to verify against")
     witness = FileWitness(cfg.witness_path) if cfg.witness == "file" and cfg.witness_path is not None else None
     statements = await witness.statements() if witness is not None else None
-    report = await asyncio.to_thread(verify_directory, cfg.path, keys.public_keys(), statements)
+    trail = getattr(gw.audit, "inner", gw.audit)
+    if isinstance(trail, PostgresAuditSink):
+        report = await trail.verify(keys.public_keys(), statements)
+    else:
+        report = await asyncio.to_thread(verify_directory, cfg.path, keys.public_keys(), statements)
     gw.audit.enqueue({"type": "admin", "time": time.time(), "sub": officer.sub, "action": "audit_verify",
                       "ok": report.ok, "breaks": len(report.breaks)})
     return json_ok({

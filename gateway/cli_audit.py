@@ -45,6 +45,14 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path | None, Any]:
     return cfg.path, witness, keys
 
 
+def _postgres(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``(dsn, schema)`` when the configuration keeps the trail in PostgreSQL."""
+    from gateway.config import load
+
+    cfg = load(args.config).audit
+    return (cfg.postgres_dsn, cfg.postgres_schema) if cfg.sink == "postgres" and cfg.postgres_dsn else None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from audit.keys import AuditKeyError
     from audit.verify import verify_directory
@@ -56,10 +64,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except (AuditKeyError, WitnessError) as exc:
         print(f"portcullis audit verify: {exc}", file=sys.stderr)
         return 2
-    if not directory.is_dir():
+    pg = None if args.dir is not None else _postgres(args)
+    if pg is not None:
+        import asyncio
+
+        from audit.postgres import verify_postgres
+
+        report = asyncio.run(verify_postgres(pg[0], pg[1], keys, statements))
+    elif not directory.is_dir():
         print(f"portcullis audit verify: {directory} is not a directory", file=sys.stderr)
         return 2
-    report = verify_directory(directory, keys, statements)
+    else:
+        report = verify_directory(directory, keys, statements)
     if args.json:
         print(json.dumps({
             "ok": report.ok, "witnessed": report.witnessed,
@@ -107,7 +123,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         flt = Filter.parse({"sub": args.sub, "account": args.account, "from": args.since, "to": args.until,
                             "decision": args.decision, "reason": args.reason, "route": args.route,
                             "type": args.type})
-        page = search(cfg.path, flt, limit=args.limit, cursor=args.cursor)
+        if cfg.sink == "postgres" and cfg.postgres_dsn:
+            page = asyncio.run(_search_postgres(cfg.postgres_dsn, cfg.postgres_schema, flt, args.limit, args.cursor))
+        else:
+            page = search(cfg.path, flt, limit=args.limit, cursor=args.cursor)
     except FilterError as exc:
         print(f"portcullis audit query: {exc}", file=sys.stderr)
         return 2
@@ -128,6 +147,18 @@ def cmd_query(args: argparse.Namespace) -> int:
     if page.cursor:
         print(f"more: --cursor {page.cursor}", file=sys.stderr)
     return 0
+
+
+async def _search_postgres(dsn: str, schema: str, flt: Any, limit: int, cursor: str | None) -> Any:
+    import asyncpg
+
+    from audit.postgres import search_postgres
+
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return await search_postgres(conn, schema, flt, limit=limit, cursor=cursor)
+    finally:
+        await conn.close()
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], example_config: Path) -> None:

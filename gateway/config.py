@@ -173,8 +173,12 @@ class DpopConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
-    sink: Literal["file"] = "file"
+    sink: Literal["file", "postgres"] = "file"
     path: Path = Path("var/audit")
+    postgres_dsn: str | None = None
+    """``sink = "postgres"``: the database of the trail (audit/postgres.py); every process its own chain."""
+    postgres_schema: str = "portcullis_audit"
+    postgres_timeout: float = 2.0
     fsync_interval_ms: float = 5.0
     sync_interval_ms: float = 200.0
     write_timeout: float = 2.0
@@ -877,7 +881,10 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
 
     at = top.sub("audit")
     audit = AuditConfig(
-        sink=_choice(at, "sink", ("file",), "file"),  # type: ignore[arg-type]
+        sink=_choice(at, "sink", ("file", "postgres"), "file"),  # type: ignore[arg-type]
+        postgres_dsn=_env(at, "postgres_dsn") if "postgres_dsn" in at.data else None,
+        postgres_schema=at.get("postgres_schema", str, "portcullis_audit"),
+        postgres_timeout=_number(at, "postgres_timeout", 2.0, minimum=0.05),
         path=_path(at, "path", base, "var/audit") or base / "var/audit",
         fsync_interval_ms=_number(at, "fsync_interval_ms", 5.0),
         sync_interval_ms=_number(at, "sync_interval_ms", 200.0),
@@ -888,6 +895,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         witness=_choice(at, "witness", ("none", "file"), "none"),  # type: ignore[arg-type]
         witness_path=_path(at, "witness_path", base, None),
     )
+    if audit.sink == "postgres" and not audit.postgres_dsn:
+        raise ConfigError(f"{at.key('postgres_dsn')}: required when sink = \"postgres\"")
     if audit.witness == "file" and audit.witness_path is None:
         raise ConfigError(f"{at.key('witness_path')}: required when witness = \"file\"")
     at.finish()

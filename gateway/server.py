@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from audit.keys import AuditKeyError, AuditKeys
-from audit.sink import AuditSink, FileAuditSink
+from audit.sink import AuditSink, AuditWriteError, ChainedSink, FileAuditSink
 from audit.witness import FileWitness
 from gateway import logs
 from gateway.authn.jwks import JwksError
@@ -186,8 +186,8 @@ class Gateway:
                                          count=self.metrics.personal)
             self.audit = SealingSink(self.audit, self.personal)
         self.metrics.watch_audit(lambda: self.audit.backlog, lambda: self.audit.failed)
-        trail = getattr(self.audit, "inner", self.audit)  # under the personal-data sealing, the file store
-        if isinstance(trail, FileAuditSink):
+        trail = getattr(self.audit, "inner", self.audit)  # under the personal-data sealing, the store
+        if isinstance(trail, ChainedSink):
             self.metrics.watch_witness(lambda: trail.witness_backlog, lambda: trail.witness_failures)
         g = config.gateway
         self._rid_header = g.request_id_header
@@ -458,7 +458,10 @@ class Gateway:
                 raise ConfigError(f"issuers: cannot load a JWKS: {exc}") from None
         start_audit = getattr(self.audit, "start", None)
         if start_audit is not None:  # the chain begins now, its first checkpoint to the witness
-            await start_audit()
+            try:
+                await start_audit()
+            except AuditWriteError as exc:  # no trail, no gateway
+                raise ConfigError(f"audit: {exc}") from None
         await self.bundles.start()  # serves the repository's active version before any request
         if self.personal is not None:
             await self.personal.start()
@@ -543,14 +546,21 @@ def _bound_port(runner: web.BaseRunner) -> int:
     return int(addr[1])
 
 
-def build_audit_sink(cfg: AuditConfig) -> FileAuditSink:
-    """The file audit trail ``[audit]`` describes: chained, checkpoints signed and witnessed."""
+def build_audit_sink(cfg: AuditConfig) -> ChainedSink:
+    """The audit trail ``[audit]`` describes (files or PostgreSQL): chained, checkpoints signed and witnessed."""
     try:
         keys = (AuditKeys.from_file(cfg.signing_key_file, create=True) if cfg.signing_key_file is not None
                 else AuditKeys.generate())
     except AuditKeyError as exc:
         raise ConfigError(f"audit.signing_key_file: {exc}") from None
     witness = FileWitness(cfg.witness_path) if cfg.witness == "file" and cfg.witness_path is not None else None
+    if cfg.sink == "postgres":
+        from audit.postgres import PostgresAuditSink
+
+        assert cfg.postgres_dsn is not None  # the config refuses it otherwise
+        return PostgresAuditSink(cfg.postgres_dsn, cfg.postgres_schema, timeout=cfg.postgres_timeout,
+                                 fsync_interval=cfg.fsync_interval_ms / 1000, keys=keys, witness=witness,
+                                 checkpoint_every=cfg.checkpoint_every, checkpoint_interval=cfg.checkpoint_interval)
     return FileAuditSink(cfg.path, fsync_interval=cfg.fsync_interval_ms / 1000,
                          sync_interval=cfg.sync_interval_ms / 1000, keys=keys, witness=witness,
                          checkpoint_every=cfg.checkpoint_every, checkpoint_interval=cfg.checkpoint_interval)

@@ -1,0 +1,236 @@
+"""The audit trail in PostgreSQL: the same chains, checkpoints and witness as the file store.
+
+For deployments with several gateway processes on several machines. **Each
+process writes its own chain** (a new one at every start, as with files),
+rather than one chain through the database: one chain would need every
+append of every process to take the head under a lock (a global queue and a
+round trip per batch under contention), while independent chains append
+without coordinating, and the witness's checkpoints and each chain's start
+bind them all the same. ``portcullis audit verify --postgres`` checks them.
+
+Two tables in the configured schema (created on start if missing)::
+
+    audit_records  chain, seq (primary key), line (bytea: the canonical JSON, exactly as hashed), hash,
+                   and for searching: time, type, sub, account, route, decision, code, reasons, request_id
+    audit_chains   chain (pk), started, last_seq, head, closed: where each chain ends (bound at start)
+
+The searchable columns are copies for indexes; verification reads only
+``line``. The records table refuses UPDATE, DELETE and TRUNCATE (a trigger):
+changing the trail takes disabling it, which verification then catches
+anyway. A batch is one transaction (group commit): durable when it commits
+(``synchronous_commit`` on). When the database refuses a batch (down,
+unreachable, timed out) the chain ends at its last committed record and the
+next batch starts a new chain binding it (audit/sink.py); a write-ahead
+record fails with AuditWriteError, so its request is refused with 503.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import asyncpg
+import orjson
+
+from audit.chain import line_hash
+from audit.query import MAX_LIMIT, Filter, FilterError, Page, parse_cursor
+from audit.sink import AuditWriteError, ChainedSink
+from audit.verify import Item, Report, verify_chains
+from gateway.crypto.sm2 import Sm2PublicKey
+
+__all__ = ["PostgresAuditSink", "records", "search_postgres", "verify_postgres"]
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_DDL = """
+CREATE TABLE IF NOT EXISTS {s}.audit_records (
+    chain text NOT NULL, seq bigint NOT NULL, line bytea NOT NULL, hash text NOT NULL,
+    time double precision, type text, sub text, account text, route text, decision text, code text,
+    reasons text[], request_id text,
+    PRIMARY KEY (chain, seq));
+CREATE INDEX IF NOT EXISTS audit_records_sub ON {s}.audit_records (sub, time);
+CREATE INDEX IF NOT EXISTS audit_records_account ON {s}.audit_records (account, time);
+CREATE INDEX IF NOT EXISTS audit_records_time ON {s}.audit_records (time);
+CREATE TABLE IF NOT EXISTS {s}.audit_chains (
+    chain text PRIMARY KEY, started double precision NOT NULL, last_seq bigint NOT NULL, head text NOT NULL,
+    closed boolean NOT NULL DEFAULT false);
+CREATE OR REPLACE FUNCTION {s}.audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$;
+DROP TRIGGER IF EXISTS audit_records_append_only ON {s}.audit_records;
+CREATE TRIGGER audit_records_append_only BEFORE UPDATE OR DELETE ON {s}.audit_records
+    FOR EACH ROW EXECUTE FUNCTION {s}.audit_append_only();
+DROP TRIGGER IF EXISTS audit_records_no_truncate ON {s}.audit_records;
+CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON {s}.audit_records
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.audit_append_only();
+"""
+_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _schema(schema: str) -> str:
+    if not _IDENT.fullmatch(schema):
+        raise ValueError(f"schema must be a plain SQL identifier (got {schema!r})")
+    return f'"{schema}"'
+
+
+def _row(line: bytes) -> tuple[Any, ...]:
+    doc = orjson.loads(line)
+    reasons = doc.get("reasons")
+
+    def text(name: str) -> str | None:
+        value = doc.get(name)
+        return value if isinstance(value, str) else None
+    t = doc.get("time")
+    return (doc["chain"], doc["seq"], line, line_hash(line), float(t) if isinstance(t, (int, float)) else None,
+            text("type"), text("sub"), text("account"), text("route"), text("decision"), text("code"),
+            [str(r) for r in reasons] if isinstance(reasons, list) else None, text("request_id"))
+
+
+class PostgresAuditSink(ChainedSink):
+    """An AuditSink (and ChainedSink) on PostgreSQL; ``await start()`` before use."""
+
+    def __init__(self, dsn: str, schema: str = "portcullis", *, timeout: float = 2.0, max_connections: int = 2,
+                 **chained: Any) -> None:
+        super().__init__(**chained)
+        self._dsn = dsn
+        self._s = _schema(schema)
+        self._schema = schema
+        self._timeout = timeout
+        self._max = max_connections
+        self._pool: asyncpg.Pool | None = None
+        self._open_chains: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        return f"PostgresAuditSink(schema={self._s})"
+
+    async def start(self) -> None:
+        """Connect, create the tables if missing, read where the unclosed chains end; then begin the chain.
+
+        AuditWriteError when the database cannot be reached: the gateway does not start without its trail."""
+        try:
+            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max,
+                                                   timeout=self._timeout, command_timeout=self._timeout)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"portcullis-audit:{self._s}")
+                await conn.execute(_DDL.format(s=self._s))
+                rows = await conn.fetch(f"SELECT chain, last_seq, head FROM {self._s}.audit_chains "
+                                        "WHERE NOT closed ORDER BY chain")
+        except _ERRORS as exc:
+            await self._release()
+            raise AuditWriteError(f"the audit database cannot be reached: {type(exc).__name__}: {exc}") from None
+        self._open_chains = [{"chain": r["chain"], "seq": r["last_seq"], "head": r["head"], "status": "open"}
+                             for r in rows]
+        await super().start()
+
+    def _previous(self) -> list[dict[str, Any]]:
+        return list(self._open_chains)
+
+    async def _store(self, lines: list[bytes], awaited: bool) -> None:
+        if not lines:
+            return
+        if self._pool is None:
+            raise AuditWriteError("the audit database is not connected (start() was not awaited)")
+        rows = [_row(line.rstrip(b"\n")) for line in lines]
+        last = orjson.loads(rows[-1][2])
+        closed = last.get("type") == "checkpoint" and bool(last.get("closing"))
+        started = float(orjson.loads(rows[0][2]).get("time") or 0.0)
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                await conn.executemany(
+                    f"INSERT INTO {self._s}.audit_records (chain, seq, line, hash, time, type, sub, account, route, "
+                    "decision, code, reasons, request_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)", rows)
+                await conn.execute(
+                    f"INSERT INTO {self._s}.audit_chains (chain, started, last_seq, head, closed) "
+                    "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (chain) DO UPDATE SET last_seq = EXCLUDED.last_seq, "
+                    "head = EXCLUDED.head, closed = EXCLUDED.closed", last["chain"], started, last["seq"],
+                    rows[-1][3], closed)
+        except _ERRORS as exc:
+            raise AuditWriteError(f"audit write failed: {type(exc).__name__}") from None
+
+    async def _release(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def verify(self, public_keys: Mapping[str, Sm2PublicKey],
+                     witness: list[dict[str, Any]] | None = None) -> Report:
+        return await verify_postgres(self._dsn, self._schema, public_keys, witness)
+
+    async def search(self, flt: Filter, *, limit: int = 100, cursor: str | None = None) -> Page:
+        """A page of the trail (the admin API's search), on this sink's connections."""
+        if self._pool is None:
+            raise AuditWriteError("the audit database is not connected")
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                return await search_postgres(conn, self._schema, flt, limit=limit, cursor=cursor)
+        except _ERRORS as exc:
+            raise AuditWriteError(f"audit search failed: {type(exc).__name__}") from None
+
+
+async def _chain_items(conn: asyncpg.Connection, schema: str, chain: str) -> list[Item]:
+    rows = await conn.fetch(f"SELECT seq, line FROM {schema}.audit_records WHERE chain = $1 ORDER BY seq", chain)
+    return [(f"row {chain}/{r['seq']}", bytes(r["line"])) for r in rows]
+
+
+async def verify_postgres(dsn: str, schema: str, public_keys: Mapping[str, Sm2PublicKey],
+                          witness: list[dict[str, Any]] | None = None) -> Report:
+    """Every chain in the database (and those ``audit_chains`` names without records), as the file store's."""
+    s = _schema(schema)
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        names = [r["chain"] for r in await conn.fetch(
+            f"SELECT DISTINCT chain FROM {s}.audit_records ORDER BY chain")]
+        chains: dict[str, tuple[int, list[Item]]] = {}
+        for chain in names:
+            chains[chain] = (1, await _chain_items(conn, s, chain))
+    finally:
+        await conn.close()
+    return verify_chains(chains, public_keys, witness)
+
+
+async def records(dsn: str, schema: str) -> AsyncIterator[dict[str, Any]]:
+    """Every stored record, in the trail's order (for tests and exports)."""
+    s = _schema(schema)
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        for r in await conn.fetch(f"SELECT line FROM {s}.audit_records ORDER BY chain, seq"):
+            yield orjson.loads(bytes(r["line"]))
+    finally:
+        await conn.close()
+
+
+async def search_postgres(conn: asyncpg.Connection, schema: str, flt: Filter, *, limit: int = 100,
+                          cursor: str | None = None) -> Page:
+    """audit/query.py's search on the database: the same filters and cursor, through the indexes."""
+    s = _schema(schema)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise FilterError(f"limit: 1 to {MAX_LIMIT}")
+    where: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+    for column in ("sub", "account", "route", "decision"):
+        value = getattr(flt, column)
+        if value is not None:
+            where.append(f"{column} = {arg(value)}")
+    if flt.reason is not None:
+        p = arg(flt.reason)
+        where.append(f"(code = {p} OR {p} = ANY(reasons))")
+    if flt.since is not None:
+        where.append(f"time >= {arg(flt.since)}")
+    if flt.until is not None:
+        where.append(f"time <= {arg(flt.until)}")
+    if flt.type is not None:
+        where.append(f"type = {arg(flt.type)}")
+    else:
+        where.append("(type IS NULL OR type NOT IN ('chain_start', 'checkpoint'))")
+    if cursor:
+        chain, seq = parse_cursor(cursor)
+        where.append(f"(chain, seq) > ({arg(chain)}, {arg(seq)})")
+    rows = await conn.fetch(f"SELECT line FROM {s}.audit_records WHERE {' AND '.join(where)} "
+                            f"ORDER BY chain, seq LIMIT {limit + 1}", *args)
+    docs = [orjson.loads(bytes(r["line"])) for r in rows]
+    more = len(docs) > limit
+    docs = docs[:limit]
+    return Page(docs, f"{docs[-1]['chain']}:{docs[-1]['seq']}" if more else None, len(rows))
