@@ -54,6 +54,8 @@ class RequestContext:
     risk_view: RiskView | None = None
     """What the state round and network tables said for the risk signals (gateway/risk/engine.py)."""
     decision: Decision | None = None
+    policy_input: dict[str, Any] | None = None
+    """The input document the policy judged (the audit record keeps its SM3 and, sealed, the document)."""
     facts: Facts | None = None
     """Provider facts and counters for the policy input (the facts step)."""
     degraded: list[str] = field(default_factory=list)

@@ -33,7 +33,7 @@ from typing import Any
 
 from audit.sink import AuditSink
 from gateway.config import CryptoConfig
-from gateway.crypto.fields import FieldCipher, open_value, seal_value
+from gateway.crypto.fields import FieldCipher, open_value, seal_json, seal_value
 from gateway.crypto.json_paths import FieldPath, parse_paths
 from gateway.crypto.key_errors import KeyErased, KeyRingError
 from gateway.crypto.keyring import KeyRing, LocalKms
@@ -140,6 +140,15 @@ class PersonalData:
     async def seal(self, sub: str, name: str, value: Any) -> dict[str, str]:
         """One value sealed for ``sub`` under the field name ``name`` (not a path: a label of its own)."""
         return seal_value(await self.ring.customer_key(sub), sub, (name,), value)
+
+    def seal_json_now(self, sub: str, name: str, text: bytes) -> dict[str, str] | None:
+        """JSON ``text`` sealed for ``sub`` at once when their key is in this process's cache; else None."""
+        key = self.ring.cached_customer_key(sub)
+        return seal_json(key, sub, (name,), text) if key is not None else None
+
+    async def seal_json(self, sub: str, name: str, text: bytes) -> dict[str, str]:
+        """JSON ``text`` sealed for ``sub`` (their key fetched or created); KeyErased after an erasure."""
+        return seal_json(await self.ring.customer_key(sub), sub, (name,), text)
 
     async def open(self, sub: str, name: str, sealed: Any) -> Any:
         """What :meth:`seal` sealed; KeyErased after an erasure, FieldCipherError if altered or not ``sub``'s."""

@@ -202,7 +202,7 @@ class Gateway:
         self.public_port: int | None = None
         self.admin_port: int | None = None
         self.signers = build_signers(config) if g.security else {}
-        self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout)
+        self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout, inputs=self.personal)
         self.freezes = FreezeStore(self.state)
         self.settings = SettingsStore(self.state)
         self.customer_alerts = CustomerAlerts(self.notifier, self.settings, self._auditor.queue,
@@ -385,7 +385,7 @@ class Gateway:
                 record.update({"decision": "deny", "code": exc.code, "status": exc.status})
                 if ctx.route.login:
                     record["login"] = ctx.login_account
-                self._auditor.queue(record)
+                self._auditor.queue(record, ctx)  # a judged request: the policy input goes in too
             self._finish(ctx, exc.status, exc.code, started)
         else:
             self.metrics.observe_rejected(exc.code, exc.status)
@@ -525,6 +525,7 @@ class Gateway:
         if self.access_log is not None:
             self.access_log.flush()
         await self.customer_alerts.drain()
+        await self._auditor.drain()
         await self.audit.close()
         if self.personal is not None:
             await self.personal.stop()

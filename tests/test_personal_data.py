@@ -265,3 +265,52 @@ def test_keys_with_a_gateway_config_on_memory_state_is_refused(tmp_path: Path) -
     _write_toml(config, gateway_config(ensure_demo_keys(tmp_path / "keys"), tmp_path, "http://127.0.0.1:9",
                                        crypto=crypto))
     assert main(["keys", "erase-customer", "alice", "--yes", "--config", str(config)]) == 2
+
+
+async def test_decisions_carry_the_policy_input_digest_and_the_input_sealed_under_the_customers_key(
+        tmp_path: Path, redis_store: RedisStore) -> None:
+    import aiohttp
+
+    from audit.chain import canonical
+    from gateway.crypto import sm3
+    from gateway.policy.rego import RegoPolicy
+    from tests.harness import routes_with_body_kinds, run_stack
+    from tests.test_envelope import ORDER, ORDERS, POLICY
+
+    crypto = {"enabled": True, "master_key_file": str(tmp_path / "master.key")}
+    kwargs = {"state": redis_store, "policy": RegoPolicy.from_modules([("policy.rego", POLICY)], {})}
+    async with run_stack(tmp_path, gateway_kwargs=kwargs, routes=routes_with_body_kinds(), crypto=crypto) as st, \
+            aiohttp.ClientSession() as http:
+        rids = []
+        for qty in (100, 200, 100):  # allowed, denied by the policy (qty > 100), allowed (key cached by now)
+            async with http.post(st.url + ORDERS, json={**ORDER, "qty": qty}, headers=st.auth()) as r:
+                rids.append((r.status, r.headers["X-Request-Id"]))
+        personal = st.gateway.personal
+        assert personal is not None
+        await asyncio.sleep(0.1)
+        by_rid = {r.get("request_id"): r for r in audit_records(tmp_path / "audit") if r.get("type") in
+                  ("decision", "denial")}
+        assert [s for s, _ in rids] == [201, 403, 201]
+        for status, rid in rids:
+            record = by_rid[rid]
+            assert record["type"] == ("decision" if status == 201 else "denial")
+            doc = await personal.open("alice", "policy_input", record["input"])  # what the policy judged
+            assert sm3.digest(canonical(doc)).hex() == record["input_sm3"]
+            assert doc["order"]["qty"] == (100 if status == 201 else 200)
+        await personal.erase("alice")
+        with pytest.raises(KeyErased):  # erased: unreadable, while the record and its digest stay
+            await personal.open("alice", "policy_input", by_rid[rids[0][1]]["input"])
+
+
+async def test_without_crypto_the_decision_keeps_only_the_input_digest(tmp_path: Path) -> None:
+    import aiohttp
+
+    from tests.harness import run_stack
+
+    async with run_stack(tmp_path) as st, aiohttp.ClientSession() as http:
+        async with http.get(st.url + "/api/accounts/A1", headers=st.auth()) as r:
+            rid = r.headers["X-Request-Id"]
+        await asyncio.sleep(0.1)
+    [record] = [r for r in audit_records(tmp_path / "audit") if r.get("request_id") == rid
+                and r.get("type") == "decision"]
+    assert len(record["input_sm3"]) == 64 and "input" not in record

@@ -437,6 +437,11 @@ class KeyRing:
         return KeyErased(f"the data key of customer {sub!r} was erased (at {entry.erased_at}): "
                          f"their encrypted data can no longer be read, nor new data sealed for them")
 
+    def cached_customer_key(self, sub: str) -> DataKey | None:
+        """``sub``'s data key if this process holds it now (no I/O); None: ask :meth:`customer_key`."""
+        entry = self._cached(f"customer/{sub}")
+        return entry.key if isinstance(entry, _Customer) else None
+
     async def customer_key(self, sub: str) -> DataKey:
         """The data key of customer ``sub``, created on first use; KeyErased after :meth:`erase_customer`."""
         entry = await self._customer(sub)

@@ -94,7 +94,7 @@ class Decide:
     def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
         # An engine that judges synchronously (`evaluate_now`) costs no coroutine here.
         try:
-            doc = build_input(ctx, getattr(self._engine, "input_members", None))
+            doc = ctx.policy_input = build_input(ctx, getattr(self._engine, "input_members", None))
             decision = self._now(doc) if self._now is not None else None
         except Exception as exc:
             self._failed(ctx, exc)
