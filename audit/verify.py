@@ -74,6 +74,8 @@ class Report:
     chains: dict[str, ChainSummary] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     witnessed: int = 0
+    retired: dict[str, str] = field(default_factory=dict)
+    """Chains a retention record archived or deleted (audit/retention.py): chain id -> action."""
 
     @property
     def ok(self) -> bool:
@@ -109,9 +111,13 @@ def _file_items(files: list[Path]) -> Iterator[Item]:
 
 
 def verify_directory(directory: Path, public_keys: Mapping[str, Sm2PublicKey],
-                     witness: Iterable[Mapping[str, Any]] | None = None) -> Report:
-    """The file store: every chain's segment files (audit/sink.py)."""
-    chains = {chain: (len(files), _file_items(files)) for chain, files in segment_files(directory).items()}
+                     witness: Iterable[Mapping[str, Any]] | None = None, *, archive: Path | None = None) -> Report:
+    """The file store: every chain's segment files (audit/sink.py), those moved to ``archive`` too."""
+    found = segment_files(directory)
+    if archive is not None:
+        for chain, files in segment_files(archive).items():
+            found[chain] = sorted([*found.get(chain, []), *files], key=lambda p: p.name)
+    chains = {chain: (len(files), _file_items(files)) for chain, files in sorted(found.items())}
     return verify_chains(chains, public_keys, witness)
 
 
@@ -193,6 +199,10 @@ def _verify_chain(chain_id: str, items: Iterable[Item], keys: Mapping[str, Sm2Pu
             summary.closed = bool(doc.get("closing"))
         else:
             summary.closed = False
+        if kind == "retention":
+            for retired in doc.get("chains") or ():
+                if isinstance(retired, Mapping) and isinstance(retired.get("chain"), str):
+                    report.retired[retired["chain"]] = str(retired.get("action"))
         if kind == "chain_start":
             if seq != 0:
                 brk(where, seq, "a chain_start record in the middle of a chain (inserted)")
@@ -221,8 +231,9 @@ def _check_binding(chain_id: str, where: str, bound: Mapping[str, Any], report: 
         return
     target = report.chains.get(other)
     if target is None:
-        report.findings.append(Finding(other, where, seq, f"the chain is missing, though chain {chain_id}'s start "
-                                       f"saw it reach seq {seq}"))
+        if not _retired(other, report, where):
+            report.findings.append(Finding(other, where, seq, f"the chain is missing, though chain {chain_id}'s "
+                                           f"start saw it reach seq {seq}"))
         return
     if target.broken:
         return  # already reported where it broke
@@ -245,8 +256,9 @@ def _check_witnessed(statement: Mapping[str, Any], keys: Mapping[str, Sm2PublicK
     seq, head = int(statement["seq"]), str(statement["head"])
     target = report.chains.get(chain)
     if target is None:
-        report.findings.append(Finding(chain, "witness", seq, f"the chain is missing from the store; the witness "
-                                       f"holds its signed checkpoint at seq {seq}"))
+        if not _retired(chain, report, "witness"):
+            report.findings.append(Finding(chain, "witness", seq, f"the chain is missing from the store; the "
+                                           f"witness holds its signed checkpoint at seq {seq}"))
         return
     if target.broken:
         return
@@ -258,3 +270,14 @@ def _check_witnessed(statement: Mapping[str, Any], keys: Mapping[str, Sm2PublicK
     elif got != head:
         report.findings.append(Finding(chain, "witness", seq, "the record the witness's checkpoint signed was "
                                        "replaced (the chain was rewritten from there on)"))
+
+
+def _retired(chain: str, report: Report, where: str) -> bool:
+    """Whether a retention record accounts for ``chain`` being absent (a notice, once, if so)."""
+    action = report.retired.get(chain)
+    if action is None:
+        return False
+    if not any(f.chain == chain and f.severity == "notice" and "retention" in f.problem for f in report.findings):
+        what = "deleted" if action == "delete" else "archived (give the archive to verify it)"
+        report.findings.append(Finding(chain, where, None, f"{what} by a retention record", "notice"))
+    return True

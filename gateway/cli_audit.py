@@ -45,6 +45,16 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path | None, Any]:
     return cfg.path, witness, keys
 
 
+def _archive(args: argparse.Namespace) -> Path | None:
+    if args.archive:
+        return Path(args.archive)
+    if args.dir is not None:
+        return None
+    from gateway.config import load
+
+    return load(args.config).audit.archive_path
+
+
 def _postgres(args: argparse.Namespace) -> tuple[str, str] | None:
     """``(dsn, schema)`` when the configuration keeps the trail in PostgreSQL."""
     from gateway.config import load
@@ -75,7 +85,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"portcullis audit verify: {directory} is not a directory", file=sys.stderr)
         return 2
     else:
-        report = verify_directory(directory, keys, statements)
+        report = verify_directory(directory, keys, statements, archive=_archive(args))
     if args.json:
         print(json.dumps({
             "ok": report.ok, "witnessed": report.witnessed,
@@ -161,6 +171,43 @@ async def _search_postgres(dsn: str, schema: str, flt: Any, limit: int, cursor: 
         await conn.close()
 
 
+def cmd_retain(args: argparse.Namespace) -> int:
+    """Archive or delete chains past their retention, on the record (audit/retention.py)."""
+    import asyncio
+    import time
+
+    from audit.retention import apply, plan, record
+    from gateway.config import load
+    from gateway.server import build_audit_sink
+
+    cfg = load(args.config).audit
+    if cfg.sink != "file":
+        print("portcullis audit retain: only the file store (PostgreSQL retention is not built)", file=sys.stderr)
+        return 2
+    plans = plan(cfg.path, now=time.time(), retention_days=cfg.retention_days, archive=cfg.archive_path,
+                 archive_years=cfg.archive_years)
+    for p in plans:
+        print(f"{p.action:<8} chain {p.chain}: {len(p.files)} files, newest record "
+              f"{time.strftime('%Y-%m-%d', time.gmtime(p.newest))}")
+    if not plans:
+        print("nothing is past its retention")
+        return 0
+    if args.dry_run:
+        return 0
+
+    async def on_record() -> None:  # write-ahead: the retention is in the trail before a file moves
+        sink = build_audit_sink(cfg)
+        await sink.start()
+        await sink.write(record(plans, by=args.officer, retention_days=cfg.retention_days))
+        await sink.close()
+
+    asyncio.run(on_record())
+    apply(plans, cfg.archive_path)
+    print(f"done: {sum(p.action == 'archive' for p in plans)} chains archived, "
+          f"{sum(p.action == 'delete' for p in plans)} deleted")
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], example_config: Path) -> None:
     a = sub.add_parser("audit", help="the tamper-evident audit trail: verify it, print its public keys")
     a_sub = a.add_subparsers(dest="audit_command", required=True)
@@ -173,6 +220,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], example
     v.add_argument("--public-keys", help="the audit public keys (`portcullis audit public-key` output, or the "
                                          "key file itself)")
     v.add_argument("--witness", help="the witness file (instead of the config's)")
+    v.add_argument("--archive", help="the archive directory of retained chains (instead of the config's)")
     v.add_argument("--json", action="store_true", help="a JSON report instead of text")
     v.set_defaults(func=cmd_verify)
     q = a_sub.add_parser("query", parents=[config], help="search the trail (the search is audited too)")
@@ -186,5 +234,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], example
     q.add_argument("--officer", default=os.environ.get("USER") or "unknown",
                    help="who is asking (recorded; default $USER)")
     q.set_defaults(func=cmd_query)
+    r = a_sub.add_parser("retain", parents=[config],
+                         help="archive (money) or delete (the rest) chains past [audit] retention_days, on the record")
+    r.add_argument("--dry-run", action="store_true", help="print what would happen, touch nothing")
+    r.add_argument("--officer", default=os.environ.get("USER") or "unknown", help="who runs it (recorded)")
+    r.set_defaults(func=cmd_retain)
     k = a_sub.add_parser("public-key", parents=[config], help="the audit public keys, for verifiers")
     k.set_defaults(func=cmd_public_key)

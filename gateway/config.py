@@ -189,6 +189,12 @@ class AuditConfig:
     """Records between two signed checkpoints at most."""
     checkpoint_interval: float = 5.0
     """Seconds an unsigned record waits for its checkpoint at most."""
+    retention_days: float = 183.0
+    """Chains whose newest record is older are archived (money records) or deleted by ``portcullis audit retain``;
+    at least 183 days (network logs >= 6 months, RULES.md)."""
+    archive_path: Path | None = None
+    """Where chains holding trade, transfer or admin records go (kept ``archive_years``); None: they stay."""
+    archive_years: float = 20.0
     witness: Literal["none", "file"] = "none"
     witness_path: Path | None = None
     """The file witness (on other storage than ``path``): every signed checkpoint, append-only."""
@@ -892,6 +898,9 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         signing_key_file=_path(at, "signing_key_file", base, None),
         checkpoint_every=_int(at, "checkpoint_every", 1000, 1, 10_000_000),
         checkpoint_interval=_number(at, "checkpoint_interval", 5.0, minimum=0.05),
+        retention_days=_number(at, "retention_days", 183.0, minimum=183.0),
+        archive_path=_path(at, "archive_path", base, None),
+        archive_years=_number(at, "archive_years", 20.0, minimum=20.0),
         witness=_choice(at, "witness", ("none", "file"), "none"),  # type: ignore[arg-type]
         witness_path=_path(at, "witness_path", base, None),
     )
