@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -242,7 +244,6 @@ async def test_searching_the_database_matches_the_file_stores_search(postgres_ds
 
 async def test_portcullis_audit_verify_reads_the_database_from_the_config(
         postgres_dsn: str, pg_schema: str, tmp_path: Path) -> None:
-    from gateway.cli import main
     from gateway.demo_keys import ensure_demo_keys
     from tests.harness import gateway_config
     from tests.test_cli import _write_toml
@@ -257,11 +258,16 @@ async def test_portcullis_audit_verify_reads_the_database_from_the_config(
         "sink": "postgres", "postgres_dsn": postgres_dsn, "postgres_schema": pg_schema,
         "signing_key_file": str(tmp_path / "audit-key.json"), "witness": "file",
         "witness_path": str(witness.path)}))
-    assert await asyncio.to_thread(main, ["audit", "verify", "--config", str(config)]) == 0
+    def verify() -> int:  # its own process: the command runs its own event loop
+        return subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--config", str(config)],
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                              timeout=60).returncode
+
+    assert await asyncio.to_thread(verify) == 0
     conn = await asyncpg.connect(postgres_dsn)
     try:
         await conn.execute(f'ALTER TABLE "{pg_schema}".audit_records DISABLE TRIGGER USER')
         await conn.execute(f'DELETE FROM "{pg_schema}".audit_records WHERE request_id = \'r3\'')
     finally:
         await conn.close()
-    assert await asyncio.to_thread(main, ["audit", "verify", "--config", str(config)]) == 1
+    assert await asyncio.to_thread(verify) == 1
