@@ -9,19 +9,22 @@ storage, or a second party's HTTPS endpoint can play the part.
 * :class:`FileWitness`: one JSON line per statement, fsynced, in a file that
   belongs on other storage than the audit directory (another disk, a mount
   of another machine, WORM storage).
+* :class:`PostgresWitness`: a table in a second PostgreSQL database (another
+  server, another owner than the trail's), append-only by trigger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["FileWitness", "Witness", "WitnessError"]
+__all__ = ["FileWitness", "PostgresWitness", "Witness", "WitnessError"]
 
 
 class WitnessError(Exception):
@@ -79,3 +82,67 @@ class FileWitness:
 
     async def statements(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.read)
+
+
+class PostgresWitness:
+    """Statements in a table of another PostgreSQL database (or at least another schema and role than the
+    trail's own): ``audit_witness(id bigserial, chain, seq, statement jsonb)``, append-only by trigger.
+
+    A separate connection per push (checkpoints are a few a second at most), so a witness that is down
+    costs the gateway nothing but retries (audit/sink.py)."""
+
+    def __init__(self, dsn: str, schema: str = "portcullis_witness", *, timeout: float = 5.0) -> None:
+        if not _IDENT.fullmatch(schema):
+            raise ValueError(f"schema must be a plain SQL identifier (got {schema!r})")
+        self._dsn = dsn
+        self._s = f'"{schema}"'
+        self._timeout = timeout
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"PostgresWitness(schema={self._s})"
+
+    async def _connect(self) -> Any:
+        import asyncpg
+
+        conn = await asyncpg.connect(self._dsn, timeout=self._timeout, command_timeout=self._timeout)
+        if not self._ready:
+            await conn.execute(_WITNESS_DDL.format(s=self._s))
+            self._ready = True
+        return conn
+
+    async def push(self, statement: Mapping[str, Any]) -> None:
+        try:
+            conn = await self._connect()
+            try:
+                await conn.execute(f"INSERT INTO {self._s}.audit_witness (chain, seq, statement) "
+                                   "VALUES ($1, $2, $3::jsonb)", str(statement.get("chain")),
+                                   int(statement.get("seq", -1)), orjson.dumps(statement).decode())
+            finally:
+                await conn.close()
+        except Exception as exc:  # connection, timeout, server: retried by the sink
+            raise WitnessError(f"witness database: {type(exc).__name__}") from None
+
+    async def statements(self) -> list[dict[str, Any]]:
+        try:
+            conn = await self._connect()
+            try:
+                rows = await conn.fetch(f"SELECT statement::text AS s FROM {self._s}.audit_witness ORDER BY id")
+            finally:
+                await conn.close()
+        except Exception as exc:
+            raise WitnessError(f"witness database: {type(exc).__name__}") from None
+        return [orjson.loads(r["s"]) for r in rows]
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_WITNESS_DDL = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.audit_witness (
+    id bigserial PRIMARY KEY, chain text NOT NULL, seq bigint NOT NULL, statement jsonb NOT NULL);
+CREATE OR REPLACE FUNCTION {s}.witness_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the witness is append-only'; END $$;
+DROP TRIGGER IF EXISTS audit_witness_append_only ON {s}.audit_witness;
+CREATE TRIGGER audit_witness_append_only BEFORE UPDATE OR DELETE ON {s}.audit_witness
+    FOR EACH ROW EXECUTE FUNCTION {s}.witness_append_only();
+"""

@@ -23,10 +23,11 @@ from audit.postgres import PostgresAuditSink
 from audit.query import Filter, FilterError, search, to_csv, to_json
 from audit.sink import AuditWriteError
 from audit.verify import verify_directory
-from audit.witness import FileWitness
+from audit.witness import WitnessError
 from gateway.admin import GATEWAY_KEY, _audit_first
 from gateway.admin_policy import compliance_officer, json_ok
 from gateway.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, GatewayError
+from gateway.server import build_witness
 
 __all__ = ["add_audit_routes"]
 
@@ -68,8 +69,11 @@ async def verify_trail(request: web.Request) -> web.Response:
     keys: Any = getattr(getattr(gw.audit, "inner", gw.audit), "keys", None)  # the store's
     if not isinstance(keys, AuditKeys):
         raise GatewayError(BAD_REQUEST, "this gateway's audit trail has no signing key to verify against")
-    witness = FileWitness(cfg.witness_path) if cfg.witness == "file" and cfg.witness_path is not None else None
-    statements = await witness.statements() if witness is not None else None
+    witness = build_witness(cfg)
+    try:
+        statements = await witness.statements() if witness is not None else None
+    except WitnessError as exc:
+        raise GatewayError(AUDIT_UNAVAILABLE, str(exc)) from None
     trail = getattr(gw.audit, "inner", gw.audit)
     if isinstance(trail, PostgresAuditSink):
         report = await trail.verify(keys.public_keys(), statements)

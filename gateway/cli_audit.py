@@ -26,23 +26,26 @@ from typing import Any
 __all__ = ["add_parser"]
 
 
-def _paths(args: argparse.Namespace) -> tuple[Path, Path | None, Any]:
-    """The audit directory, the witness file and the public keys, from the flags or the config."""
+def _paths(args: argparse.Namespace) -> tuple[Path, Any, Any]:
+    """The audit directory, the witness and the public keys, from the flags or the config."""
     from audit.keys import AuditKeys, load_public_keys
+    from audit.witness import FileWitness
     from gateway.config import load
 
     if args.dir is not None:
         if args.public_keys is None:
             raise SystemExit("portcullis audit verify: --dir needs --public-keys (the audit public keys)")
-        return Path(args.dir), Path(args.witness) if args.witness else None, load_public_keys(Path(args.public_keys))
+        witness = FileWitness(Path(args.witness)) if args.witness else None
+        return Path(args.dir), witness, load_public_keys(Path(args.public_keys))
     cfg = load(args.config).audit
     if cfg.signing_key_file is None:
         raise SystemExit(f"portcullis audit: {args.config} sets no [audit] signing_key_file: each process drew "
                          f"its own key, which nobody can verify against")
     keys = (load_public_keys(Path(args.public_keys)) if args.public_keys
             else AuditKeys.from_file(cfg.signing_key_file).public_keys())
-    witness = Path(args.witness) if args.witness else (cfg.witness_path if cfg.witness == "file" else None)
-    return cfg.path, witness, keys
+    from gateway.server import build_witness
+
+    return cfg.path, FileWitness(Path(args.witness)) if args.witness else build_witness(cfg), keys
 
 
 def _archive(args: argparse.Namespace) -> Path | None:
@@ -66,11 +69,18 @@ def _postgres(args: argparse.Namespace) -> tuple[str, str] | None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from audit.keys import AuditKeyError
     from audit.verify import verify_directory
-    from audit.witness import FileWitness, WitnessError
+    from audit.witness import WitnessError
 
     try:
-        directory, witness_path, keys = _paths(args)
-        statements = FileWitness(witness_path).read() if witness_path is not None else None
+        import asyncio
+
+        from audit.witness import FileWitness
+
+        directory, witness, keys = _paths(args)
+        if isinstance(witness, FileWitness):
+            statements: Any = witness.read()
+        else:
+            statements = asyncio.run(witness.statements()) if witness is not None else None
     except (AuditKeyError, WitnessError) as exc:
         print(f"portcullis audit verify: {exc}", file=sys.stderr)
         return 2

@@ -195,8 +195,11 @@ class AuditConfig:
     archive_path: Path | None = None
     """Where chains holding trade, transfer or admin records go (kept ``archive_years``); None: they stay."""
     archive_years: float = 20.0
-    witness: Literal["none", "file"] = "none"
+    witness: Literal["none", "file", "postgres"] = "none"
     witness_path: Path | None = None
+    witness_dsn: str | None = None
+    """``witness = "postgres"``: a second database (another server and owner than the trail's)."""
+    witness_schema: str = "portcullis_witness"
     """The file witness (on other storage than ``path``): every signed checkpoint, append-only."""
 
 
@@ -901,11 +904,15 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         retention_days=_number(at, "retention_days", 183.0, minimum=183.0),
         archive_path=_path(at, "archive_path", base, None),
         archive_years=_number(at, "archive_years", 20.0, minimum=20.0),
-        witness=_choice(at, "witness", ("none", "file"), "none"),  # type: ignore[arg-type]
+        witness=_choice(at, "witness", ("none", "file", "postgres"), "none"),  # type: ignore[arg-type]
         witness_path=_path(at, "witness_path", base, None),
+        witness_dsn=_env(at, "witness_dsn") if "witness_dsn" in at.data else None,
+        witness_schema=at.get("witness_schema", str, "portcullis_witness"),
     )
     if audit.sink == "postgres" and not audit.postgres_dsn:
         raise ConfigError(f"{at.key('postgres_dsn')}: required when sink = \"postgres\"")
+    if audit.witness == "postgres" and not audit.witness_dsn:
+        raise ConfigError(f"{at.key('witness_dsn')}: required when witness = \"postgres\"")
     if audit.witness == "file" and audit.witness_path is None:
         raise ConfigError(f"{at.key('witness_path')}: required when witness = \"file\"")
     at.finish()

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from audit.keys import AuditKeyError, AuditKeys
 from audit.sink import AuditSink, AuditWriteError, ChainedSink, FileAuditSink
-from audit.witness import FileWitness
+from audit.witness import FileWitness, PostgresWitness, Witness
 from gateway import logs
 from gateway.authn.jwks import JwksError
 from gateway.authn.revocation import RevocationList
@@ -554,7 +554,7 @@ def build_audit_sink(cfg: AuditConfig) -> ChainedSink:
                 else AuditKeys.generate())
     except AuditKeyError as exc:
         raise ConfigError(f"audit.signing_key_file: {exc}") from None
-    witness = FileWitness(cfg.witness_path) if cfg.witness == "file" and cfg.witness_path is not None else None
+    witness = build_witness(cfg)
     if cfg.sink == "postgres":
         from audit.postgres import PostgresAuditSink
 
@@ -565,3 +565,13 @@ def build_audit_sink(cfg: AuditConfig) -> ChainedSink:
     return FileAuditSink(cfg.path, fsync_interval=cfg.fsync_interval_ms / 1000,
                          sync_interval=cfg.sync_interval_ms / 1000, keys=keys, witness=witness,
                          checkpoint_every=cfg.checkpoint_every, checkpoint_interval=cfg.checkpoint_interval)
+
+
+def build_witness(cfg: AuditConfig) -> Witness | None:
+    """Where ``[audit]`` sends signed checkpoints besides the trail: a file on other storage, a second
+    database, or nowhere (then truncation of a chain's newest records goes unseen)."""
+    if cfg.witness == "file" and cfg.witness_path is not None:
+        return FileWitness(cfg.witness_path)
+    if cfg.witness == "postgres" and cfg.witness_dsn:
+        return PostgresWitness(cfg.witness_dsn, cfg.witness_schema)
+    return None

@@ -271,3 +271,45 @@ async def test_portcullis_audit_verify_reads_the_database_from_the_config(
     finally:
         await conn.close()
     assert await asyncio.to_thread(verify) == 1
+
+
+async def test_a_second_database_witnesses_the_checkpoints(postgres_dsn: str, pg_schema: str, keys: AuditKeys,
+                                                           tmp_path: Path) -> None:
+    from audit.witness import PostgresWitness
+    from gateway.demo_keys import ensure_demo_keys
+    from tests.harness import gateway_config
+    from tests.test_cli import _write_toml
+
+    witness_schema = pg_schema + "_w"
+    witness = PostgresWitness(postgres_dsn, witness_schema)
+    sink = PostgresAuditSink(postgres_dsn, pg_schema, fsync_interval=0.0, keys=keys, witness=witness,
+                             checkpoint_every=4)
+    try:
+        await _fill(sink, 10)
+        await sink.close()
+        statements = await witness.statements()
+        assert len(statements) >= 3 and statements[-1]["seq"] > statements[0]["seq"]
+        assert (await verify_postgres(postgres_dsn, pg_schema, keys.public_keys(), statements)).ok
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                await conn.execute(f'DELETE FROM "{witness_schema}".audit_witness')
+            await conn.execute(f'ALTER TABLE "{pg_schema}".audit_records DISABLE TRIGGER USER')
+            newest = await conn.fetchval(f'SELECT max(seq) FROM "{pg_schema}".audit_records')
+            await conn.execute(f'DELETE FROM "{pg_schema}".audit_records WHERE seq > $1', newest - 3)
+        finally:
+            await conn.close()
+        config = tmp_path / "gw.toml"
+        _write_toml(config, gateway_config(ensure_demo_keys(tmp_path / "keys"), tmp_path, "http://127.0.0.1:9",
+                                           audit={"sink": "postgres", "postgres_dsn": postgres_dsn,
+                                                  "postgres_schema": pg_schema, "witness": "postgres",
+                                                  "witness_dsn": postgres_dsn, "witness_schema": witness_schema,
+                                                  "signing_key_file": str(tmp_path / "audit-key.json")}))
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "gateway", "audit", "verify", "--config",
+                                                       str(config)], capture_output=True, text=True,
+                                      cwd=Path(__file__).resolve().parents[1], timeout=60)
+        assert out.returncode == 1 and "witness" in out.stdout and "deleted" in out.stdout
+    finally:
+        conn = await asyncpg.connect(postgres_dsn)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{witness_schema}" CASCADE')
+        await conn.close()
