@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from audit.chain import CHAIN_FIELDS
-from audit.sink import AuditWriteError, FileAuditSink, encode
+from audit.chain import CHAIN_FIELDS, canonical
+from audit.sink import AuditWriteError, FileAuditSink
 
 
 def _lines(folder: Path) -> list[dict[str, object]]:
@@ -83,7 +83,7 @@ async def test_segment_files_are_private(tmp_path: Path) -> None:
 
 
 def test_encoding_is_canonical() -> None:
-    assert encode({"b": 1, "a": "\u00e9"}) == '{"a":"\u00e9","b":1}\n'.encode()
+    assert canonical({"b": 1, "a": "\u00e9"}) == '{"a":"\u00e9","b":1}'.encode()
 
 
 async def test_enqueued_records_are_written_and_failures_counted(tmp_path: Path) -> None:
@@ -160,3 +160,13 @@ async def test_a_full_segment_is_synced_before_the_next_one_starts(
     assert synced.count(first_fd) == before + 1  # type: ignore[arg-type]
     await sink.close()
     assert len(list(tmp_path.glob("*.jsonl"))) == 2
+
+
+async def test_a_record_setting_the_chains_fields_is_refused_and_the_chain_goes_on(tmp_path: Path) -> None:
+    sink = FileAuditSink(tmp_path, fsync_interval=0.0)
+    with pytest.raises(AuditWriteError, match="the chain does"):
+        await sink.write({"type": "decision", "seq": 7})
+    sink.enqueue({"type": "decision", "prev": "x"})
+    await sink.write({"n": 1})
+    await sink.close()
+    assert sink.failed == 1 and _lines(tmp_path) == [{"n": 1}]
