@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from audit.sink import AuditSink
+from gateway.background import Background
 from gateway.config import CryptoConfig
 from gateway.crypto.fields import FieldCipher, open_value, seal_json, seal_value
 from gateway.crypto.json_paths import FieldPath, parse_paths
@@ -223,7 +224,7 @@ class SealingSink:
     def __init__(self, inner: AuditSink, personal: PersonalData) -> None:
         self._inner = inner
         self._personal = personal
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending = Background(on_error=_not_written)
 
     @property
     def inner(self) -> AuditSink:
@@ -241,7 +242,7 @@ class SealingSink:
         if not self._personal.holds(record):
             return self._inner.submit(record)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._spawn(self._submit(dict(record), done))
+        self._pending.spawn(self._submit(dict(record), done))
         return done
 
     async def _submit(self, record: dict[str, Any], done: asyncio.Future[None]) -> None:
@@ -259,20 +260,10 @@ class SealingSink:
         if not self._personal.holds(record):
             self._inner.enqueue(record)
             return
-        self._spawn(self._enqueue(dict(record)))
+        self._pending.spawn(self._enqueue(dict(record)))
 
     async def _enqueue(self, record: dict[str, Any]) -> None:
         self._inner.enqueue(await self._personal.protect(record))
-
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
-        self._pending.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("audit record with personal data not written: %s", type(task.exception()).__name__)
 
     @property
     def failed(self) -> int:
@@ -283,7 +274,10 @@ class SealingSink:
         return self._inner.backlog + len(self._pending)
 
     async def close(self) -> None:
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self._pending.drain()
         await self._inner.close()
+
+
+def _not_written(exc: BaseException) -> None:
+    log.error("audit record with personal data not written: %s", type(exc).__name__)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from audit.chain import canonical
 from audit.sink import AuditSink, AuditWriteError
+from gateway.background import Background
 from gateway.config import GUARDED_TIERS
 from gateway.context import RequestContext
 from gateway.crypto import sm3
@@ -98,7 +99,7 @@ class AuditDecision:
         self._sink = sink
         self._timeout = timeout
         self._inputs = inputs
-        self._sealing: set[asyncio.Task[None]] = set()
+        self._sealing = Background()
 
     def _input(self, ctx: RequestContext, record: dict[str, Any]) -> bytes | None:
         """Add the input's digest (and its sealed copy when the key is at hand); the JSON still to seal."""
@@ -158,9 +159,7 @@ class AuditDecision:
         if unsealed is None:
             self._sink.enqueue(record)
             return
-        task = asyncio.ensure_future(self._seal_then_enqueue(record, unsealed))
-        self._sealing.add(task)
-        task.add_done_callback(self._sealing.discard)
+        self._sealing.spawn(self._seal_then_enqueue(record, unsealed))
 
     async def _seal_then_enqueue(self, record: dict[str, Any], unsealed: bytes) -> None:
         await self._seal(record, unsealed)
@@ -168,5 +167,4 @@ class AuditDecision:
 
     async def drain(self) -> None:
         """Wait for records whose input is being sealed (before the sink closes)."""
-        while self._sealing:
-            await asyncio.gather(*list(self._sealing), return_exceptions=True)
+        await self._sealing.drain()
