@@ -198,6 +198,11 @@ class ChainedSink:
         return self._keys
 
     @property
+    def witness(self) -> Witness | None:
+        """Where this sink's signed checkpoints go besides the store."""
+        return self._witness
+
+    @property
     def chain_id(self) -> str | None:
         return self._chain.chain_id if self._chain is not None else None
 

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from aiohttp import web
 
-from audit.keys import AuditKeys
 from audit.postgres import PostgresAuditSink
 from audit.query import Filter, FilterError, search, to_csv, to_json
-from audit.sink import AuditWriteError
+from audit.sink import AuditWriteError, ChainedSink
 from audit.verify import verify_directory
 from audit.witness import WitnessError
 from gateway.admin import GATEWAY_KEY, _audit_first
 from gateway.admin_policy import compliance_officer, json_ok
 from gateway.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, GatewayError
-from gateway.server import build_witness
 
 __all__ = ["add_audit_routes"]
 
@@ -42,9 +39,8 @@ async def search_records(request: web.Request) -> web.StreamResponse:
         limit = int(q.get("limit", "100"))
         if fmt not in ("json", "csv"):
             raise FilterError("format: json or csv")
-        trail = getattr(gw.audit, "inner", gw.audit)
-        if isinstance(trail, PostgresAuditSink):
-            page = await trail.search(flt, limit=limit, cursor=q.get("cursor"))
+        if isinstance(gw.trail, PostgresAuditSink):
+            page = await gw.trail.search(flt, limit=limit, cursor=q.get("cursor"))
         else:
             page = await asyncio.to_thread(search, gw.config.audit.path, flt, limit=limit, cursor=q.get("cursor"))
     except (FilterError, ValueError) as exc:
@@ -65,20 +61,19 @@ async def search_records(request: web.Request) -> web.StreamResponse:
 async def verify_trail(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     officer = await compliance_officer(request, "audit API")
-    cfg = gw.config.audit
-    keys: Any = getattr(getattr(gw.audit, "inner", gw.audit), "keys", None)  # the store's
-    if not isinstance(keys, AuditKeys):
+    trail = gw.trail
+    keys = trail.keys if isinstance(trail, ChainedSink) else None
+    if keys is None:
         raise GatewayError(BAD_REQUEST, "this gateway's audit trail has no signing key to verify against")
-    witness = build_witness(cfg)
+    witness = trail.witness if isinstance(trail, ChainedSink) else None
     try:
         statements = await witness.statements() if witness is not None else None
     except WitnessError as exc:
         raise GatewayError(AUDIT_UNAVAILABLE, str(exc)) from None
-    trail = getattr(gw.audit, "inner", gw.audit)
     if isinstance(trail, PostgresAuditSink):
         report = await trail.verify(keys.public_keys(), statements)
     else:
-        report = await asyncio.to_thread(verify_directory, cfg.path, keys.public_keys(), statements)
+        report = await asyncio.to_thread(verify_directory, gw.config.audit.path, keys.public_keys(), statements)
     gw.audit.enqueue({"type": "admin", "time": time.time(), "sub": officer.sub, "action": "audit_verify",
                       "ok": report.ok, "breaks": len(report.breaks)})
     return json_ok({

@@ -167,7 +167,9 @@ class Gateway:
         self.router = Router(config.routes)
         self.upstreams = Upstreams(config)
         self.state = state or build_store(config.state)
-        self.audit: AuditSink = audit_sink or build_audit_sink(config.audit)
+        self.trail: AuditSink = audit_sink or build_audit_sink(config.audit)
+        """The audit store itself; ``audit`` is what the gateway writes through (it may seal first)."""
+        self.audit: AuditSink = self.trail
         self.notifier = notifier or build_notifier(config.notifier)
         # Swappable: an approved bundle replaces the engine while requests run (gateway/bundles).
         self.policy = ActivePolicy(policy or build_policy(config))
@@ -186,7 +188,7 @@ class Gateway:
                                          count=self.metrics.personal)
             self.audit = SealingSink(self.audit, self.personal)
         self.metrics.watch_audit(lambda: self.audit.backlog, lambda: self.audit.failed)
-        trail = getattr(self.audit, "inner", self.audit)  # under the personal-data sealing, the store
+        trail = self.trail
         if isinstance(trail, ChainedSink):
             self.metrics.watch_witness(lambda: trail.witness_backlog, lambda: trail.witness_failures)
         g = config.gateway
