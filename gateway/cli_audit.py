@@ -20,82 +20,73 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = ["add_parser"]
 
 
-def _paths(args: argparse.Namespace) -> tuple[Path, Any, Any]:
-    """The audit directory, the witness and the public keys, from the flags or the config."""
+@dataclass(frozen=True, slots=True)
+class _Trail:
+    """What ``verify`` checks, from the flags or the configuration (read once)."""
+
+    directory: Path
+    witness: Any
+    keys: Any
+    archive: Path | None
+    postgres: tuple[str, str] | None
+    """``(dsn, schema)`` when the configuration keeps the trail in PostgreSQL."""
+
+
+def _trail(args: argparse.Namespace) -> _Trail:
     from audit.keys import AuditKeys, load_public_keys
     from audit.witness import FileWitness
     from gateway.config import load
+    from gateway.server import build_witness
 
+    archive = Path(args.archive) if args.archive else None
     if args.dir is not None:
         if args.public_keys is None:
             raise SystemExit("portcullis audit verify: --dir needs --public-keys (the audit public keys)")
-        witness = FileWitness(Path(args.witness)) if args.witness else None
-        return Path(args.dir), witness, load_public_keys(Path(args.public_keys))
+        given = FileWitness(Path(args.witness)) if args.witness else None
+        return _Trail(Path(args.dir), given, load_public_keys(Path(args.public_keys)), archive, None)
     cfg = load(args.config).audit
     if cfg.signing_key_file is None:
         raise SystemExit(f"portcullis audit: {args.config} sets no [audit] signing_key_file: each process drew "
                          f"its own key, which nobody can verify against")
     keys = (load_public_keys(Path(args.public_keys)) if args.public_keys
             else AuditKeys.from_file(cfg.signing_key_file).public_keys())
-    from gateway.server import build_witness
-
-    return cfg.path, FileWitness(Path(args.witness)) if args.witness else build_witness(cfg), keys
-
-
-def _archive(args: argparse.Namespace) -> Path | None:
-    if args.archive:
-        return Path(args.archive)
-    if args.dir is not None:
-        return None
-    from gateway.config import load
-
-    return load(args.config).audit.archive_path
-
-
-def _postgres(args: argparse.Namespace) -> tuple[str, str] | None:
-    """``(dsn, schema)`` when the configuration keeps the trail in PostgreSQL."""
-    from gateway.config import load
-
-    cfg = load(args.config).audit
-    return (cfg.postgres_dsn, cfg.postgres_schema) if cfg.sink == "postgres" and cfg.postgres_dsn else None
+    witness = FileWitness(Path(args.witness)) if args.witness else build_witness(cfg)
+    postgres = (cfg.postgres_dsn, cfg.postgres_schema) if cfg.sink == "postgres" and cfg.postgres_dsn else None
+    return _Trail(cfg.path, witness, keys, archive or cfg.archive_path, postgres)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import asyncio
+
     from audit.keys import AuditKeyError
     from audit.verify import verify_directory
-    from audit.witness import WitnessError
+    from audit.witness import FileWitness, WitnessError
 
     try:
-        import asyncio
-
-        from audit.witness import FileWitness
-
-        directory, witness, keys = _paths(args)
-        if isinstance(witness, FileWitness):
-            statements: Any = witness.read()
+        trail = _trail(args)
+        if isinstance(trail.witness, FileWitness):
+            statements: Any = trail.witness.read()
         else:
-            statements = asyncio.run(witness.statements()) if witness is not None else None
+            statements = asyncio.run(trail.witness.statements()) if trail.witness is not None else None
     except (AuditKeyError, WitnessError) as exc:
         print(f"portcullis audit verify: {exc}", file=sys.stderr)
         return 2
-    pg = None if args.dir is not None else _postgres(args)
-    if pg is not None:
-        import asyncio
-
+    if trail.postgres is not None:
         from audit.postgres import verify_postgres
 
-        report = asyncio.run(verify_postgres(pg[0], pg[1], keys, statements))
-    elif not directory.is_dir():
-        print(f"portcullis audit verify: {directory} is not a directory", file=sys.stderr)
+        report = asyncio.run(verify_postgres(*trail.postgres, trail.keys, statements))
+    elif not trail.directory.is_dir():
+        print(f"portcullis audit verify: {trail.directory} is not a directory", file=sys.stderr)
         return 2
     else:
-        report = verify_directory(directory, keys, statements, archive=_archive(args))
+        report = verify_directory(trail.directory, trail.keys, statements, archive=trail.archive)
     if args.json:
         print(json.dumps({
             "ok": report.ok, "witnessed": report.witnessed,
