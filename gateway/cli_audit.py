@@ -127,7 +127,6 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from audit.query import Filter, FilterError, search, to_csv, to_json
     from gateway.config import load
-    from gateway.server import build_audit_sink
 
     cfg = load(args.config).audit
     try:
@@ -142,15 +141,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"portcullis audit query: {exc}", file=sys.stderr)
         return 2
 
-    async def record() -> None:  # write-ahead: the query is in the trail before its answer is shown
-        sink = build_audit_sink(cfg)
-        await sink.start()
-        await sink.write({"type": "admin", "time": time.time(), "sub": args.officer, "action": "audit_query",
-                          "via": "cli", "filters": flt.public(), "format": args.format, "count": len(page.records),
-                          "cursor": args.cursor})
-        await sink.close()
-
-    asyncio.run(record())
+    # Write-ahead: the query is in the trail before its answer is shown.
+    _record(cfg, {"type": "admin", "time": time.time(), "sub": args.officer, "action": "audit_query", "via": "cli",
+                  "filters": flt.public(), "format": args.format, "count": len(page.records), "cursor": args.cursor})
     if args.format == "csv":
         sys.stdout.write(to_csv(page.records))
     else:
@@ -172,14 +165,34 @@ async def _search_postgres(dsn: str, schema: str, flt: Any, limit: int, cursor: 
         await conn.close()
 
 
+def _record(cfg: Any, record: dict[str, Any]) -> None:
+    """Write one record into the trail ``cfg`` ([audit]) describes, durably, in a chain of its own."""
+    import asyncio
+
+    from audit.sink import AuditWriteError
+    from gateway.server import build_audit_sink
+
+    async def write() -> None:
+        sink = build_audit_sink(cfg)
+        await sink.start()
+        try:
+            await sink.write(record)
+        finally:
+            await sink.close()
+
+    try:
+        asyncio.run(write())
+    except AuditWriteError as exc:  # nothing is shown or moved that the trail does not hold first
+        raise SystemExit(f"portcullis audit: the audit trail did not take the record ({exc}); "
+                         "nothing was done") from None
+
+
 def cmd_retain(args: argparse.Namespace) -> int:
     """Archive or delete chains past their retention, on the record (audit/retention.py)."""
-    import asyncio
     import time
 
     from audit.retention import apply, plan, record
     from gateway.config import load
-    from gateway.server import build_audit_sink
 
     cfg = load(args.config).audit
     if cfg.sink != "file":
@@ -196,13 +209,7 @@ def cmd_retain(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
 
-    async def on_record() -> None:  # write-ahead: the retention is in the trail before a file moves
-        sink = build_audit_sink(cfg)
-        await sink.start()
-        await sink.write(record(plans, by=args.officer, retention_days=cfg.retention_days))
-        await sink.close()
-
-    asyncio.run(on_record())
+    _record(cfg, record(plans, by=args.officer, retention_days=cfg.retention_days))  # before a file moves
     apply(plans, cfg.archive_path)
     print(f"done: {sum(p.action == 'archive' for p in plans)} chains archived, "
           f"{sum(p.action == 'delete' for p in plans)} deleted")
