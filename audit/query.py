@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from audit.sink import segment_files
+from audit.sink import read_records, segment_files
 
 __all__ = ["COLUMNS", "MAX_LIMIT", "Filter", "FilterError", "Page", "parse_cursor", "search", "to_csv", "to_json"]
 
@@ -138,20 +138,10 @@ def _records(directory: Path, after: tuple[str, int] | None) -> Iterator[dict[st
     for chain, files in segment_files(directory).items():
         if after is not None and chain < after[0]:
             continue
-        for path in files:
-            with path.open("rb") as f:
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        break  # a torn last line
-                    try:
-                        doc = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        continue  # verify reports it; a search skips it
-                    if not isinstance(doc, dict):
-                        continue
-                    if after is not None and chain == after[0] and int(doc.get("seq", -1)) <= after[1]:
-                        continue
-                    yield doc
+        for doc in read_records(files):
+            if after is not None and chain == after[0] and int(doc.get("seq", -1)) <= after[1]:
+                continue
+            yield doc
 
 
 def parse_cursor(cursor: str) -> tuple[str, int]:

@@ -28,14 +28,11 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from audit.sink import chain_end, segment_files
+from audit.sink import chain_end, read_records, segment_files
 
 __all__ = ["MONEY_TIERS", "Plan", "apply", "plan"]
 
@@ -62,32 +59,20 @@ class Plan:
 def _scan(files: list[Path]) -> tuple[float, bool]:
     """The newest record's time and whether any record is a money record."""
     newest, money = 0.0, False
-    for path in files:
-        with path.open("rb") as f:
-            for line in f:
-                try:
-                    doc = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(doc, Mapping):
-                    continue
-                t = doc.get("time")
-                if isinstance(t, (int, float)):
-                    newest = max(newest, float(t))
-                if doc.get("tier") in MONEY_TIERS or doc.get("type") == "admin":
-                    money = True
+    for doc in read_records(files):
+        t = doc.get("time")
+        if isinstance(t, (int, float)):
+            newest = max(newest, float(t))
+        if doc.get("tier") in MONEY_TIERS or doc.get("type") == "admin":
+            money = True
     return newest, money
 
 
 def plan(directory: Path, *, now: float, retention_days: float, archive: Path | None,
-         archive_years: float = 20.0, keep: frozenset[str] = frozenset()) -> list[Plan]:
-    """What retention would do to ``directory`` (and to ``archive``'s expired chains); nothing is touched.
-
-    ``keep``: chain ids never acted on (the one being written now)."""
+         archive_years: float = 20.0) -> list[Plan]:
+    """What retention would do to ``directory`` (and to ``archive``'s expired chains); nothing is touched."""
     out: list[Plan] = []
     for chain, files in segment_files(directory).items():
-        if chain in keep:
-            continue
         end = chain_end(files[-1])
         newest, money = _scan(files)
         if newest == 0.0 or now - newest < retention_days * DAY:

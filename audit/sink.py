@@ -24,9 +24,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+import orjson
 
 from audit.chain import GENESIS, Chain, ChainBreak, line_hash, new_chain_id, parse_line
 from audit.keys import AuditKeys
@@ -79,6 +81,22 @@ def segment_files(directory: Path) -> dict[str, list[Path]]:
         if m is not None:
             chains.setdefault(m["chain"], []).append((int(m["seg"]), path))
     return {chain: [p for _, p in sorted(files)] for chain, files in sorted(chains.items())}
+
+
+def read_records(files: list[Path]) -> Iterator[dict[str, Any]]:
+    """The records of ``files`` in order: complete lines that are JSON objects (a torn last line, or a line
+    that is not JSON, is skipped: `audit/verify.py` is what reports them)."""
+    for path in files:
+        with path.open("rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    doc = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(doc, dict):
+                    yield doc
 
 
 def chain_end(path: Path) -> dict[str, Any]:
