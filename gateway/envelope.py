@@ -1,8 +1,8 @@
 """Session keys at ``/auth/session-key`` and the SM4-GCM envelopes they seal (docs/CRYPTO.md).
 
 The cryptography is pure and lives in :mod:`gateway.crypto.session`; this module
-holds the gateway's side: the SM2 agreement keys, the session-key records in the
-shared state store, the endpoint, and the two pipeline steps.
+holds the gateway's side: the session-key records in the shared state store, the
+endpoint, and the two pipeline steps.
 
 * :class:`~gateway.agreement_keys.AgreementKeys` (its own module): the gateway's SM2
   key-agreement key pairs by id; the newest is offered, the previous ones still open

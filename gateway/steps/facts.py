@@ -18,13 +18,14 @@ only on a new order or cancel (``body_kind`` of the route). They are counted
 *before* the decision: the policy sees counts that include this request
 (``orders_today`` >= 1 on an order), denied and stepped-up attempts count too,
 and no second round trip follows the decision (the design budget is two on
-trade routes). Operations that steps after the first state round queued on the
-request's batch (the envelope's replay cache and message count,
-gateway/envelope.py) are sent in the same round trip; the :class:`StateRound`
-after this step runs their checks. That is the conservative choice: a flood of orders the policy
+trade routes). That is the conservative choice: a flood of orders the policy
 refuses still trips the rate rules, and the count never lags behind requests
 judged concurrently on other replicas. A state-store failure fails the request
 closed with 503 ``state_unavailable`` (its own code, for operators).
+Operations that steps after the first state round queued on the request's
+batch (the envelope's replay cache and message count, gateway/envelope.py)
+are sent in the same round trip; the :class:`StateRound` after this step runs
+their checks.
 
 ``duplicate_client_order_id`` is true when the same ``client_order_id`` was
 seen today on this account with a *different* body: the retry of the very same
