@@ -69,6 +69,8 @@ class Exchange:
     garbage: bytes = b""
     """Bytes received that did not form a complete response."""
     local_port: int = 0
+    opened_at: float = 0.0
+    """When its connection was opened (monotonic): a forward recorded before belongs to another one."""
 
     @property
     def statuses(self) -> list[int]:
@@ -106,6 +108,7 @@ class RawConnection:
         self.reader = reader
         self.writer = writer
         self.local_port: int = writer.get_extra_info("sockname")[1]
+        self.opened_at = time.monotonic()
         self.closed = False
         self._buf = b""
 
@@ -223,7 +226,7 @@ class RawConnection:
         ``timeout`` bounds the whole read; ``idle`` (if given) bounds the wait for
         each next response after the first.
         """
-        ex = Exchange(local_port=self.local_port)
+        ex = Exchange(local_port=self.local_port, opened_at=self.opened_at)
         deadline = time.monotonic() + timeout
         while len(ex.responses) < max_responses:
             remaining = deadline - time.monotonic()
@@ -312,6 +315,8 @@ class Recorded:
     complete: bool = False
     """The whole body arrived; False while reading or when the body was cut off."""
     error: str | None = None
+    at: float = field(default_factory=time.monotonic)
+    """When it was recorded (this process's monotonic clock)."""
 
 
 class RecordingBackend:
@@ -343,6 +348,11 @@ class RecordingBackend:
         ephemeral ports, and a late forward of an earlier case must not count for this one)."""
         wanted = set(ports)
         return [r for r in self.records[since:] if r.client_port in wanted]
+
+    def seen_by(self, conn: Exchange | RawConnection) -> list[Recorded]:
+        """Requests forwarded on behalf of this connection: its client port, recorded since it opened (the OS
+        reuses ephemeral ports, at once when the server closed first)."""
+        return [r for r in self.from_port(conn.local_port) if r.at >= conn.opened_at]
 
     async def start(self) -> str:
         self._runner = web.ServerRunner(web.Server(self._handle, access_log=None))

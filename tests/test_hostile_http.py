@@ -50,7 +50,7 @@ class Env:
         return ("Authorization", f"Bearer {self.token}")
 
     def forwarded(self, ex: Exchange | RawConnection) -> list[tuple[str, str]]:
-        return [(r.method, r.path) for r in self.backend.from_port(ex.local_port)]
+        return [(r.method, r.path) for r in self.backend.seen_by(ex)]
 
     async def assert_serving(self) -> None:
         """A fresh connection gets /healthz, and a public route still reaches the backend."""
@@ -105,7 +105,7 @@ async def test_control_well_formed_post_is_forwarded(env: Env, path: str) -> Non
                            b"%x\r\n" % len(ORDER_JSON) + ORDER_JSON + b"\r\n0\r\n\r\n")]:
         ex = await exchange(env.port, post(env, path, framing, body))
         assert ex.statuses == [200], ex.describe()
-        got = env.backend.from_port(ex.local_port)
+        got = env.backend.seen_by(ex)
         assert [(r.method, r.path, r.body, r.complete) for r in got] == [
             ("POST", path, ORDER_JSON, True)]
     await env.assert_serving()
@@ -182,7 +182,7 @@ async def test_bad_chunk_size_after_headers_is_refused(env: Env, path: str) -> N
     finally:
         await conn.close()
     await env.assert_serving()
-    complete = [r for r in env.backend.from_port(conn.local_port) if r.complete]
+    complete = [r for r in env.backend.seen_by(conn) if r.complete]
     assert complete == []
     assert_refused(ex)
 
@@ -216,7 +216,7 @@ async def test_header_injection_refused(env: Env, name: str) -> None:
 async def test_encoded_crlf_in_query_does_not_become_a_header(env: Env) -> None:
     ex = await exchange(env.port, request("GET", "/__debug/echo/public?a=%0d%0aX-Injected:%201"))
     assert ex.statuses == [200], ex.describe()
-    [rec] = env.backend.from_port(ex.local_port)
+    [rec] = env.backend.seen_by(ex)
     assert "x-injected" not in {k.lower() for k, _ in rec.headers}
     assert "\r" not in rec.path and "\n" not in rec.path
     await env.assert_serving()
@@ -312,7 +312,7 @@ async def test_http10_without_host_is_served_with_upstream_host(env: Env) -> Non
         await conn.close()
     ex = await exchange(env.port, b"GET /__debug/echo/public HTTP/1.0\r\n\r\n")
     assert ex.statuses == [200], ex.describe()
-    [rec] = env.backend.from_port(ex.local_port)
+    [rec] = env.backend.seen_by(ex)
     host = dict((k.lower(), v) for k, v in rec.headers)["host"]
     assert host == env.backend.url.removeprefix("http://")
     await env.assert_serving()
@@ -322,7 +322,7 @@ async def test_http10_with_evil_host_does_not_reach_backend_as_host(env: Env) ->
     ex = await exchange(env.port, b"GET /__debug/echo/public HTTP/1.0\r\nHost: evil.example\r\n"
                                   b"X-Forwarded-Host: evil.example\r\n\r\n")
     assert ex.statuses == [200], ex.describe()
-    [rec] = env.backend.from_port(ex.local_port)
+    [rec] = env.backend.seen_by(ex)
     values = " ".join(v for _, v in rec.headers)
     assert "evil.example" not in values
     await env.assert_serving()
@@ -379,7 +379,7 @@ async def test_pipelined_pair_split_with_malformed_second(env: Env) -> None:
     finally:
         await conn.close()
     assert_refused(ex)
-    assert env.backend.from_port(conn.local_port)[1:] == []
+    assert env.backend.seen_by(conn)[1:] == []
     await env.assert_serving()
 
 
@@ -419,7 +419,7 @@ async def test_slowloris_does_not_block_other_clients(env: Env) -> None:
         for conn in slow:
             await conn.close()
     for conn in slow:
-        assert [r for r in env.backend.from_port(conn.local_port) if r.complete] == []
+        assert [r for r in env.backend.seen_by(conn) if r.complete] == []
 
 
 # --------------------------------------------------------------------------
@@ -438,7 +438,7 @@ async def test_huge_content_length_refused_without_waiting_for_body(env: Env) ->
     assert resp is not None
     assert_json_error(resp, 413, "body_too_large")
     assert elapsed < 1.0
-    assert env.backend.from_port(conn.local_port) == []
+    assert env.backend.seen_by(conn) == []
     await env.assert_serving()
 
 

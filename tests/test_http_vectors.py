@@ -254,7 +254,7 @@ async def test_catch_all_forwards(env: Env) -> None:
     ex = await exchange(env.port, b"PUT /some/where HTTP/1.1\r\nHost: x\r\n"
                                   b"Content-Length: 3\r\n\r\nabc")
     assert ex.statuses == [200], ex.describe()
-    got = env.backend.from_port(ex.local_port)
+    got = env.backend.seen_by(ex)
     assert [(r.method, r.path, r.body, r.complete) for r in got] == [
         ("PUT", "/some/where", b"abc", True)]
 
