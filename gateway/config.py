@@ -189,6 +189,11 @@ class AuditConfig:
     """Records between two signed checkpoints at most."""
     checkpoint_interval: float = 5.0
     """Seconds an unsigned record waits for its checkpoint at most."""
+    spool_path: Path | None = None
+    """Local storage for read routes' records while the store refuses writes (the database down), so a
+    restart meanwhile keeps them (audit/sink.py Spool); None: held in memory only."""
+    max_retained: int = 100_000
+    """Queued records held for retrying at most while the store fails; past it they are lost and counted."""
     retention_days: float = 183.0
     """Chains whose newest record is older are archived (money records) or deleted by ``portcullis audit retain``;
     at least 183 days (network logs >= 6 months, RULES.md)."""
@@ -901,6 +906,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         signing_key_file=_path(at, "signing_key_file", base, None),
         checkpoint_every=_int(at, "checkpoint_every", 1000, 1, 10_000_000),
         checkpoint_interval=_number(at, "checkpoint_interval", 5.0, minimum=0.05),
+        spool_path=_path(at, "spool_path", base, None),
+        max_retained=_int(at, "max_retained", 100_000, 0, 100_000_000),
         retention_days=_number(at, "retention_days", 183.0, minimum=183.0),
         archive_path=_path(at, "archive_path", base, None),
         archive_years=_number(at, "archive_years", 20.0, minimum=20.0),

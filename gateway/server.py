@@ -563,10 +563,12 @@ def build_audit_sink(cfg: AuditConfig) -> ChainedSink:
         assert cfg.postgres_dsn is not None  # the config refuses it otherwise
         return PostgresAuditSink(cfg.postgres_dsn, cfg.postgres_schema, timeout=cfg.postgres_timeout,
                                  fsync_interval=cfg.fsync_interval_ms / 1000, keys=keys, witness=witness,
-                                 checkpoint_every=cfg.checkpoint_every, checkpoint_interval=cfg.checkpoint_interval)
+                                 checkpoint_every=cfg.checkpoint_every, checkpoint_interval=cfg.checkpoint_interval,
+                                 spool=cfg.spool_path, max_retained=cfg.max_retained)
     return FileAuditSink(cfg.path, fsync_interval=cfg.fsync_interval_ms / 1000,
                          sync_interval=cfg.sync_interval_ms / 1000, keys=keys, witness=witness,
-                         checkpoint_every=cfg.checkpoint_every, checkpoint_interval=cfg.checkpoint_interval)
+                         checkpoint_every=cfg.checkpoint_every, checkpoint_interval=cfg.checkpoint_interval,
+                         spool=cfg.spool_path, max_retained=cfg.max_retained)
 
 
 def build_witness(cfg: AuditConfig) -> Witness | None:
