@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from audit.chain import GENESIS, Chain, ChainBreak, line_hash, new_chain_id, parse_line
+from audit.chain import GENESIS, Chain, ChainBreak, canonical, line_hash, new_chain_id, parse_line
 from audit.keys import AuditKeys
 from audit.witness import Witness, WitnessError
 
@@ -133,6 +133,60 @@ _BEGIN, _CHECKPOINT, _CLOSE = object(), object(), object()
 
 Entry = tuple[Any, "asyncio.Future[None] | None"]
 
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0
+"""Seconds before held records are tried again after a failed write (doubling up to the second)."""
+RETRY_CHUNK = 5_000
+"""Held records per attempt: a store that comes back is not handed one huge batch past its timeout."""
+
+
+class Spool:
+    """Queued records a failed write held, in a file on local storage (JSON Lines, fsynced, mode 0600).
+
+    The store (the audit database, another disk) is down; the gateway's own disk keeps what read routes
+    queued meanwhile, so a restart before the store is back loses none of it. The file is read at start
+    and emptied once every held record is stored: a crash between the two stores some records twice
+    (each has its request id), never none.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dirty = False
+
+    def load(self) -> list[Mapping[str, Any]]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        self.dirty = bool(data)
+        out: list[Mapping[str, Any]] = []
+        for line in data.split(b"\n"):
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:  # a torn last line (a crash mid-append) or a blank
+                continue
+            if isinstance(doc, dict):
+                out.append(doc)
+        return out
+
+    def append(self, records: list[Mapping[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, b"".join(canonical(r) + b"\n" for r in records))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.dirty = True
+
+    def clear(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.dirty = False
+
 
 class ChainedSink:
     """What every store of the trail shares: the chain, checkpoints, the witness, group commit.
@@ -153,11 +207,17 @@ class ChainedSink:
     chain ends at its last stored record, and the next batch begins a new chain
     whose ``chain_start`` binds that end. A checkpoint goes to the witness only
     once it is stored, so the witness never holds a head the store lacks.
+
+    A refused batch fails its awaited records (their requests fail closed); its
+    queued ones are held (at most ``max_retained``, and in the ``spool`` file
+    when there is one) and tried again with backoff, in a new chain, until the
+    store takes them.
     """
 
     def __init__(self, *, fsync_interval: float = 0.005, keys: AuditKeys | None = None,
                  witness: Witness | None = None, checkpoint_every: int = 1000, checkpoint_interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 spool: Path | None = None, max_retained: int = 100_000) -> None:
         self._keys = keys
         self._witness = witness
         self._checkpoint_every = checkpoint_every
@@ -177,6 +237,12 @@ class ChainedSink:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.written = 0
+        # Queued records a failed batch held (oldest first), retried with backoff; also in the spool file.
+        self._retry: list[Mapping[str, Any]] = []
+        self._retry_at = 0.0
+        self._retry_delay = RETRY_FIRST
+        self._max_retained = max_retained
+        self._spool = Spool(spool) if spool is not None else None
 
     # -- what a store supplies ------------------------------------------------------------
 
@@ -203,7 +269,13 @@ class ChainedSink:
 
     @property
     def backlog(self) -> int:
-        return len(self._pending)
+        """Records not yet stored: queued, and held after a failed write (retried)."""
+        return len(self._pending) + len(self._retry)
+
+    @property
+    def retained(self) -> int:
+        """Queued records a failed write held for retrying (in the spool file too, when there is one)."""
+        return len(self._retry)
 
     @property
     def witness_backlog(self) -> int:
@@ -248,6 +320,11 @@ class ChainedSink:
     async def start(self) -> None:
         """Begin the chain now (at the gateway's start) rather than with the first record: the store's
         earlier chains are looked at here, and the witness hears of the chain at once."""
+        if self._spool is not None and not self._retry:
+            self._retry = await asyncio.to_thread(self._spool.load)
+            if self._retry:
+                log.warning("audit: %d records spooled while the store was down are written now (%s)",
+                            len(self._retry), self._spool.path)
         if self._chain is None and not self._closed:
             self._pending.append((_BEGIN, None))
             self._kick()
@@ -351,6 +428,8 @@ class ChainedSink:
                 # Unsigned records: a checkpoint within checkpoint_interval even if traffic stops.
                 signed_by = loop.time() + max(chain.last_checkpoint + self._checkpoint_interval - self._clock(), 0)
                 deadline = signed_by if deadline is None else min(deadline, signed_by)
+            if self._retry and not self._closed:  # held records: the next attempt
+                deadline = self._retry_at if deadline is None else min(deadline, self._retry_at)
             if deadline is not None and not self._pending:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(deadline - loop.time(), 0))
@@ -366,16 +445,23 @@ class ChainedSink:
                 # once; records arriving while that write runs form the next batch (group commit).
                 await asyncio.sleep(self._interval)
             batch, self._pending = self._pending, []
+            held = 0
+            if self._retry and (self._closed or loop.time() >= self._retry_at):
+                held = min(len(self._retry), RETRY_CHUNK)
+                batch[:0] = [(record, None) for record in self._retry[:held]]
+                del self._retry[:held]
             lines, statements, kept = self._encode(batch)
+            stored = False
             try:
                 await self._store(lines, any(fut is not None for _, fut in kept))
+                stored = True
             except AuditWriteError as exc:
                 self._chain_failed()
                 for _, fut in kept:
-                    if fut is None:
-                        self._failed += 1
-                    elif not fut.done():
+                    if fut is not None and not fut.done():
                         fut.set_exception(AuditWriteError(str(exc)))
+                await self._hold([record for record, _ in kept[:held]],
+                                 [record for record, fut in kept[held:] if fut is None])
             else:
                 if lines and self._chain is not None:
                     self._stored = {"chain": self._chain.chain_id, "seq": self._chain.seq,
@@ -384,12 +470,46 @@ class ChainedSink:
                 for _, fut in kept:
                     if fut is not None and not fut.done():
                         fut.set_result(None)
+                if self._retry:  # the store takes writes again: the held records go next, at once
+                    self._retry_at = loop.time()
+                self._retry_delay = RETRY_FIRST
+                if not self._retry and self._spool is not None and self._spool.dirty:
+                    await self._unspool()
                 if statements and self._witness is not None:
                     self._statements.extend(statements)
                     if self._pusher is None or self._pusher.done():
                         self._pusher = loop.create_task(self._push())
-            if self._closed and not self._pending and self._settled():
+            if self._closed and not self._pending and self._settled() and not (stored and self._retry):
                 return
+
+    async def _hold(self, again: list[Mapping[str, Any]], fresh: list[Mapping[str, Any]]) -> None:
+        """A batch failed: keep its queued records (``again``: already held once) for the next attempt.
+
+        New ones go to the spool file first (a restart while the store is down keeps them); past
+        ``max_retained`` they are lost and counted in ``failed``."""
+        room = max(self._max_retained - len(self._retry) - len(again), 0)
+        keep, lost = fresh[:room], fresh[room:]
+        if keep and self._spool is not None:
+            try:
+                await asyncio.to_thread(self._spool.append, keep)
+            except OSError as exc:  # still held in memory: only a restart before the store is back loses them
+                log.error("audit: %d records not spooled (%s): %s", len(keep), self._spool.path, exc.strerror)
+        self._retry[:0] = again
+        self._retry.extend(keep)
+        if lost:
+            self._failed += len(lost)
+            log.error("audit: %d queued records lost: %d are held already (max_retained)", len(lost),
+                      len(self._retry))
+        self._retry_at = asyncio.get_running_loop().time() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+
+    async def _unspool(self) -> None:
+        """Every held record is stored: the spool file is emptied."""
+        assert self._spool is not None
+        try:
+            await asyncio.to_thread(self._spool.clear)
+        except OSError as exc:  # the next start writes them again (duplicates, never a loss)
+            log.error("audit: spool %s not emptied: %s", self._spool.path, exc.strerror)
 
     def _chain_failed(self) -> None:
         """The store refused a batch: the chain ends at its last stored record (never a gap in it)."""
@@ -418,6 +538,13 @@ class ChainedSink:
             except TimeoutError:
                 log.error("audit: %d checkpoints not taken by the witness at shutdown", len(self._statements))
                 self._pusher.cancel()
+        if self._retry:
+            if self._spool is not None:
+                log.error("audit: %d records not stored at shutdown stay in the spool %s for the next start",
+                          len(self._retry), self._spool.path)
+            else:
+                self._failed += len(self._retry)
+                log.error("audit: %d records not stored at shutdown are lost (no spool)", len(self._retry))
         await self._release()
 
 
@@ -432,13 +559,8 @@ class FileAuditSink(ChainedSink):
     """
 
     def __init__(self, directory: Path, *, fsync_interval: float = 0.005,
-                 segment_max_bytes: int = 256 * 1024 * 1024, sync_interval: float = 0.2,
-                 keys: AuditKeys | None = None, witness: Witness | None = None,
-                 checkpoint_every: int = 1000, checkpoint_interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
-        super().__init__(fsync_interval=fsync_interval, keys=keys, witness=witness,
-                         checkpoint_every=checkpoint_every, checkpoint_interval=checkpoint_interval,
-                         clock=clock, wall=wall)
+                 segment_max_bytes: int = 256 * 1024 * 1024, sync_interval: float = 0.2, **chained: Any) -> None:
+        super().__init__(fsync_interval=fsync_interval, **chained)
         self.directory = directory
         self._sync_interval = sync_interval
         self._dirty = False  # queued records written but not yet synced

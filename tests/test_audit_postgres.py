@@ -177,6 +177,39 @@ async def test_the_database_going_away_mid_run_ends_the_chain_cleanly(
     assert "lost" not in ids and "after" in ids
 
 
+async def test_read_records_queued_while_the_database_is_down_wait_in_the_local_spool(
+        postgres_dsn: str, pg_schema: str, keys: AuditKeys, tmp_path: Path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    witness = FileWitness(tmp_path / "witness.jsonl")
+    async with cuttable(postgres_dsn) as (hop, via):
+        sink = _sink(via, pg_schema, keys, witness, timeout=0.5, spool=spool)
+        await _fill(sink, 2)
+        hop.cut()
+        for i in range(5):
+            sink.enqueue({"type": "decision", "request_id": f"queued{i}", "route": "quotes"})
+        for _ in range(100):
+            if sink.retained == 5:
+                break
+            await asyncio.sleep(0.05)
+        assert sink.retained == 5 and len(spool.read_bytes().splitlines()) == 5
+        await sink.close()  # the gateway stops before the database is back: the spool keeps them
+        assert sink.failed == 0
+        hop.up = True
+        again = _sink(via, pg_schema, keys, witness, timeout=0.5, spool=spool)
+        await again.start()  # the spooled records go into the new chain
+        await again.write({"type": "decision", "request_id": "after"})
+        for _ in range(100):
+            if again.backlog == 0 and not spool.read_bytes():
+                break
+            await asyncio.sleep(0.05)
+        await again.close()
+    assert not spool.read_bytes()
+    ids = [r.get("request_id") async for r in records(postgres_dsn, pg_schema)]
+    assert {f"queued{i}" for i in range(5)} | {"after"} <= set(ids)
+    report = await verify_postgres(postgres_dsn, pg_schema, keys.public_keys(), witness.read())
+    assert report.ok, [str(f) for f in report.breaks]
+
+
 async def test_a_gateway_writes_its_decisions_to_postgres(postgres_dsn: str, pg_schema: str,
                                                          tmp_path: Path) -> None:
     from tests.harness import run_stack

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from audit.chain import CHAIN_FIELDS, canonical
+from audit.keys import AuditKeys
 from audit.sink import AuditWriteError, FileAuditSink
+from audit.verify import verify_directory
 
 
 def _lines(folder: Path) -> list[dict[str, object]]:
@@ -170,3 +172,75 @@ async def test_a_record_setting_the_chains_fields_is_refused_and_the_chain_goes_
     await sink.write({"n": 1})
     await sink.close()
     assert sink.failed == 1 and _lines(tmp_path) == [{"n": 1}]
+
+
+# --------------------------------------------------------------------------
+# Queued records while the store fails: held, retried, spooled across a restart
+
+
+async def _until(check: Any, seconds: float = 10.0) -> None:
+    """Wait for ``check()`` (the sink retries with backoff: 0.5 s, then 1 s, ...)."""
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _verifies(folder: Path, keys: AuditKeys) -> None:
+    report = verify_directory(folder, keys.public_keys())
+    assert report.ok, [str(f) for f in report.breaks]
+
+
+async def test_queued_records_are_held_while_the_store_fails_and_written_once_it_is_back(tmp_path: Path) -> None:
+    keys = AuditKeys.generate()
+    trail = tmp_path / "trail"
+    trail.write_text("a file where the audit folder should be")  # every write fails
+    sink = FileAuditSink(trail, fsync_interval=0.001, keys=keys)
+    for i in range(3):
+        sink.enqueue({"type": "decision", "n": i})
+    await _until(lambda: sink.retained == 3)
+    assert sink.failed == 0 and sink.backlog == 3
+    with pytest.raises(AuditWriteError):
+        await sink.write({"type": "decision", "n": "write-ahead"})  # still refused: its request fails closed
+    trail.unlink()  # the store is back
+    await _until(lambda: sink.backlog == 0)
+    await sink.write({"type": "decision", "n": 3})
+    await sink.close()
+    assert [r["n"] for r in _lines(trail)] == [0, 1, 2, 3] and sink.failed == 0
+    _verifies(trail, keys)
+
+
+async def test_past_max_retained_queued_records_are_lost_and_counted(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    sink = FileAuditSink(blocked, fsync_interval=0.001, max_retained=2)
+    for i in range(3):
+        sink.enqueue({"n": i})
+    await _until(lambda: sink.failed == 1)
+    assert sink.retained == 2
+    await sink.close()
+    assert sink.failed == 3  # no spool: what is held at shutdown is lost, and counted
+
+
+async def test_the_spool_keeps_held_records_across_a_restart(tmp_path: Path) -> None:
+    keys = AuditKeys.generate()
+    trail, spool = tmp_path / "trail", tmp_path / "local" / "spool.jsonl"
+    trail.write_text("the store is down")
+    down = FileAuditSink(trail, fsync_interval=0.001, keys=keys, spool=spool)
+    await down.start()
+    for i in range(4):
+        down.enqueue({"type": "decision", "n": i, "sub": "alice"})
+    await _until(lambda: down.retained == 4)
+    assert len(spool.read_bytes().splitlines()) == 4 and spool.stat().st_mode & 0o777 == 0o600
+    await down.close()  # the gateway stops while the store is still down
+    assert down.failed == 0 and len(spool.read_bytes().splitlines()) == 4
+    with spool.open("ab") as f:
+        f.write(b'{"type":"decision","n":')  # and a torn append from a crash: skipped
+    trail.unlink()
+    up = FileAuditSink(trail, fsync_interval=0.001, keys=keys, spool=spool)
+    await up.start()
+    await _until(lambda: up.backlog == 0 and not spool.read_bytes())
+    await up.close()
+    assert [r["n"] for r in _lines(trail)] == [0, 1, 2, 3]
+    _verifies(trail, keys)
