@@ -281,7 +281,7 @@ def proxy_config(example: Mapping[str, Any], *, security: bool, port: int, backe
             step_up[key] = str(audit_dir.parent / Path(step_up[key]).name)
     step_up.pop("demo_totp_file", None)  # no demo customer's TOTP in a benchmark
     for section, keys in (("envelope", ("agreement_key_file", "key_file")), ("crypto", ("master_key_file",)),
-                          ("audit", ("signing_key_file", "witness_path"))):
+                          ("audit", ("signing_key_file", "witness_path", "spool_path", "archive_path"))):
         for key in keys:  # key files in the bench's folder, never beside the example's relative paths
             if key in cfg.get(section, {}):
                 cfg[section][key] = str(audit_dir.parent / Path(cfg[section][key]).name)
