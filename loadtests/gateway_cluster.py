@@ -91,10 +91,10 @@ class Cluster:
 
 
 def gateway_config(tmp: Path, name: str, keys: DemoKeys, *, backend_url: str, internal_token: str,
-                   redis_url: str, prefix: str, bundle: Path) -> dict[str, Any]:
+                   redis_url: str, prefix: str, bundle: Path, audit_dir: Path | None = None) -> dict[str, Any]:
     """examples/portcullis.toml re-pointed at this cluster: ports chosen by the system, shared Redis."""
     example = tomllib.loads(EXAMPLE_CONFIG.read_text("utf-8"))
-    audit_dir = tmp / name / "audit"
+    audit_dir = audit_dir or tmp / name / "audit"
     cfg = proxy_config(example, security=True, port=0, backend_url=backend_url, issuer_jwks=keys.issuer_jwks,
                        identity_key=keys.identity_key, identity_hmac=keys.identity_hmac, audit_dir=audit_dir)
     cfg["gateway"].update({"name": name, "access_log": False, "shutdown_timeout": 2})
@@ -138,7 +138,9 @@ async def _stop(procs: Sequence[asyncio.subprocess.Process]) -> None:
 
 @contextlib.asynccontextmanager
 async def gateway_cluster(tmp: Path, redis_url: str, prefix: str, *, processes: int = 2,
-                          bundle: Path = ROOT / "policies") -> AsyncIterator[Cluster]:
+                          bundle: Path = ROOT / "policies",
+                          audit_dirs: Sequence[Path] = ()) -> AsyncIterator[Cluster]:
+    """``audit_dirs``: the processes' audit folders, in order (default: each in its own folder under ``tmp``)."""
     keys = ensure_demo_keys(tmp / "keys")
     internal_token = secrets.token_urlsafe(24)
     procs: list[asyncio.subprocess.Process] = []
@@ -154,8 +156,9 @@ async def gateway_cluster(tmp: Path, redis_url: str, prefix: str, *, processes: 
         starting = []
         for i in range(processes):
             name = f"gw-{chr(ord('a') + i)}"
+            audit_dir = audit_dirs[i] if i < len(audit_dirs) else tmp / name / "audit"
             cfg = gateway_config(tmp, name, keys, backend_url=backend_url, internal_token=internal_token,
-                                 redis_url=redis_url, prefix=prefix, bundle=bundle)
+                                 redis_url=redis_url, prefix=prefix, bundle=bundle, audit_dir=audit_dir)
             path = tmp / f"{name}.toml"
             path.write_text(toml_dumps(cfg), "utf-8")
             (tmp / name).mkdir(parents=True, exist_ok=True)
@@ -165,13 +168,13 @@ async def gateway_cluster(tmp: Path, redis_url: str, prefix: str, *, processes: 
                     sys.executable, "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING",
                     cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err)
             procs.append(proc)
-            starting.append((name, proc, log))
+            starting.append((name, proc, log, audit_dir))
         # The processes compile the bundle at the same time.
-        for name, proc, log in starting:
+        for name, proc, log, audit_dir in starting:
             match = await _ready_line(proc, _READY, name, log)
             cluster.gateways.append(GatewayProcess(
                 name=name, proc=proc, port=int(match[1]), admin_port=int(match[2]),
-                audit_dir=tmp / name / "audit", notifications=tmp / name / "notifications.jsonl"))
+                audit_dir=audit_dir, notifications=tmp / name / "notifications.jsonl"))
         yield cluster
     finally:
         await _stop(procs)
