@@ -60,7 +60,7 @@ async def phase(client: StepUpClient, send: Any, n: int, rate: float) -> dict[st
 
     async def timed(req: HttpRequest) -> HttpResponse:
         t0 = time.perf_counter()
-        answer = await send(req)
+        answer: HttpResponse = await send(req)
         latencies.append((time.perf_counter() - t0) * 1000)
         return answer
 
@@ -107,7 +107,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await drop_prefix(args.redis, prefix)
 
     def median(key: str, sub: str | None = None) -> float:
-        return round(statistics.median(r[key][sub] if sub else r[key] for r in rounds), 3)
+        return round(float(statistics.median(r[key][sub] if sub else r[key] for r in rounds)), 3)
     return {
         "n": args.n, "rate": args.rate, "rounds": rounds,
         "disk_p50_ms": median("disk", "p50_ms"), "disk_p99_ms": median("disk", "p99_ms"),
