@@ -5,6 +5,7 @@
     portcullis audit query [--config FILE] [--sub S] [--account A] [--from T] [--to T] [--decision D]
                            [--reason CODE] [--route R] [--type T] [--limit N] [--cursor C] [--format json|csv]
     portcullis audit public-key [--config FILE]                   # what a verifier is handed
+    portcullis audit witness-serve --store FILE --keys PUBLIC_KEYS [--host H] [--port P] [--cert PEM --key PEM]
 
 A query is itself audited (who ran it, the filters, how many records) in the
 same trail before its results are printed: it needs the gateway's
@@ -118,6 +119,42 @@ def cmd_public_key(args: argparse.Namespace) -> int:
     except AuditKeyError as exc:
         print(f"portcullis audit public-key: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+WITNESS_PORT = 8443
+WITNESS_TOKEN_ENV = "PORTCULLIS_WITNESS_TOKEN"
+"""Where ``witness-serve`` reads the bearer token from (never a flag: the process list shows flags)."""
+
+
+def cmd_witness_serve(args: argparse.Namespace) -> int:
+    """Run the reference witness (audit/witness_server.py) for a gateway whose public keys are ``--keys``."""
+    import ssl
+
+    from aiohttp import web
+
+    from audit.keys import AuditKeyError, load_public_keys
+    from audit.witness import is_loopback
+    from audit.witness_server import witness_app
+
+    if (args.cert is None) != (args.key is None):
+        print("portcullis audit witness-serve: --cert and --key go together", file=sys.stderr)
+        return 2
+    if args.cert is None and not is_loopback(args.host):
+        print("portcullis audit witness-serve: without --cert/--key it listens on loopback only", file=sys.stderr)
+        return 2
+    try:
+        app = witness_app(Path(args.store), load_public_keys(Path(args.keys)),
+                          os.environ.get(WITNESS_TOKEN_ENV) or None)
+    except (AuditKeyError, OSError, ValueError) as exc:
+        print(f"portcullis audit witness-serve: {exc}", file=sys.stderr)
+        return 2
+    tls = None
+    if args.cert is not None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(args.cert, args.key)
+    web.run_app(app, host=args.host, port=args.port, ssl_context=tls, print=None)
     return 0
 
 
@@ -249,3 +286,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], example
     r.set_defaults(func=cmd_retain)
     k = a_sub.add_parser("public-key", parents=[config], help="the audit public keys, for verifiers")
     k.set_defaults(func=cmd_public_key)
+    w = a_sub.add_parser("witness-serve", help="run a witness for a gateway's checkpoints (the second party's "
+                                              f"side of [audit] witness = \"https\"; bearer token from "
+                                              f"${WITNESS_TOKEN_ENV} if set)")
+    w.add_argument("--store", required=True, help="the append-only JSON Lines file of statements kept")
+    w.add_argument("--keys", required=True, help="the gateway's audit public keys (`portcullis audit public-key`)")
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--port", type=int, default=WITNESS_PORT)
+    w.add_argument("--cert", help="the server's TLS certificate chain (PEM); required off loopback")
+    w.add_argument("--key", help="its private key (PEM)")
+    w.set_defaults(func=cmd_witness_serve)

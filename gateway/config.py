@@ -200,12 +200,18 @@ class AuditConfig:
     archive_path: Path | None = None
     """Where chains holding trade, transfer or admin records go (kept ``archive_years``); None: they stay."""
     archive_years: float = 20.0
-    witness: Literal["none", "file", "postgres"] = "none"
+    witness: Literal["none", "file", "postgres", "https"] = "none"
     witness_path: Path | None = None
     witness_dsn: str | None = None
     """``witness = "postgres"``: a second database (another server and owner than the trail's)."""
     witness_schema: str = "portcullis_witness"
     """The file witness (on other storage than ``path``): every signed checkpoint, append-only."""
+    witness_url: str | None = None
+    """``witness = "https"``: a second party's endpoint (audit/witness_server.py); ``http://`` only to loopback."""
+    witness_ca_file: Path | None = None
+    """The CA that endpoint's certificate chains to (instead of the system's CAs); None: the system's."""
+    witness_token: str | None = field(default=None, repr=False)
+    """The bearer token the endpoint expects (``${ENV}`` in the file, like every secret)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -911,10 +917,13 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         retention_days=_number(at, "retention_days", 183.0, minimum=183.0),
         archive_path=_path(at, "archive_path", base, None),
         archive_years=_number(at, "archive_years", 20.0, minimum=20.0),
-        witness=_choice(at, "witness", ("none", "file", "postgres"), "none"),  # type: ignore[arg-type]
+        witness=_choice(at, "witness", ("none", "file", "postgres", "https"), "none"),  # type: ignore[arg-type]
         witness_path=_path(at, "witness_path", base, None),
         witness_dsn=_env(at, "witness_dsn") if "witness_dsn" in at.data else None,
         witness_schema=at.get("witness_schema", str, "portcullis_witness"),
+        witness_url=_witness_url(at),
+        witness_ca_file=_existing(at, "witness_ca_file", base),
+        witness_token=_env(at, "witness_token") if "witness_token" in at.data else None,
     )
     if audit.sink == "postgres" and not audit.postgres_dsn:
         raise ConfigError(f"{at.key('postgres_dsn')}: required when sink = \"postgres\"")
@@ -922,6 +931,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         raise ConfigError(f"{at.key('witness_dsn')}: required when witness = \"postgres\"")
     if audit.witness == "file" and audit.witness_path is None:
         raise ConfigError(f"{at.key('witness_path')}: required when witness = \"file\"")
+    if audit.witness == "https" and audit.witness_url is None:
+        raise ConfigError(f"{at.key('witness_url')}: required when witness = \"https\"")
     at.finish()
 
     notifier = _notifier(top.sub("notifier"), base)
@@ -977,6 +988,18 @@ def _payload_key_file(t: _Table, base: Path) -> Path | None:
         except UpstreamEnvelopeError as exc:
             raise ConfigError(f"{t.key('payload_key_file')}: {exc}") from None
     return path
+
+
+def _witness_url(t: _Table) -> str | None:
+    """``[audit] witness_url``, checked like the witness will (https, or http to loopback only)."""
+    if "witness_url" not in t.data:
+        return None
+    from audit.witness import check_witness_url
+
+    try:
+        return check_witness_url(os.path.expandvars(t.get("witness_url", str)))
+    except ValueError as exc:
+        raise ConfigError(f"{t.key('witness_url')}: {exc}") from None
 
 
 def _env(t: _Table, name: str) -> str:

@@ -573,9 +573,17 @@ def build_audit_sink(cfg: AuditConfig) -> ChainedSink:
 
 def build_witness(cfg: AuditConfig) -> Witness | None:
     """Where ``[audit]`` sends signed checkpoints besides the trail: a file on other storage, a second
-    database, or nowhere (then truncation of a chain's newest records goes unseen)."""
+    database, a second party's HTTPS endpoint, or nowhere (then truncation of a chain's newest records
+    goes unseen)."""
     if cfg.witness == "file" and cfg.witness_path is not None:
         return FileWitness(cfg.witness_path)
     if cfg.witness == "postgres" and cfg.witness_dsn:
         return PostgresWitness(cfg.witness_dsn, cfg.witness_schema)
+    if cfg.witness == "https" and cfg.witness_url:
+        from audit.witness import HttpWitness
+
+        try:
+            return HttpWitness(cfg.witness_url, ca_file=cfg.witness_ca_file, token=cfg.witness_token)
+        except ValueError as exc:  # an unreadable or invalid CA file
+            raise ConfigError(f"audit.witness_ca_file: {exc}") from None
     return None
