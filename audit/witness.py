@@ -19,6 +19,7 @@ storage, or a second party's HTTPS endpoint can play the part.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import re
@@ -196,8 +197,10 @@ class HttpWitness:
     or repr.
 
     Pushes share one session (the sink pushes a checkpoint at a time, so keep-alive spares a handshake
-    each), created on first use on the running loop: :meth:`close` it when the sink is closed. Reading
-    the statements (verify, once) opens a session of its own, so it works from any loop.
+    each), created on first use on the running loop. :meth:`close` closes it; since the sink does not
+    own its witness and may never call that, a task waiting beside the session closes it too when the
+    loop cancels what is left at its end (``asyncio.run``, aiohttp's ``run_app``). Reading the
+    statements (verify, once) opens a session of its own, so it works from any loop.
     """
 
     def __init__(self, url: str, *, ca_file: Path | None = None, token: str | None = None,
@@ -205,13 +208,14 @@ class HttpWitness:
         self.url = check_witness_url(url)
         try:
             self._ssl = ssl.create_default_context(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError too
             raise ValueError(f"witness CA file {str(ca_file)!r} cannot be loaded: "
                              f"{getattr(exc, 'strerror', None) or exc}") from None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -244,8 +248,9 @@ class HttpWitness:
     async def push(self, statement: Mapping[str, Any]) -> None:
         if self._closed:
             raise self._error("closed")
-        if self._session is None:  # no await before it is set: a concurrent push shares it
+        if self._session is None or self._session.closed:  # no await before it is set: concurrent pushes share it
             self._session = self._new_session()
+            self._reaper = asyncio.get_running_loop().create_task(_close_when_cancelled(self._session))
         try:
             async with self._session.post(self.url + "/statements", data=orjson.dumps(statement),
                                           headers={"Content-Type": "application/json"},
@@ -275,9 +280,18 @@ class HttpWitness:
     async def close(self) -> None:
         """Close the pushes' session; a later push fails (the sink that used it is closed first)."""
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        self._session = None
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+
+
+async def _close_when_cancelled(session: aiohttp.ClientSession) -> None:
+    try:
+        await asyncio.Future()
+    finally:
+        await session.close()
 
 
 def _why(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import ipaddress
 import os
 import socket
@@ -332,7 +333,8 @@ def test_the_https_witness_is_configured_with_its_token_from_the_environment(
 
 async def test_portcullis_audit_verify_reads_the_https_witness(tmp_path: Path, keys: AuditKeys, pki: Pki,
                                                               monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     from gateway.cli import main
 
     folder = tmp_path / "audit"
@@ -372,8 +374,15 @@ witness_token = "${{WITNESS_TOKEN}}"
         segment.write_bytes(b"".join(segment.read_bytes().splitlines(keepends=True)[:-3]))
         assert await asyncio.to_thread(main, ["audit", "verify", "--config", str(config)]) == 1
         broken = capsys.readouterr().out
+        # A query is recorded in a chain of its own, checkpointed to the same witness, whose session
+        # is closed when the command's loop ends although nothing calls close().
+        assert await asyncio.to_thread(main, ["audit", "query", "--config", str(config)]) == 0
+        async with witness_at(url, pki) as witness:
+            chains = {s["chain"] for s in await witness.statements()}
+    gc.collect()
     assert "OK: 1 chains" in out and "witnessed checkpoints checked" in out and "no witness" not in out
     assert "BREAK" in broken and "witness" in broken
+    assert len(chains) == 2 and "Unclosed" not in caplog.text
 
 
 async def test_portcullis_audit_witness_serve_runs_the_reference_server(tmp_path: Path, keys: AuditKeys,
