@@ -35,13 +35,16 @@ import orjson
 
 from audit.chain import line_hash
 from audit.query import MAX_LIMIT, Filter, FilterError, Page, parse_cursor
+from audit.retention import DAY, Plan, decide, expired, summarize
 from audit.sink import AuditWriteError, ChainedSink
 from audit.verify import Item, Report, verify_chains
 from gateway.crypto.sm2 import Sm2PublicKey
 
-__all__ = ["PostgresAuditSink", "records", "search_postgres", "verify_postgres"]
+__all__ = ["PostgresAuditSink", "apply_postgres", "plan_postgres", "records", "search_postgres",
+           "verify_postgres"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_COLUMNS = "chain, seq, line, hash, time, type, sub, account, route, decision, code, reasons, request_id"
 _DDL = """
 CREATE TABLE IF NOT EXISTS {s}.audit_records (
     chain text NOT NULL, seq bigint NOT NULL, line bytea NOT NULL, hash text NOT NULL,
@@ -54,13 +57,72 @@ CREATE INDEX IF NOT EXISTS audit_records_time ON {s}.audit_records (time);
 CREATE TABLE IF NOT EXISTS {s}.audit_chains (
     chain text PRIMARY KEY, started double precision NOT NULL, last_seq bigint NOT NULL, head text NOT NULL,
     closed boolean NOT NULL DEFAULT false);
+ALTER TABLE {s}.audit_chains ADD COLUMN IF NOT EXISTS written double precision;
+CREATE TABLE IF NOT EXISTS {s}.audit_archive (LIKE {s}.audit_records INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS {s}.audit_retained (
+    chain text NOT NULL, action text NOT NULL, last_seq bigint NOT NULL, record_chain text NOT NULL,
+    record_seq bigint NOT NULL, xact xid8 NOT NULL DEFAULT pg_current_xact_id());
+CREATE INDEX IF NOT EXISTS audit_retained_chain ON {s}.audit_retained (chain);
+CREATE OR REPLACE FUNCTION {s}.audit_retention_noted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE listed jsonb := convert_from(NEW.line, 'UTF8')::jsonb -> 'chains';
+BEGIN
+    IF jsonb_typeof(listed) = 'array' THEN
+        INSERT INTO {s}.audit_retained (chain, action, last_seq, record_chain, record_seq)
+        SELECT c ->> 'chain', c ->> 'action', (c ->> 'last_seq')::bigint, NEW.chain, NEW.seq
+        FROM jsonb_array_elements(listed) AS c
+        WHERE jsonb_typeof(c) = 'object' AND jsonb_typeof(c -> 'chain') = 'string'
+          AND c ->> 'action' IN ('archive', 'delete') AND jsonb_typeof(c -> 'last_seq') = 'number';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION {s}.audit_retention_named(c text, act text, at_seq bigint) RETURNS boolean
+LANGUAGE sql AS $$
+    SELECT EXISTS (SELECT 1 FROM {s}.audit_retained r WHERE r.chain = c AND r.action = act AND at_seq <= r.last_seq
+                   AND r.xact <> pg_current_xact_id()) $$;
 CREATE OR REPLACE FUNCTION {s}.audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$;
+BEGIN
+    IF TG_LEVEL <> 'ROW' THEN
+        NULL;
+    ELSIF TG_TABLE_NAME = 'audit_retained' THEN
+        IF TG_OP = 'INSERT' AND pg_trigger_depth() > 1 THEN RETURN NEW; END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        IF OLD.chain = current_setting('portcullis.retention', true) THEN
+            IF {s}.audit_retention_named(OLD.chain, 'delete', OLD.seq) THEN RETURN OLD; END IF;
+            IF TG_TABLE_NAME = 'audit_records' AND {s}.audit_retention_named(OLD.chain, 'archive', OLD.seq)
+                    AND EXISTS (SELECT 1 FROM {s}.audit_archive a
+                                WHERE a.chain = OLD.chain AND a.seq = OLD.seq AND a.line = OLD.line) THEN
+                RETURN OLD;
+            END IF;
+        END IF;
+    ELSIF TG_OP = 'INSERT' THEN
+        IF NEW.chain = current_setting('portcullis.retention', true)
+                AND {s}.audit_retention_named(NEW.chain, 'archive', NEW.seq) THEN
+            RETURN NEW;
+        END IF;
+    END IF;
+    RAISE EXCEPTION 'the audit trail is append-only (% on %: only retention deletes, for a chain a committed '
+                    'retention record names, under SET LOCAL portcullis.retention)', TG_OP, TG_TABLE_NAME;
+END $$;
 DROP TRIGGER IF EXISTS audit_records_append_only ON {s}.audit_records;
 CREATE TRIGGER audit_records_append_only BEFORE UPDATE OR DELETE ON {s}.audit_records
     FOR EACH ROW EXECUTE FUNCTION {s}.audit_append_only();
 DROP TRIGGER IF EXISTS audit_records_no_truncate ON {s}.audit_records;
 CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON {s}.audit_records
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.audit_append_only();
+DROP TRIGGER IF EXISTS audit_records_retention ON {s}.audit_records;
+CREATE TRIGGER audit_records_retention AFTER INSERT ON {s}.audit_records
+    FOR EACH ROW WHEN (NEW.type = 'retention') EXECUTE FUNCTION {s}.audit_retention_noted();
+DROP TRIGGER IF EXISTS audit_archive_append_only ON {s}.audit_archive;
+CREATE TRIGGER audit_archive_append_only BEFORE INSERT OR UPDATE OR DELETE ON {s}.audit_archive
+    FOR EACH ROW EXECUTE FUNCTION {s}.audit_append_only();
+DROP TRIGGER IF EXISTS audit_archive_no_truncate ON {s}.audit_archive;
+CREATE TRIGGER audit_archive_no_truncate BEFORE TRUNCATE ON {s}.audit_archive
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.audit_append_only();
+DROP TRIGGER IF EXISTS audit_retained_append_only ON {s}.audit_retained;
+CREATE TRIGGER audit_retained_append_only BEFORE INSERT OR UPDATE OR DELETE ON {s}.audit_retained
+    FOR EACH ROW EXECUTE FUNCTION {s}.audit_append_only();
+DROP TRIGGER IF EXISTS audit_retained_no_truncate ON {s}.audit_retained;
+CREATE TRIGGER audit_retained_no_truncate BEFORE TRUNCATE ON {s}.audit_retained
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.audit_append_only();
 """
 _ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -139,9 +201,10 @@ class PostgresAuditSink(ChainedSink):
                     f"INSERT INTO {self._s}.audit_records (chain, seq, line, hash, time, type, sub, account, route, "
                     "decision, code, reasons, request_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)", rows)
                 await conn.execute(
-                    f"INSERT INTO {self._s}.audit_chains (chain, started, last_seq, head, closed) "
-                    "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (chain) DO UPDATE SET last_seq = EXCLUDED.last_seq, "
-                    "head = EXCLUDED.head, closed = EXCLUDED.closed", last["chain"], started, last["seq"],
+                    f"INSERT INTO {self._s}.audit_chains (chain, started, last_seq, head, closed, written) "
+                    "VALUES ($1,$2,$3,$4,$5,extract(epoch FROM now())) ON CONFLICT (chain) DO UPDATE SET "
+                    "last_seq = EXCLUDED.last_seq, head = EXCLUDED.head, closed = EXCLUDED.closed, "
+                    "written = EXCLUDED.written", last["chain"], started, last["seq"],
                     rows[-1][3], closed)
         except _ERRORS as exc:
             raise AuditWriteError(f"audit write failed: {type(exc).__name__}") from None
@@ -166,25 +229,94 @@ class PostgresAuditSink(ChainedSink):
             raise AuditWriteError(f"audit search failed: {type(exc).__name__}") from None
 
 
-async def _chain_items(conn: asyncpg.Connection, schema: str, chain: str) -> list[Item]:
-    rows = await conn.fetch(f"SELECT seq, line FROM {schema}.audit_records WHERE chain = $1 ORDER BY seq", chain)
-    return [(f"row {chain}/{r['seq']}", bytes(r["line"])) for r in rows]
+async def _chain_items(conn: asyncpg.Connection, schema: str, chain: str, archive: bool) -> list[Item]:
+    both = f" UNION ALL SELECT 'archive' AS src, seq, line FROM {schema}.audit_archive WHERE chain = $1" \
+        if archive else ""
+    rows = await conn.fetch(f"SELECT 'row' AS src, seq, line FROM {schema}.audit_records WHERE chain = $1{both} "
+                            "ORDER BY seq", chain)
+    return [(f"{r['src']} {chain}/{r['seq']}", bytes(r["line"])) for r in rows]
 
 
 async def verify_postgres(dsn: str, schema: str, public_keys: Mapping[str, Sm2PublicKey],
                           witness: list[dict[str, Any]] | None = None) -> Report:
-    """Every chain in the database (and those ``audit_chains`` names without records), as the file store's."""
+    """Every chain in the database, live or archived by retention, as the file store's."""
     s = _schema(schema)
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
+        archive = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{s}.audit_archive")
+        union = f" UNION SELECT chain FROM {s}.audit_archive" if archive else ""
         names = [r["chain"] for r in await conn.fetch(
-            f"SELECT DISTINCT chain FROM {s}.audit_records ORDER BY chain")]
+            f"SELECT chain FROM {s}.audit_records{union} GROUP BY 1 ORDER BY 1")]
         chains: dict[str, tuple[int, list[Item]]] = {}
         for chain in names:
-            chains[chain] = (1, await _chain_items(conn, s, chain))
+            chains[chain] = (1, await _chain_items(conn, s, chain, archive))
     finally:
         await conn.close()
-    return verify_chains(chains, public_keys, witness)
+    return verify_chains(chains, public_keys, witness, archive_read=archive)
+
+
+async def plan_postgres(dsn: str, schema: str, *, now: float, retention_days: float,
+                        archive_years: float) -> list[Plan]:
+    """What retention would do (audit/retention.py's rule): live chains to archive or delete, archived chains
+    whose ``archive_years`` are over; nothing is touched. The archive table is always there, so money
+    chains are always archived."""
+    s = _schema(schema)
+    conn = await asyncpg.connect(dsn, timeout=10)
+    out: list[Plan] = []
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            candidates = await conn.fetch(f"SELECT chain, written FROM {s}.audit_chains WHERE started <= $1 "
+                                          "ORDER BY chain", now - retention_days * DAY)
+            for row in candidates:
+                newest, money, last, head = 0.0, False, None, ""
+                cursor = await conn.cursor(f"SELECT line, hash FROM {s}.audit_records WHERE chain = $1 "
+                                           "ORDER BY seq", row["chain"])
+                while batch := await cursor.fetch(1000):
+                    docs = [orjson.loads(bytes(r["line"])) for r in batch]
+                    got, has = summarize(docs)
+                    newest, money, last, head = max(newest, got), money or has, docs[-1], batch[-1]["hash"]
+                if last is None:
+                    continue
+                ended = last.get("type") == "checkpoint" and bool(last.get("closing"))
+                written = row["written"] if row["written"] is not None else newest
+                action = decide(now=now, newest=newest, money=money, ended=ended, last_written=written,
+                                retention_days=retention_days, can_archive=True)
+                if action is not None:
+                    out.append(Plan(row["chain"], action, (), int(last["seq"]), head, newest))
+            for row in await conn.fetch(
+                    f"SELECT chain, max(time) AS newest, max(seq) AS last_seq FROM {s}.audit_archive WHERE chain IN "
+                    f"(SELECT DISTINCT chain FROM {s}.audit_archive WHERE time <= $1) GROUP BY chain ORDER BY chain",
+                    now - archive_years * 365.25 * DAY):
+                if expired(now=now, newest=row["newest"] or 0.0, archive_years=archive_years):
+                    head = await conn.fetchval(f"SELECT hash FROM {s}.audit_archive WHERE chain = $1 AND seq = $2",
+                                               row["chain"], row["last_seq"])
+                    out.append(Plan(row["chain"], "delete", (), row["last_seq"], head, row["newest"], archived=True))
+    finally:
+        await conn.close()
+    return out
+
+
+async def apply_postgres(dsn: str, schema: str, plans: list[Plan]) -> None:
+    """Move or delete the chains of ``plans``, each in one transaction, once their retention record is
+    committed: the trigger lets only such a chain's rows go (up to the seq the record names: a chain
+    written since is refused whole), and only to the archive when the record says archive."""
+    s = _schema(schema)
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        for p in plans:
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('portcullis.retention', $1, true)", p.chain)
+                    if p.action == "archive":
+                        await conn.execute(f"INSERT INTO {s}.audit_archive ({_COLUMNS}) SELECT {_COLUMNS} "
+                                           f"FROM {s}.audit_records WHERE chain = $1", p.chain)
+                    table = "audit_archive" if p.archived else "audit_records"
+                    await conn.execute(f"DELETE FROM {s}.{table} WHERE chain = $1", p.chain)
+                    await conn.execute(f"DELETE FROM {s}.audit_chains WHERE chain = $1", p.chain)
+            except asyncpg.PostgresError as exc:
+                raise AuditWriteError(f"retention of chain {p.chain} refused: {exc}") from None
+    finally:
+        await conn.close()
 
 
 async def records(dsn: str, schema: str) -> AsyncIterator[dict[str, Any]]:

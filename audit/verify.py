@@ -75,7 +75,10 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     witnessed: int = 0
     retired: dict[str, str] = field(default_factory=dict)
-    """Chains a retention record archived or deleted (audit/retention.py): chain id -> action."""
+    """Chains a retention record archived or deleted (audit/retention.py): chain id -> action (``delete``
+    once any record says so: an archived chain is deleted when its ``archive_years`` are over)."""
+    archive_read: bool = False
+    """The archive was read too: a chain archived by a retention record must be there."""
 
     @property
     def ok(self) -> bool:
@@ -118,13 +121,14 @@ def verify_directory(directory: Path, public_keys: Mapping[str, Sm2PublicKey],
         for chain, files in segment_files(archive).items():
             found[chain] = sorted([*found.get(chain, []), *files], key=lambda p: p.name)
     chains = {chain: (len(files), _file_items(files)) for chain, files in sorted(found.items())}
-    return verify_chains(chains, public_keys, witness)
+    return verify_chains(chains, public_keys, witness, archive_read=archive is not None)
 
 
 def verify_chains(chains: Mapping[str, tuple[int, Iterable[Item]]], public_keys: Mapping[str, Sm2PublicKey],
-                  witness: Iterable[Mapping[str, Any]] | None = None) -> Report:
-    """Any store: ``{chain id: (how many files or parts, its items in order)}``, chains in start order."""
-    report = Report()
+                  witness: Iterable[Mapping[str, Any]] | None = None, *, archive_read: bool = False) -> Report:
+    """Any store: ``{chain id: (how many files or parts, its items in order)}``, chains in start order;
+    ``archive_read``: those retention archived are among them."""
+    report = Report(archive_read=archive_read)
     bindings: list[tuple[str, str, Mapping[str, Any]]] = []  # (binding chain, where, what it bound)
     for chain_id, (parts, items) in chains.items():
         summary = report.chains[chain_id] = ChainSummary(chain_id, files=parts)
@@ -201,7 +205,8 @@ def _verify_chain(chain_id: str, items: Iterable[Item], keys: Mapping[str, Sm2Pu
             summary.closed = False
         if kind == "retention":
             for retired in doc.get("chains") or ():
-                if isinstance(retired, Mapping) and isinstance(retired.get("chain"), str):
+                if isinstance(retired, Mapping) and isinstance(retired.get("chain"), str) \
+                        and report.retired.get(retired["chain"]) != "delete":
                     report.retired[retired["chain"]] = str(retired.get("action"))
         if kind == "chain_start":
             if seq != 0:
@@ -275,8 +280,8 @@ def _check_witnessed(statement: Mapping[str, Any], keys: Mapping[str, Sm2PublicK
 def _retired(chain: str, report: Report, where: str) -> bool:
     """Whether a retention record accounts for ``chain`` being absent (a notice, once, if so)."""
     action = report.retired.get(chain)
-    if action is None:
-        return False
+    if action is None or (action != "delete" and report.archive_read):
+        return False  # not retired, or archived yet absent from the archive read
     if not any(f.chain == chain and f.severity == "notice" and "retention" in f.problem for f in report.findings):
         what = "deleted" if action == "delete" else "archived (give the archive to verify it)"
         report.findings.append(Finding(chain, where, None, f"{what} by a retention record", "notice"))

@@ -225,20 +225,35 @@ def _record(cfg: Any, record: dict[str, Any]) -> None:
 
 
 def cmd_retain(args: argparse.Namespace) -> int:
-    """Archive or delete chains past their retention, on the record (audit/retention.py)."""
+    """Archive or delete chains past their retention, on the record (audit/retention.py; PostgreSQL:
+    audit/postgres.py, into its archive table)."""
+    import asyncio
     import time
 
     from audit.retention import apply, plan, record
+    from audit.sink import AuditWriteError
     from gateway.config import load
 
     cfg = load(args.config).audit
-    if cfg.sink != "file":
-        print("portcullis audit retain: only the file store (PostgreSQL retention is not built)", file=sys.stderr)
-        return 2
-    plans = plan(cfg.path, now=time.time(), retention_days=cfg.retention_days, archive=cfg.archive_path,
-                 archive_years=cfg.archive_years)
+    postgres = (cfg.postgres_dsn, cfg.postgres_schema) if cfg.sink == "postgres" and cfg.postgres_dsn else None
+    if postgres is not None:
+        import asyncpg
+
+        from audit.postgres import apply_postgres, plan_postgres
+
+        try:
+            plans = asyncio.run(plan_postgres(*postgres, now=time.time(), retention_days=cfg.retention_days,
+                                              archive_years=cfg.archive_years))
+        except (OSError, TimeoutError, AuditWriteError, asyncpg.PostgresError) as exc:
+            print(f"portcullis audit retain: the audit database: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+    else:
+        plans = plan(cfg.path, now=time.time(), retention_days=cfg.retention_days, archive=cfg.archive_path,
+                     archive_years=cfg.archive_years)
     for p in plans:
-        print(f"{p.action:<8} chain {p.chain}: {len(p.files)} files, newest record "
+        where = " (archived)" if p.archived else ""
+        files = f"{len(p.files)} files, " if p.files else ""
+        print(f"{p.action:<8} chain {p.chain}{where}: {files}{p.last_seq + 1} records, newest record "
               f"{time.strftime('%Y-%m-%d', time.gmtime(p.newest))}")
     if not plans:
         print("nothing is past its retention")
@@ -246,8 +261,16 @@ def cmd_retain(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
 
-    _record(cfg, record(plans, by=args.officer, retention_days=cfg.retention_days))  # before a file moves
-    apply(plans, cfg.archive_path)
+    _record(cfg, record(plans, by=args.officer, retention_days=cfg.retention_days))  # before anything moves
+    if postgres is not None:
+        try:
+            asyncio.run(apply_postgres(*postgres, plans))
+        except (OSError, TimeoutError, AuditWriteError) as exc:
+            print(f"portcullis audit retain: {exc}; the chains before it were done, run it again for the rest",
+                  file=sys.stderr)
+            return 1
+    else:
+        apply(plans, cfg.archive_path)
     print(f"done: {sum(p.action == 'archive' for p in plans)} chains archived, "
           f"{sum(p.action == 'delete' for p in plans)} deleted")
     return 0
