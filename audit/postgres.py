@@ -8,16 +8,23 @@ round trip per batch under contention), while independent chains append
 without coordinating, and the witness's checkpoints and each chain's start
 bind them all the same. ``portcullis audit verify --postgres`` checks them.
 
-Two tables in the configured schema (created on start if missing)::
+Tables in the configured schema (created on start if missing)::
 
     audit_records  chain, seq (primary key), line (bytea: the canonical JSON, exactly as hashed), hash,
                    and for searching: time, type, sub, account, route, decision, code, reasons, request_id
-    audit_chains   chain (pk), started, last_seq, head, closed: where each chain ends (bound at start)
+    audit_chains   chain (pk), started, last_seq, head, closed, written: where each chain ends (bound at
+                   start), and when the database last took a batch of it
+    audit_archive  the same columns as audit_records: chains retention archived (audit/retention.py)
+    audit_retained what each retention record names (chain, action, last seq), copied by a trigger
 
 The searchable columns are copies for indexes; verification reads only
-``line``. The records table refuses UPDATE, DELETE and TRUNCATE (a trigger):
-changing the trail takes disabling it, which verification then catches
-anyway. A batch is one transaction (group commit): durable when it commits
+``line``. The tables refuse UPDATE, DELETE and TRUNCATE (triggers), except
+retention's: DELETE of a chain's rows (and INSERT into the archive) under
+``SET LOCAL portcullis.retention = '<chain>'`` when a committed retention
+record names that chain (:func:`apply_postgres`). Changing the trail otherwise
+takes disabling the triggers, which verification then catches anyway.
+
+A batch is one transaction (group commit): durable when it commits
 (``synchronous_commit`` on). When the database refuses a batch (down,
 unreachable, timed out) the chain ends at its last committed record and the
 next batch starts a new chain binding it (audit/sink.py); a write-ahead
@@ -134,6 +141,14 @@ def _schema(schema: str) -> str:
     return f'"{schema}"'
 
 
+async def _create(conn: asyncpg.Connection, s: str) -> None:
+    """The tables, functions and triggers, created or brought up to date (under a lock: processes start
+    at once)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"portcullis-audit:{s}")
+        await conn.execute(_DDL.format(s=s))
+
+
 def _row(line: bytes) -> tuple[Any, ...]:
     doc = orjson.loads(line)
     reasons = doc.get("reasons")
@@ -171,9 +186,8 @@ class PostgresAuditSink(ChainedSink):
         try:
             self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max,
                                                    timeout=self._timeout, command_timeout=self._timeout)
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"portcullis-audit:{self._s}")
-                await conn.execute(_DDL.format(s=self._s))
+            async with self._pool.acquire() as conn:
+                await _create(conn, self._s)
                 rows = await conn.fetch(f"SELECT chain, last_seq, head FROM {self._s}.audit_chains "
                                         "WHERE NOT closed ORDER BY chain")
         except _ERRORS as exc:
@@ -264,6 +278,7 @@ async def plan_postgres(dsn: str, schema: str, *, now: float, retention_days: fl
     conn = await asyncpg.connect(dsn, timeout=10)
     out: list[Plan] = []
     try:
+        await _create(conn, s)  # a trail last written before retention existed has no archive yet
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             candidates = await conn.fetch(f"SELECT chain, written FROM {s}.audit_chains WHERE started <= $1 "
                                           "ORDER BY chain", now - retention_days * DAY)

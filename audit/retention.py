@@ -1,4 +1,4 @@
-"""Retention of the file store: old chains are archived (money) or deleted (the rest), on the record.
+"""Retention of the trail: old chains are archived (money) or deleted (the rest), on the record.
 
 RULES.md: network logs are kept at least 6 months (Cybersecurity Law art. 21);
 order, account and suitability records 20 years (Securities Law). Whole chains
