@@ -538,6 +538,8 @@ class ChainedSink:
             except TimeoutError:
                 log.error("audit: %d checkpoints not taken by the witness at shutdown", len(self._statements))
                 self._pusher.cancel()
+        if self._witness is not None:
+            await self._witness.close()
         if self._retry:
             if self._spool is not None:
                 log.error("audit: %d records not stored at shutdown stay in the spool %s for the next start",

@@ -19,7 +19,6 @@ storage, or a second party's HTTPS endpoint can play the part.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
 import re
@@ -47,6 +46,10 @@ class Witness(Protocol):
 
     async def statements(self) -> list[dict[str, Any]]:
         """Every statement kept, oldest first."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of what pushes held open (the sink closing with it); ``statements`` still works."""
         ...
 
 
@@ -91,6 +94,9 @@ class FileWitness:
 
     async def statements(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.read)
+
+    async def close(self) -> None:
+        """Nothing is held between pushes."""
 
 
 class PostgresWitness:
@@ -142,6 +148,9 @@ class PostgresWitness:
         except Exception as exc:
             raise WitnessError(f"witness database: {type(exc).__name__}") from None
         return [orjson.loads(r["s"]) for r in rows]
+
+    async def close(self) -> None:
+        """Nothing is held between pushes (a connection each)."""
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -197,9 +206,7 @@ class HttpWitness:
     or repr.
 
     Pushes share one session (the sink pushes a checkpoint at a time, so keep-alive spares a handshake
-    each), created on first use on the running loop. :meth:`close` closes it; since the sink does not
-    own its witness and may never call that, a task waiting beside the session closes it too when the
-    loop cancels what is left at its end (``asyncio.run``, aiohttp's ``run_app``). Reading the
+    each), created on first use on the running loop; the sink's close closes it. Reading the
     statements (verify, once) opens a session of its own, so it works from any loop.
     """
 
@@ -215,7 +222,6 @@ class HttpWitness:
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
-        self._reaper: asyncio.Task[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -250,7 +256,6 @@ class HttpWitness:
             raise self._error("closed")
         if self._session is None or self._session.closed:  # no await before it is set: concurrent pushes share it
             self._session = self._new_session()
-            self._reaper = asyncio.get_running_loop().create_task(_close_when_cancelled(self._session))
         try:
             async with self._session.post(self.url + "/statements", data=orjson.dumps(statement),
                                           headers={"Content-Type": "application/json"},
@@ -280,18 +285,9 @@ class HttpWitness:
     async def close(self) -> None:
         """Close the pushes' session; a later push fails (the sink that used it is closed first)."""
         self._closed = True
-        self._session = None
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-
-
-async def _close_when_cancelled(session: aiohttp.ClientSession) -> None:
-    try:
-        await asyncio.Future()
-    finally:
-        await session.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
 
 def _why(exc: BaseException) -> str:

@@ -375,7 +375,7 @@ witness_token = "${{WITNESS_TOKEN}}"
         assert await asyncio.to_thread(main, ["audit", "verify", "--config", str(config)]) == 1
         broken = capsys.readouterr().out
         # A query is recorded in a chain of its own, checkpointed to the same witness, whose session
-        # is closed when the command's loop ends although nothing calls close().
+        # the sink closes with itself.
         assert await asyncio.to_thread(main, ["audit", "query", "--config", str(config)]) == 0
         async with witness_at(url, pki) as witness:
             chains = {s["chain"] for s in await witness.statements()}
