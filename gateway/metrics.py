@@ -34,7 +34,8 @@ class Metrics:
             "portcullis_upstream_seconds", "Upstream response time", ["route"],
             buckets=_BUCKETS, registry=r)
         self.audit_failures = Gauge(
-            "portcullis_audit_write_failures", "Queued audit records that failed to write (count)",
+            "portcullis_audit_write_failures", "Queued audit records lost: past max_retained while the store"
+            " refused writes, or held at shutdown without a spool (count)",
             registry=r)
         self.policy_errors = Counter(
             "portcullis_policy_errors",
