@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from audit.chain import CHAIN_FIELDS, GENESIS, Chain, line_hash, parse_line, sign_statement, verify_statement
-from audit.keys import AuditKeys, load_public_keys, public_keys_json
+from audit.keys import AuditKeyError, AuditKeys, load_public_keys, public_keys_json
 from audit.sink import FileAuditSink, segment_files
 from audit.verify import Report, verify_directory
 from audit.witness import FileWitness
@@ -329,3 +329,32 @@ async def test_a_full_disk_ends_the_chain_without_a_gap_and_the_next_record_star
     assert '"n":99' not in texts  # the refused record is nowhere: its request was not forwarded
     starts = [parse_line(line.encode()) for line in texts.splitlines() if '"chain_start"' in line]
     assert any(p["chain"] == first for s in starts for p in s["previous"])  # the new chain bound the old end
+
+
+def _race_for_the_key_file(path: Path, racers: int) -> list[object]:
+    """What ``racers`` threads released at once get from ``AuditKeys.from_file(path, create=True)``."""
+    import threading
+
+    start = threading.Barrier(racers)
+    got: list[object] = []
+
+    def load() -> None:
+        start.wait()
+        try:
+            got.append(AuditKeys.from_file(path, create=True).current)
+        except AuditKeyError as exc:
+            got.append(exc)
+    threads = [threading.Thread(target=load) for _ in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
+
+def test_processes_starting_at_once_share_one_audit_key_file(tmp_path: Path) -> None:
+    """The race `portcullis bench` ran into (a bare proxy and a gateway sharing the key file): whoever
+    loses the creation reads the winner's whole file, never an empty or half-written one."""
+    for attempt in range(20):
+        got = _race_for_the_key_file(tmp_path / f"run{attempt}" / "audit-key.json", 8)
+        assert len(set(map(str, got))) == 1 and isinstance(got[0], str), got

@@ -1,10 +1,10 @@
 """Files holding key material: created once with mode 0600, refused when group or others may read them.
 
 Shared by every key file of the leaf (:class:`~gateway.crypto.secretbox.SecretBox` key files,
-the key ring's file store) and the gateway's SM2 agreement keys. Creating is exclusive
-(``O_EXCL``): when several gateway processes start at once and each would create the
-same file, one wins and the others read the winner's keys (:func:`create_private`
-answers False), so every process ends up with the same keys.
+the key ring's file store), the gateway's SM2 agreement keys and the audit keys. Creating is
+exclusive and whole (written beside the file, then hard-linked into place): when several gateway
+processes start at once and each would create the same file, one wins and the others read the
+winner's keys (:func:`create_private` answers False), so every process ends up with the same keys.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ class KeyFileError(Exception):
 
 
 def create_private(path: Path, data: bytes) -> bool:
-    """Write ``data`` to the new file ``path`` with mode 0600; False when it already exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to the new file ``path`` with mode 0600; False when it already exists.
+
+    The file appears whole (written beside it, then linked): a process losing the race reads the
+    winner's keys, never an empty or half-written file."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        replace_private(path, data, new=True)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
     return True
 
 
