@@ -32,7 +32,7 @@ import orjson
 
 from audit.chain import GENESIS, Chain, ChainBreak, canonical, line_hash, new_chain_id, parse_line
 from audit.keys import AuditKeys
-from audit.witness import Witness, WitnessError
+from audit.witness import Witness, WitnessError, append_synced
 
 log = logging.getLogger("portcullis.audit")
 
@@ -169,13 +169,7 @@ class Spool:
         return out
 
     def append(self, records: list[Mapping[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, b"".join(canonical(r) + b"\n" for r in records))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_synced(self.path, b"".join(canonical(r) + b"\n" for r in records))
         self.dirty = True
 
     def clear(self) -> None:

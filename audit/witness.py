@@ -19,6 +19,7 @@ storage, or a second party's HTTPS endpoint can play the part.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import re
@@ -31,8 +32,28 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-__all__ = ["FileWitness", "HttpWitness", "PostgresWitness", "Witness", "WitnessError", "check_witness_url",
-           "is_loopback"]
+__all__ = ["FileWitness", "HttpWitness", "PostgresWitness", "Witness", "WitnessError", "append_synced",
+           "check_witness_url", "is_loopback"]
+
+
+def append_synced(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created with mode 0600) and fsync it. A failed append is cut back
+    off, so no torn line is left for the next one to follow."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 class WitnessError(Exception):
@@ -60,18 +81,10 @@ class FileWitness:
     def __repr__(self) -> str:
         return f"FileWitness({str(self.path)!r})"
 
-    def _append(self, line: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     async def push(self, statement: Mapping[str, Any]) -> None:
         try:
-            await asyncio.to_thread(self._append, orjson.dumps(statement, option=orjson.OPT_SORT_KEYS) + b"\n")
+            await asyncio.to_thread(append_synced, self.path,
+                                    orjson.dumps(statement, option=orjson.OPT_SORT_KEYS) + b"\n")
         except OSError as exc:
             raise WitnessError(f"witness {str(self.path)!r}: {exc.strerror}") from None
 

@@ -22,7 +22,6 @@ Run it with ``portcullis audit witness-serve`` (gateway/cli_audit.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,7 +32,7 @@ import orjson
 from aiohttp import web
 
 from audit.chain import ChainBreak, verify_statement
-from audit.witness import HTTP_PAGE
+from audit.witness import HTTP_PAGE, append_synced
 from gateway.crypto.sm2 import Sm2PublicKey
 
 __all__ = ["MAX_BODY", "witness_app"]
@@ -68,14 +67,14 @@ class _Store:
         self._seen: set[tuple[str, int, str]] = set()
         self._heads: dict[str, tuple[int, str]] = {}  # chain -> (highest seq held, its head)
         self._lock = asyncio.Lock()
-        self._size = self._load()
+        self._load()
 
-    def _load(self) -> int:
+    def _load(self) -> None:
         """Read the file; cut a torn last line (a push that crashed mid-write was never acknowledged)."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return 0
+            return
         complete = data[:data.rfind(b"\n") + 1]
         if len(complete) != len(data):
             os.truncate(self.path, len(complete))
@@ -87,7 +86,6 @@ class _Store:
             if not _well_formed(doc):
                 raise ValueError(f"witness store {str(self.path)!r} line {number} is not a statement")
             self._note(doc)
-        return len(complete)
 
     def _note(self, statement: dict[str, Any]) -> None:
         self.statements.append(statement)
@@ -111,20 +109,6 @@ class _Store:
     def holds(self, statement: Mapping[str, Any]) -> bool:
         return (statement["chain"], statement["seq"], statement["sig"]) in self._seen
 
-    def _append(self, line: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        except OSError:
-            with contextlib.suppress(OSError):  # never leave a torn line for the next append
-                os.ftruncate(fd, self._size)
-            raise
-        finally:
-            os.close(fd)
-        self._size += len(line)
-
     async def add(self, statement: dict[str, Any]) -> web.Response:
         """Keep ``statement`` (already verified) unless held or conflicting; the answer says which."""
         async with self._lock:  # one append at a time, checked against what the previous one left
@@ -133,7 +117,8 @@ class _Store:
             why = self.conflict(statement)
             if why is not None:
                 return _error(409, "conflict", why)
-            await asyncio.to_thread(self._append, orjson.dumps(statement, option=orjson.OPT_SORT_KEYS) + b"\n")
+            line = orjson.dumps(statement, option=orjson.OPT_SORT_KEYS) + b"\n"
+            await asyncio.to_thread(append_synced, self.path, line)
             self._note(statement)
         return _json(201, {"stored": True})
 
