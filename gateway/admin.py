@@ -1,4 +1,4 @@
-"""The admin listener: /metrics, /admin/... (and later the compliance console).
+"""The admin listener: /metrics, /admin/... and the compliance console (/console/, gateway/console/).
 
 It binds to 127.0.0.1 by default and is never reachable through the public
 listener. Zero trust still applies: every /admin call needs a token from a
@@ -126,4 +126,13 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     add_policy_routes(app)
     add_freeze_routes(app)
     add_audit_routes(app)
+    if gateway.config.console.enabled:
+        from gateway.console.app import build_console_app
+
+        app.add_subapp("/console", build_console_app(gateway))
+        app.router.add_get("/console", _to_console)
     return app
+
+
+async def _to_console(request: web.Request) -> web.Response:
+    return web.Response(status=308, headers={"Location": "/console/"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -20,7 +21,11 @@ from gateway.authn.tokens import Subject
 from gateway.bundles.service import reason_text
 from gateway.errors import FREEZE_NOT_FOUND, GatewayError
 
-_ACCOUNT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+if TYPE_CHECKING:
+    from gateway.freezes import Freeze
+    from gateway.server import Gateway
+
+ACCOUNT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 async def _officer(request: web.Request) -> Subject:
@@ -29,7 +34,7 @@ async def _officer(request: web.Request) -> Subject:
 
 def _account(request: web.Request) -> str:
     account = request.match_info["account"]
-    if not _ACCOUNT.fullmatch(account):
+    if not ACCOUNT.fullmatch(account):
         raise GatewayError(FREEZE_NOT_FOUND, "not an account id")
     return account
 
@@ -58,7 +63,14 @@ async def lift_freeze(request: web.Request) -> web.Response:
     account = _account(request)
     body = await small_json(request)
     reason = reason_text(body.get("reason"), required=True)
-    record = {"type": "admin", "time": time.time(), "sub": subject.sub, "action": "freeze_lift",
+    lifted = await lift_account(gw, subject.sub, account, reason)
+    return json_ok({"lifted": lifted.public(), "lifted_by": subject.sub, "reason": reason})
+
+
+async def lift_account(gw: Gateway, officer: str, account: str, reason: str) -> Freeze:
+    """Lift ``account``'s freeze for ``officer`` (the API and the console): audited write-ahead, then its
+    outcome; the customer is told. FREEZE_NOT_FOUND when there is none (or it went meanwhile)."""
+    record = {"type": "admin", "time": time.time(), "sub": officer, "action": "freeze_lift",
               "account": account, "reason": reason}
     current = await gw.freezes.get(account)
     if current is None:
@@ -67,7 +79,7 @@ async def lift_freeze(request: web.Request) -> web.Response:
     await _audit_first(gw, {**record, "freeze": current.public()})
     lifted = await gw.freezes.lift(account)
     outcome = "ok" if lifted is not None else FREEZE_NOT_FOUND.code  # lifted meanwhile by someone else
-    gw.audit.enqueue({"type": "admin", "time": time.time(), "sub": subject.sub, "action": "freeze_lift",
+    gw.audit.enqueue({"type": "admin", "time": time.time(), "sub": officer, "action": "freeze_lift",
                       "account": account, "outcome": outcome})
     if lifted is None:
         raise GatewayError(FREEZE_NOT_FOUND, "the freeze was lifted meanwhile")
@@ -78,7 +90,7 @@ async def lift_freeze(request: web.Request) -> web.Response:
                                      {"account": account})
         except Exception:  # the lift stands; the customer sees it on the next request
             pass
-    return json_ok({"lifted": lifted.public(), "lifted_by": subject.sub, "reason": reason})
+    return lifted
 
 
 def add_freeze_routes(app: web.Application) -> None:

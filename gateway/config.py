@@ -483,6 +483,20 @@ class Config:
     step_up: StepUpConfig = field(default_factory=StepUpConfig)
     envelope: EnvelopeConfig = field(default_factory=EnvelopeConfig)
     crypto: CryptoConfig = field(default_factory=CryptoConfig)
+    console: ConsoleConfig = field(default_factory=lambda: ConsoleConfig())
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The compliance console on the admin listener (docs/CONSOLE.md)."""
+
+    enabled: bool = True
+    idle_timeout: float = 900.0
+    """Seconds without a page before a signed-in officer must sign in again."""
+    max_session: float = 8 * 3600.0
+    """Seconds a sign-in lasts at most (never past the token's own expiry)."""
+    step_up_max_age: float = 300.0
+    """Seconds a TOTP step-up covers changes (policies, approvals, freezes) before the next code is asked."""
 
 
 # --------------------------------------------------------------------------
@@ -947,6 +961,14 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     step_up = _step_up(top.sub("step_up"), base)
     envelope = _envelope(top.sub("envelope"), base)
     crypto = _crypto(top.sub("crypto"), base)
+    ct = top.sub("console")
+    console = ConsoleConfig(
+        enabled=ct.get("enabled", bool, True),
+        idle_timeout=_number(ct, "idle_timeout", 900.0, minimum=30.0),
+        max_session=_number(ct, "max_session", 8 * 3600.0, minimum=60.0),
+        step_up_max_age=_number(ct, "step_up_max_age", 300.0, minimum=10.0),
+    )
+    ct.finish()
 
     top.finish()
     return Config(
@@ -973,6 +995,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         step_up=step_up,
         envelope=envelope,
         crypto=crypto,
+        console=console,
     )
 
 

@@ -1,0 +1,1 @@
+"""The compliance console: web pages for compliance officers on the admin listener (docs/CONSOLE.md)."""
