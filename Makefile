@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench loadtest-deps clean
+.PHONY: install demo test lint typecheck bench loadtest-deps browser-deps clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/portcullis demo
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
+
+# The console's browser tests drive Debian's Chromium (Playwright for Python comes with .[dev]).
+# Installed once; a second run finds it and does nothing. Without root (or apt) the browser tests
+# say why they skip (REQUIRE_BROWSER=1, as in CI, makes that a failure).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium and chromium-driver for the console's browser tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null; \
+	  else \
+	    echo "chromium is not installed (as root: apt-get install chromium chromium-driver): the console's browser tests will be skipped"; \
+	  fi; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway audit demo_backend tests loadtests $(wildcard biometrics)
