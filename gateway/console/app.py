@@ -326,7 +326,7 @@ async def overview(request: web.Request) -> web.Response:
 
 
 def build_console_app(gateway: Gateway) -> web.Application:
-    from gateway.console import freezes
+    from gateway.console import audit, decisions, freezes, policies, release
 
     app = web.Application(middlewares=[guard])
     app[GATEWAY_KEY] = gateway
@@ -338,6 +338,7 @@ def build_console_app(gateway: Gateway) -> web.Application:
     r.add_get("/step-up", step_up_page)
     r.add_post("/step-up", step_up)
     r.add_post("/sign-out", sign_out)
-    freezes.add_routes(app)
+    for pages in (policies, release, decisions, audit, freezes):
+        pages.add_routes(app)
     r.add_static("/static", HERE / "static", append_version=False)
     return app
