@@ -147,6 +147,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             + (f"  SMS codes (POST .../challenges/$CHALLENGE_ID/sms/send) are written to {sms.resolve()}\n"
                if sms is not None and cfg.step_up.sms_sender == "file" else "")
         )
+    console_help = ""
+    if cfg.console.enabled:
+        console_help = (
+            "Compliance console: http://127.0.0.1:{admin}/console/\n"
+            "  sign in with: .venv/bin/portcullis token --sub officer-li --role compliance | tail -n1\n"
+            "  (officer-wang too: a change one officer proposes, the other approves)\n"
+            + ("  before a change it asks for a code: .venv/bin/portcullis mfa totp-code --sub officer-li | tail -n1\n"
+               if step_up_help else "")
+        )
     backend = start_backend(keys, 9000)
     try:
         _wait_port(9000, backend)
@@ -160,7 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/accounts/A1/positions\n"
             "  # 403 account_forbidden: B9 is not alice's\n"
             "  curl -s -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{public}/api/accounts/B9\n"
-            + step_up_help +
+            + step_up_help + console_help +
             "Press Ctrl-C to stop.\n"
         )
         return asyncio.run(_serve_until_signal(cfg, banner, [backend]))

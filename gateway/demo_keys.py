@@ -46,6 +46,7 @@ __all__ = [
     "DEMO_TOTP_SUBS",
     "DemoKeys",
     "ensure_demo_keys",
+    "DEMO_OFFICERS",
     "ensure_demo_totp",
     "jwk_thumbprint",
     "load_private_key",
@@ -270,8 +271,11 @@ def mint_token(
 # The demo customers' TOTP secrets ([step_up] demo_totp_file)
 
 TOTP_FILE = "totp.json"
-DEMO_TOTP_SUBS: tuple[str, ...] = ("alice", "bob")
-"""The demo customers whose TOTP ``portcullis demo`` enrols (the demo backend's alice and bob)."""
+DEMO_OFFICERS: tuple[str, ...] = ("officer-li", "officer-wang")
+"""The demo's compliance officers: two, so one can propose and the other approve (four eyes)."""
+DEMO_TOTP_SUBS: tuple[str, ...] = ("alice", "bob", *DEMO_OFFICERS)
+"""Whose TOTP ``portcullis demo`` enrols: the demo backend's customers alice and bob, and the officers
+(their code is the console's step-up before a change)."""
 
 
 def read_demo_totp(path: Path) -> dict[str, str]:

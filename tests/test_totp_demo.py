@@ -46,7 +46,7 @@ async def test_enrol_known_refuses_what_is_not_a_secret() -> None:
 def test_the_demo_file_is_created_once_private_and_reused(tmp_path: Path) -> None:
     path = tmp_path / "demo" / "totp.json"
     first = ensure_demo_totp(path)
-    assert set(first) == {"alice", "bob"} and first["alice"] != first["bob"]
+    assert set(first) == {"alice", "bob", "officer-li", "officer-wang"} and first["alice"] != first["bob"]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert ensure_demo_totp(path) == first == read_demo_totp(path)
     more = ensure_demo_totp(path, ["alice", "carol"])  # a new customer gets one; the others keep theirs
