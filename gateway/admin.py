@@ -130,9 +130,4 @@ def build_admin_app(gateway: Gateway) -> web.Application:
         from gateway.console.app import build_console_app
 
         app.add_subapp("/console", build_console_app(gateway))
-        app.router.add_get("/console", _to_console)
     return app
-
-
-async def _to_console(request: web.Request) -> web.Response:
-    return web.Response(status=308, headers={"Location": "/console/"})
