@@ -1,6 +1,6 @@
 """The bundle repository on PostgreSQL: durable, shared by every gateway process.
 
-Four tables in the configured schema (created on start if missing)::
+Five tables in the configured schema (created on start if missing)::
 
     policy_bundles      version (pk), seq, digest, files_digest, files (bytea: canonical JSON),
                         description, uploaded_by/at, status, validated_by/at, report (jsonb)
@@ -11,11 +11,15 @@ Four tables in the configured schema (created on start if missing)::
                         proposal_id, activated_by, approved_by, activated_at, reason
     policy_shadow_sessions  id, version -> bundles, sample_rate, started_by/at, reason,
                         stopped_by/at; at most one running (partial unique index)
+    policy_drafts       id, base_version -> bundles, files (bytea), revision, created_by/at,
+                        updated_by/at, checked_version (the console's drafts)
 
 Every change runs in one transaction holding a transaction-level advisory
 lock (one per schema), so the rules of `gateway.bundles.repository` are
 checked against the state they change, and generations are committed in
-order. Reads take no lock. The four-eyes rule is also a CHECK constraint, so
+order. Reads take no lock. A draft save is one conditional UPDATE (``WHERE
+revision = $n``): the compare-and-set needs no lock, and the policy lock is
+not held for an officer's typing. The four-eyes rule is also a CHECK constraint, so
 not even a bug here can store a self-approval.
 
 Files are stored as bytes (canonical JSON), not jsonb, so they come back
@@ -39,6 +43,8 @@ from gateway.bundles.repository import (
     Activation,
     Bundle,
     BundleInfo,
+    Draft,
+    DraftInfo,
     NewBundle,
     Proposal,
     ProposalKind,
@@ -47,6 +53,7 @@ from gateway.bundles.repository import (
     check_proposal,
     check_rollback_target,
     check_shadow,
+    files_size,
     is_expired,
 )
 from gateway.errors import (
@@ -116,7 +123,23 @@ CREATE TABLE IF NOT EXISTS {s}.policy_shadow_sessions (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS policy_shadow_one_running
     ON {s}.policy_shadow_sessions ((true)) WHERE stopped_at IS NULL;
+CREATE TABLE IF NOT EXISTS {s}.policy_drafts (
+    id               bigserial PRIMARY KEY,
+    base_version     text REFERENCES {s}.policy_bundles (version),
+    files            bytea NOT NULL,
+    file_count       integer NOT NULL,
+    size             bigint NOT NULL,
+    revision         bigint NOT NULL CHECK (revision >= 1),
+    created_by       text NOT NULL,
+    created_at       double precision NOT NULL,
+    updated_by       text NOT NULL,
+    updated_at       double precision NOT NULL,
+    checked_version  text
+);
 """
+
+_DRAFT_COLUMNS = ("id, base_version, revision, file_count, size, created_by, created_at, updated_by, updated_at, "
+                  "checked_version")
 
 _INFO_COLUMNS = """b.version, b.seq, b.digest, b.files_digest, b.file_count, b.size, b.description, b.uploaded_by,
     b.uploaded_at, b.status, b.validated_by, b.validated_at, b.report::text AS report,
@@ -142,6 +165,17 @@ def _shadow(row: Mapping[str, Any]) -> ShadowSession:
     return ShadowSession(id=row["id"], version=row["version"], sample_rate=row["sample_rate"],
                          started_by=row["started_by"], started_at=row["started_at"], reason=row["reason"],
                          stopped_by=row["stopped_by"], stopped_at=row["stopped_at"])
+
+
+def _draft(row: Mapping[str, Any]) -> DraftInfo:
+    return DraftInfo(id=row["id"], base_version=row["base_version"], revision=row["revision"],
+                     file_count=row["file_count"], size=row["size"], created_by=row["created_by"],
+                     created_at=row["created_at"], updated_by=row["updated_by"], updated_at=row["updated_at"],
+                     checked_version=row["checked_version"])
+
+
+def _files(files: Mapping[str, str]) -> bytes:
+    return orjson.dumps(dict(files), option=orjson.OPT_SORT_KEYS)
 
 
 def _activation(row: Mapping[str, Any]) -> Activation:
@@ -391,5 +425,58 @@ class PostgresBundleRepository:
             if row is None:
                 raise GatewayError(SHADOW_NOT_FOUND, f"no shadow session has id {session_id}")
             return _shadow(row)
+
+        return await self._run(work, write=False)
+
+    # -- drafts -----------------------------------------------------------------------
+
+    async def create_draft(self, base_version: str | None, files: Mapping[str, str], *, by: str,
+                           at: float) -> DraftInfo:
+        async def work(conn: asyncpg.Connection) -> DraftInfo:
+            if base_version is not None:
+                await self._info_row(conn, base_version)
+            row = await conn.fetchrow(
+                f"INSERT INTO {self._s}.policy_drafts (base_version, files, file_count, size, revision, created_by, "
+                f"created_at, updated_by, updated_at) VALUES ($1, $2, $3, $4, 1, $5, $6, $5, $6) "
+                f"RETURNING {_DRAFT_COLUMNS}", base_version, _files(files), len(files), files_size(files), by, at)
+            assert row is not None
+            return _draft(row)
+
+        return await self._run(work, write=False)
+
+    async def draft(self, draft_id: int) -> Draft | None:
+        async def work(conn: asyncpg.Connection) -> Draft | None:
+            row = await conn.fetchrow(f"SELECT {_DRAFT_COLUMNS}, files FROM {self._s}.policy_drafts WHERE id = $1",
+                                      draft_id)
+            return Draft(_draft(row), orjson.loads(row["files"])) if row is not None else None
+
+        return await self._run(work, write=False)
+
+    async def drafts(self, limit: int = 100) -> list[DraftInfo]:
+        async def work(conn: asyncpg.Connection) -> list[DraftInfo]:
+            rows = await conn.fetch(f"SELECT {_DRAFT_COLUMNS} FROM {self._s}.policy_drafts "
+                                    "ORDER BY updated_at DESC, id DESC LIMIT $1", limit)
+            return [_draft(r) for r in rows]
+
+        return await self._run(work, write=False)
+
+    async def save_draft(self, draft_id: int, files: Mapping[str, str], *, revision: int, by: str,
+                         at: float) -> DraftInfo | None:
+        async def work(conn: asyncpg.Connection) -> DraftInfo | None:
+            row = await conn.fetchrow(
+                f"UPDATE {self._s}.policy_drafts SET files = $3, file_count = $4, size = $5, revision = revision + 1, "
+                "updated_by = $6, updated_at = $7, checked_version = NULL WHERE id = $1 AND revision = $2 "
+                f"RETURNING {_DRAFT_COLUMNS}", draft_id, revision, _files(files), len(files), files_size(files),
+                by, at)
+            return _draft(row) if row is not None else None
+
+        return await self._run(work, write=False)
+
+    async def record_draft_check(self, draft_id: int, *, revision: int, version: str) -> DraftInfo | None:
+        async def work(conn: asyncpg.Connection) -> DraftInfo | None:
+            row = await conn.fetchrow(
+                f"UPDATE {self._s}.policy_drafts SET checked_version = $3 WHERE id = $1 AND revision = $2 "
+                f"RETURNING {_DRAFT_COLUMNS}", draft_id, revision, version)
+            return _draft(row) if row is not None else None
 
         return await self._run(work, write=False)

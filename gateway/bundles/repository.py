@@ -18,6 +18,16 @@ Lifecycle::
 
 The active version is the one of the latest activation (its ``generation``
 grows by one with each activation): every gateway process polls it.
+
+Drafts (the console's editing in the browser) live here too, beside the
+bundles they start from: they are shared by every officer and every gateway
+process, durable like the bundles (an officer's unsaved work of an afternoon
+must survive a restart, which the state store does not promise), and
+PostgreSQL gives the compare-and-set a save needs. Each save names the
+revision it was based on; a save based on an older revision stores nothing
+(`save_draft` returns None), so two officers editing at once never overwrite
+each other silently. A draft is not a bundle: checking it uploads its files as
+one (``checked_version``, cleared by the next save).
 """
 
 from __future__ import annotations
@@ -152,6 +162,32 @@ class ShadowSession:
                 "stopped_by": self.stopped_by, "stopped_at": self.stopped_at, "running": self.running}
 
 
+@dataclass(frozen=True)
+class DraftInfo:
+    id: int
+    base_version: str | None
+    revision: int
+    file_count: int
+    size: int
+    created_by: str
+    created_at: float
+    updated_by: str
+    updated_at: float
+    checked_version: str | None = None
+    """The bundle uploaded from this revision by "check" (None until checked, and after each save)."""
+
+
+@dataclass(frozen=True)
+class Draft:
+    info: DraftInfo
+    files: Mapping[str, str]
+
+
+def files_size(files: Mapping[str, str]) -> int:
+    """Bytes of a bundle's paths and texts (what ``policy_admin.max_bundle_bytes`` bounds)."""
+    return sum(len(p.encode()) + len(t.encode()) for p, t in files.items())
+
+
 class BundleRepository(Protocol):
     """Storage of bundles and of the four-eyes workflow; every method is atomic."""
 
@@ -220,6 +256,29 @@ class BundleRepository(Protocol):
 
     async def shadow(self, session_id: int | None = None) -> ShadowSession | None:
         """One session (404 shadow_not_found when unknown) or, without an id, the latest one (None: never)."""
+        ...
+
+    async def create_draft(self, base_version: str | None, files: Mapping[str, str], *, by: str,
+                           at: float) -> DraftInfo:
+        """A new draft at revision 1 (the caller checks the files against the bundle limits)."""
+        ...
+
+    async def draft(self, draft_id: int) -> Draft | None:
+        """The draft with its files, None when unknown."""
+        ...
+
+    async def drafts(self, limit: int = 100) -> list[DraftInfo]:
+        """Most recently changed first."""
+        ...
+
+    async def save_draft(self, draft_id: int, files: Mapping[str, str], *, revision: int, by: str,
+                         at: float) -> DraftInfo | None:
+        """Compare-and-set: replace the files if the draft is still at `revision` (it moves to revision + 1
+        and loses its checked version); None, storing nothing, when it is not (or the draft is unknown)."""
+        ...
+
+    async def record_draft_check(self, draft_id: int, *, revision: int, version: str) -> DraftInfo | None:
+        """Remember `version` as the check of `revision`; None when the draft moved on meanwhile."""
         ...
 
 
@@ -296,6 +355,7 @@ class MemoryBundleRepository:
         self._proposals: dict[int, Proposal] = {}
         self._activations: list[Activation] = []
         self._shadows: list[ShadowSession] = []
+        self._drafts: dict[int, Draft] = {}
 
     async def start(self) -> None:
         pass
@@ -425,4 +485,35 @@ class MemoryBundleRepository:
             raise GatewayError(SHADOW_NOT_FOUND, f"no shadow session has id {session_id}")
         return self._shadows[session_id - 1]
 
+    async def create_draft(self, base_version: str | None, files: Mapping[str, str], *, by: str,
+                           at: float) -> DraftInfo:
+        if base_version is not None:
+            self._info(base_version)
+        info = DraftInfo(id=len(self._drafts) + 1, base_version=base_version, revision=1, file_count=len(files),
+                         size=files_size(files), created_by=by, created_at=at, updated_by=by, updated_at=at)
+        self._drafts[info.id] = Draft(info, dict(files))
+        return info
 
+    async def draft(self, draft_id: int) -> Draft | None:
+        return self._drafts.get(draft_id)
+
+    async def drafts(self, limit: int = 100) -> list[DraftInfo]:
+        return sorted((d.info for d in self._drafts.values()), key=lambda i: (-i.updated_at, -i.id))[:limit]
+
+    async def save_draft(self, draft_id: int, files: Mapping[str, str], *, revision: int, by: str,
+                         at: float) -> DraftInfo | None:
+        current = self._drafts.get(draft_id)
+        if current is None or current.info.revision != revision:
+            return None
+        info = replace(current.info, revision=revision + 1, file_count=len(files), size=files_size(files),
+                       updated_by=by, updated_at=at, checked_version=None)
+        self._drafts[draft_id] = Draft(info, dict(files))
+        return info
+
+    async def record_draft_check(self, draft_id: int, *, revision: int, version: str) -> DraftInfo | None:
+        current = self._drafts.get(draft_id)
+        if current is None or current.info.revision != revision:
+            return None
+        info = replace(current.info, checked_version=version)
+        self._drafts[draft_id] = Draft(info, current.files)
+        return info
