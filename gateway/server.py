@@ -32,6 +32,7 @@ from gateway.bundles.service import PolicyAdmin
 from gateway.config import AuditConfig, Config, ListenerConfig, RouteConfig
 from gateway.context import RequestContext
 from gateway.customer_alerts import CustomerAlerts, TransferAlert
+from gateway.decision_stats import DecisionStats
 from gateway.envelope import PATH as SESSION_KEY_PATH
 from gateway.envelope import Decrypt, EncryptResponse, SessionKeyEndpoint, SessionKeyService, session_key_route
 from gateway.errors import BAD_HEADER, BAD_REQUEST, SHUTTING_DOWN, ConfigError, GatewayError
@@ -205,6 +206,8 @@ class Gateway:
         self.admin_port: int | None = None
         self.signers = build_signers(config) if g.security else {}
         self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout, inputs=self.personal)
+        # The console's decisions dashboard: counted in memory, flushed to the state store each second.
+        self.decision_stats = self._auditor.stats = DecisionStats(self.state, clock=clock)
         self.freezes = FreezeStore(self.state)
         self.settings = SettingsStore(self.state)
         self.customer_alerts = CustomerAlerts(self.notifier, self.settings, self._auditor.queue,
@@ -469,6 +472,7 @@ class Gateway:
             await self.personal.start()
         await self.risk.start()
         await self.upstreams.start()
+        self.decision_stats.start()
         if self.stepups is not None and self.config.step_up.demo_totp_file is not None:
             await self._enrol_demo_totp(self.stepups, self.config.step_up.demo_totp_file)
         if self.stepups is not None and self.stepups.face_state.configured:
@@ -528,6 +532,7 @@ class Gateway:
             self.access_log.flush()
         await self.customer_alerts.drain()
         await self._auditor.drain()
+        await self.decision_stats.stop()
         await self.audit.close()
         if self.personal is not None:
             await self.personal.stop()

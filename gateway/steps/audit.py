@@ -24,6 +24,7 @@ from gateway.crypto.key_errors import KeyErased
 from gateway.errors import AUDIT_UNAVAILABLE, POLICY_DENIED, GatewayError
 
 if TYPE_CHECKING:
+    from gateway.decision_stats import DecisionStats
     from gateway.personal_data import PersonalData
 
 log = logging.getLogger("portcullis.audit")
@@ -100,6 +101,8 @@ class AuditDecision:
         self._timeout = timeout
         self._inputs = inputs
         self._sealing = Background()
+        self.stats: DecisionStats | None = None
+        """Counts every decision and denial of a judged request for the console's dashboard (in memory)."""
 
     def _input(self, ctx: RequestContext, record: dict[str, Any]) -> bytes | None:
         """Add the input's digest (and its sealed copy when the key is at hand); the JSON still to seal."""
@@ -134,6 +137,8 @@ class AuditDecision:
             raise GatewayError(POLICY_DENIED, extra={"reasons": [
                 {"code": r.code, "message": r.message} for r in d.deny]})
         record = decision_record(ctx)
+        if self.stats is not None:
+            self.stats.observe(ctx, record)
         unsealed = self._input(ctx, record)
         if ctx.route.tier in GUARDED_TIERS or ctx.route.fail_mode == "closed":
             return self.write(record, unsealed)  # write-ahead: the pipeline waits until it is durable
@@ -153,6 +158,8 @@ class AuditDecision:
         """Submit without waiting; the sink counts failures, never raised into the request.
 
         With ``ctx`` (a refusal of a judged request), the policy input goes in as in a decision record."""
+        if ctx is not None and self.stats is not None:
+            self.stats.observe(ctx, record)
         self._queue(record, self._input(ctx, record) if ctx is not None else None)
 
     def _queue(self, record: dict[str, Any], unsealed: bytes | None) -> None:
