@@ -87,3 +87,47 @@ async def enrol_totp(st: Stack, sub: str = OFFICER) -> str:
     assert st.gateway.stepups is not None
     await st.gateway.stepups.totp.enrol_known(sub, secret, 0.0)
     return secret
+
+
+# -- releasing a policy (tests/test_console_release*.py) ------------------------------------------
+
+UPLOADER = "officer-zhao"
+"""Uploads candidate bundles in the release tests: neither officer approving is the uploader."""
+QUOTE = "/api/quotes/600519.SH"
+
+
+def release_config(tmp: Any, *, crypto: bool = False) -> dict[str, Any]:
+    """run_stack overrides (``tmp``: the test's folder, a Path): tests/bundles.py's tiny bundle active
+    (quotes open), both officers alerted by a break-glass rollback (a file notifier), and with ``crypto``
+    the policy inputs sealed into the audit trail."""
+    from bundles import tiny_bundle, write_bundle
+
+    folder = write_bundle(tmp / "bundle-v1", tiny_bundle(rev=1))
+    overrides: dict[str, Any] = {
+        "policy": {"engine": "rego", "bundle": str(folder)},
+        "policy_admin": {"officers": [OFFICER, SECOND_OFFICER], "max_files": 16},
+        "notifier": {"sink": "file", "path": str(tmp / "alerts.jsonl")},
+    }
+    if crypto:
+        overrides["crypto"] = {"enabled": True, "master_key_file": str(tmp / "master.key")}
+    return overrides
+
+
+async def candidate(st: Stack, *, rev: int = 2, quotes_open: bool = False, validate: bool = True,
+                    description: str = "closes quotes") -> str:
+    """A candidate bundle uploaded (by UPLOADER) and, unless told otherwise, validated; its version."""
+    from bundles import tiny_bundle
+
+    admin = st.gateway.bundles
+    info = await admin.upload(UPLOADER, {"files": tiny_bundle(rev=rev, quotes_open=quotes_open),
+                                         "description": description})
+    if validate:
+        await admin.validate(UPLOADER, info.version)
+    return info.version
+
+
+async def activate(st: Stack, version: str) -> None:
+    """Make `version` active through the four-eyes workflow itself (proposed by OFFICER, approved by the other)."""
+    admin = st.gateway.bundles
+    proposal = await admin.propose(OFFICER, version, "set up by the test")
+    await admin.approve(SECOND_OFFICER, proposal.id)
