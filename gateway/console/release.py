@@ -210,11 +210,12 @@ async def what_if_page(request: web.Request) -> web.Response:
     if info is None:
         return _not_validated(request)
     samples = _sample_choices()
+    order = next((i for i, (label, _) in enumerate(samples) if label.startswith("order_place")), 0)
     try:
-        chosen = int(request.query.get("sample", "0"))
+        chosen = int(request.query.get("sample", str(order)))
     except ValueError:
-        chosen = 0
-    chosen = chosen if 0 <= chosen < len(samples) else 0
+        chosen = order
+    chosen = chosen if 0 <= chosen < len(samples) else order
     text = orjson.dumps(samples[chosen][1], option=orjson.OPT_INDENT_2).decode()
     rid = request.query.get("request", "")[:_REQUEST_ID_CHARS]
     return await _what_if_render(request, info, status=200, input_text=text, request_id=rid, chosen=chosen,
@@ -413,7 +414,9 @@ async def proposals_page(request: web.Request, *, status: int = 200, error: str 
     proposed = request.query.get("proposed", "")
     return console.render(
         request, "proposals.html", status=status, active="policies", rows=rows, history=history[:10],
-        candidates=[b for b in bundles if b.status == "validated" and b.version != active_version],
+        # Versions active before are returned to by a rollback (its own page), not proposed anew here.
+        candidates=[b for b in bundles if b.status == "validated" and not b.ever_active
+                    and b.version != active_version],
         chosen=chosen, active_version=active_version, error=error,
         approved=approved if _PROPOSAL_ID.fullmatch(approved) else None,
         proposed=proposed if _PROPOSAL_ID.fullmatch(proposed) else None, me=officer_session(request).sub)
