@@ -25,7 +25,7 @@ from aiohttp import web
 
 from audit.chain import canonical
 from audit.postgres import PostgresAuditSink
-from audit.query import MAX_LIMIT, Filter, FilterError, Page, search
+from audit.query import MAX_LIMIT, Filter, Page, search
 from audit.sink import AuditWriteError
 from gateway.admin import _audit_first
 from gateway.admin_policy import _PROPOSAL_ID, _VERSION, _sample_rate
@@ -45,7 +45,8 @@ from gateway.steps.audit import INPUT_FIELD
 MAX_INPUT_CHARS = 64 * 1024
 RECENT = 15
 """Latest judged requests offered on the what-if page."""
-RECENT_WINDOW = 86_400.0
+RECENT_WINDOWS = (300.0, 3600.0, 86_400.0)
+FIND_WINDOWS: tuple[float | None, ...] = (3600.0, 86_400.0, 30 * 86_400.0, None)
 SCAN_PAGES = 20
 """Audit pages (of MAX_LIMIT records) read at most to find a request: a bound on one page view's work."""
 _COMPILED_KEPT = 4
@@ -147,32 +148,52 @@ async def _page(gw: Any, flt: Filter, cursor: str | None) -> Page:
         raise GatewayError(AUDIT_UNAVAILABLE, str(exc)) from None
 
 
-async def judged_records(gw: Any, *, since: float | None, request_id: str | None = None) -> list[dict[str, Any]]:
-    """Records of judged requests (they carry ``input_sm3``), oldest first; only `request_id`'s if given."""
+async def _scan(gw: Any, since: float | None, request_id: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """Judged requests' records (they carry ``input_sm3``) since `since`, oldest first (the search's
+    order), only `request_id`'s if given; and whether the scan reached the end within SCAN_PAGES."""
     found: list[dict[str, Any]] = []
     cursor: str | None = None
-    try:
-        flt = Filter(since=since)
-    except FilterError as exc:
-        raise GatewayError(AUDIT_UNAVAILABLE, str(exc)) from None
+    flt = Filter(since=since)
     for _ in range(SCAN_PAGES):
         page = await _page(gw, flt, cursor)
-        for r in page.records:
-            if "input_sm3" in r and (request_id is None or r.get("request_id") == request_id):
-                found.append(r)
+        found += [r for r in page.records
+                  if "input_sm3" in r and (request_id is None or r.get("request_id") == request_id)]
         if request_id is None:
             del found[:-RECENT]
         cursor = page.cursor
         if cursor is None:
+            return found, True
+    return found, False
+
+
+async def recent_records(gw: Any, now: float) -> list[dict[str, Any]]:
+    """The latest judged requests, newest first: the narrowest window holding enough of them (the
+    search reads oldest first, so a busy day is read from its last minutes)."""
+    found: list[dict[str, Any]] = []
+    for window in RECENT_WINDOWS:
+        found, complete = await _scan(gw, now - window, None)
+        if len(found) >= RECENT or not complete:
             break
-    return found
+    return list(reversed(found))
+
+
+async def find_record(gw: Any, request_id: str, now: float) -> tuple[dict[str, Any] | None, bool]:
+    """The record of a judged request (the latest, should there be two), widening the window back
+    from the last hour; and whether the search was complete (False: cut short in a very long trail)."""
+    complete = True
+    for window in FIND_WINDOWS:
+        found, complete = await _scan(gw, None if window is None else now - window, request_id)
+        if found:
+            return found[-1], True
+    return None, complete
 
 
 def record_view(r: Mapping[str, Any]) -> dict[str, Any]:
     """What the pages show of a judged request's record (every member there, for strict templates)."""
     t = r.get("time")
+    decided = r.get("decision") or ("deny" if r.get("type") == "denial" else r.get("type"))
     return {"request_id": str(r.get("request_id") or ""), "time": t if isinstance(t, (int, float)) else None,
-            "route": str(r.get("route") or ""), "decision": str(r.get("decision") or r.get("type") or ""),
+            "route": str(r.get("route") or ""), "decision": str(decided or ""),
             "sub": str(r.get("sub") or ""), "policy_version": str(r.get("policy_version") or "")}
 
 
@@ -243,10 +264,10 @@ def _not_validated(request: web.Request) -> web.Response:
 
 async def _what_if_render(request: web.Request, info: BundleInfo, *, status: int, **ctx: Any) -> web.Response:
     console = request.app[CONSOLE_KEY]
-    recent = await judged_records(console.gw, since=time.time() - RECENT_WINDOW)
+    recent = await recent_records(console.gw, time.time())
     return console.render(request, "whatif.html", status=status, active="policies", info=info,
                           active_version=console.gw.policy.version,
-                          recent=[record_view(r) for r in reversed(recent)], **ctx)
+                          recent=[record_view(r) for r in recent], **ctx)
 
 
 async def what_if(request: web.Request) -> web.Response:
@@ -275,10 +296,10 @@ async def what_if(request: web.Request) -> web.Response:
         step_up = require_step_up(request)  # opening a customer's sealed data is more than reading a page
         if step_up is not None:
             return step_up
-        records = await judged_records(gw, since=None, request_id=rid)
-        if not records:
-            return await again(404, f"No decision on request {rid} was found in the audit trail.")
-        record = records[-1]
+        record, complete = await find_record(gw, rid, time.time())
+        if record is None:
+            more = "" if complete else " (the search stopped early: the trail is very long; try a more recent one)"
+            return await again(404, f"No decision on request {rid} was found in the audit trail{more}.")
         await _audit_first(gw, {"type": "admin", "time": time.time(), "sub": session.sub,
                                 "action": "policy_what_if_open_input", "request_id": rid,
                                 "customer": record.get("sub"), "version": info.version, "via": "console"})
