@@ -203,6 +203,8 @@ async def test_a_check_pins_the_compile_error_then_lists_the_tests(tmp_path: Pat
         await save(officer, draft_id, "gateway.rego", fixed_text, 2)
         passed = await officer.post(f"/console/drafts/{draft_id}/check", {"revision": "3"})
         draft = await st.gateway.bundles.repo.draft(draft_id)
+        assert draft is not None and draft.info.checked_version is not None
+        version_page = await officer.get(f"/console/policies/{draft.info.checked_version}")
     assert broken.status == 422, broken.text
     link = f'href="/console/drafts/{draft_id}?file=gateway.rego&amp;line=66#L66"'
     assert link in broken.text and "gateway.rego, line 66, column 17" in broken.text
@@ -211,6 +213,5 @@ async def test_a_check_pins_the_compile_error_then_lists_the_tests(tmp_path: Pat
     assert "The checks passed" in passed.text and '<span class="tag passed">passed</span>' in passed.text
     assert "data.gateway.gateway_test.test_empty_input_denied" in passed.text
     assert '<span class="tag failed">' not in passed.text
-    assert draft is not None and draft.info.checked_version is not None
-    assert draft.info.checked_version in passed.text
+    assert draft.info.checked_version in passed.text and "The checks passed" in version_page.text
     assert (await st.gateway.bundles.bundle(draft.info.checked_version)).info.status == "validated"
