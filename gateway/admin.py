@@ -54,7 +54,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return error_response(GatewayError(kind, headers=allow), rid, "X-Request-Id")
 
 
-async def _audit_first(gw: Gateway, record: dict[str, Any]) -> None:
+async def audit_first(gw: Gateway, record: dict[str, Any]) -> None:
     """Write-ahead for admin actions: durable before the action, or 503 and no action."""
     try:
         await asyncio.wait_for(asyncio.shield(gw.audit.submit(record)), gw.config.audit.write_timeout)
@@ -107,7 +107,7 @@ async def revoke(request: web.Request) -> web.Response:
             or isinstance(exp, bool) or not 0 < exp < _MAX_EXP):
         raise GatewayError(BAD_REQUEST, "expected {\"jti\": string, \"exp\": epoch seconds}")
     # Write-ahead: the revocation is audited before it takes effect.
-    await _audit_first(gw, {"type": "admin", "time": time.time(), "sub": subject.sub,
+    await audit_first(gw, {"type": "admin", "time": time.time(), "sub": subject.sub,
                             "action": "revoke_token", "jti": jti})
     await gw.revocations.revoke(jti, exp)
     return web.json_response({"revoked": jti}, status=201)

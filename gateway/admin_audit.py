@@ -26,7 +26,7 @@ from audit.query import Filter, FilterError, Page, search, to_csv, to_json
 from audit.sink import AuditWriteError, ChainedSink
 from audit.verify import Report, verify_directory
 from audit.witness import WitnessError
-from gateway.admin import GATEWAY_KEY, _audit_first
+from gateway.admin import GATEWAY_KEY, audit_first
 from gateway.admin_policy import compliance_officer, json_ok
 from gateway.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, GatewayError
 
@@ -55,7 +55,7 @@ async def audited_search(gw: Gateway, officer: str, params: Mapping[str, str], *
         raise GatewayError(BAD_REQUEST, str(exc)) from None
     except AuditWriteError as exc:
         raise GatewayError(AUDIT_UNAVAILABLE, str(exc)) from None
-    await _audit_first(gw, {"type": "admin", "time": time.time(), "sub": officer, "action": "audit_query",
+    await audit_first(gw, {"type": "admin", "time": time.time(), "sub": officer, "action": "audit_query",
                             "filters": flt.public(), "format": output, "count": len(page.records),
                             "cursor": cursor, **({"via": via} if via is not None else {})})
     return flt, page

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.admin import GATEWAY_KEY, _audit_first
+from gateway.admin import GATEWAY_KEY, audit_first
 from gateway.admin_policy import compliance_officer, json_ok, small_json
 from gateway.authn.tokens import Subject
 from gateway.bundles.service import reason_text
@@ -76,7 +76,7 @@ async def lift_account(gw: Gateway, officer: str, account: str, reason: str) -> 
     if current is None:
         gw.audit.enqueue({**record, "refused": True, "outcome": FREEZE_NOT_FOUND.code})
         raise GatewayError(FREEZE_NOT_FOUND)
-    await _audit_first(gw, {**record, "freeze": current.public()})
+    await audit_first(gw, {**record, "freeze": current.public()})
     lifted = await gw.freezes.lift(account)
     outcome = "ok" if lifted is not None else FREEZE_NOT_FOUND.code  # lifted meanwhile by someone else
     gw.audit.enqueue({"type": "admin", "time": time.time(), "sub": officer, "action": "freeze_lift",

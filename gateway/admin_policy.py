@@ -38,9 +38,9 @@ from gateway.steps.authenticate import bearer_token, refuse_device_bound
 ROLE = "compliance"
 AUTH_TIME_LEEWAY = 60
 """Seconds an auth_time may lie in the future (clock skew with the identity provider)."""
-_VERSION = re.compile(r"[0-9a-f]{16}")
-_PROPOSAL_ID = re.compile(r"[0-9]{1,18}")
-_SESSION_ID = _PROPOSAL_ID
+VERSION_ID = re.compile(r"[0-9a-f]{16}")
+PROPOSAL_ID = re.compile(r"[0-9]{1,18}")
+_SESSION_ID = PROPOSAL_ID
 
 
 class StepUpRequirement(Protocol):
@@ -97,7 +97,7 @@ async def _officer(request: web.Request) -> tuple[PolicyAdmin, Subject]:
 
 def _version(request: web.Request) -> str:
     version = request.match_info["version"]
-    if not _VERSION.fullmatch(version):
+    if not VERSION_ID.fullmatch(version):
         raise GatewayError(BUNDLE_NOT_FOUND, "a version is 16 lower-case hex characters")
     return version
 
@@ -188,7 +188,7 @@ async def list_proposals(request: web.Request) -> web.Response:
 async def approve(request: web.Request) -> web.Response:
     admin, subject = await _officer(request)
     raw = request.match_info["proposal"]
-    if not _PROPOSAL_ID.fullmatch(raw):
+    if not PROPOSAL_ID.fullmatch(raw):
         raise GatewayError(PROPOSAL_NOT_FOUND, "a proposal id is a number")
     activation, published = await admin.approve(subject.sub, int(raw))
     return json_ok({"activation": activation.public(), "notified_processes": published,
@@ -197,7 +197,7 @@ async def approve(request: web.Request) -> web.Response:
 
 def _target(body: dict[str, Any]) -> str:
     version = body.get("version")
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+    if not isinstance(version, str) or not VERSION_ID.fullmatch(version):
         raise GatewayError(BAD_REQUEST, 'expected {"version": "<16 hex characters>", "reason": text}')
     return version
 
@@ -220,7 +220,7 @@ async def break_glass(request: web.Request) -> web.Response:
                 "alerted": list(admin.cfg.officers), "serving": admin.active.status()})
 
 
-def _sample_rate(body: dict[str, Any]) -> float | None:
+def sample_rate_of(body: dict[str, Any]) -> float | None:
     rate = body.get("sample_rate")
     if rate is None:
         return None
@@ -233,7 +233,7 @@ async def shadow_start(request: web.Request) -> web.Response:
     admin, subject = await _officer(request)
     body = await small_json(request)
     version = _target(body)
-    session, published = await admin.start_shadow(subject.sub, version, _sample_rate(body),
+    session, published = await admin.start_shadow(subject.sub, version, sample_rate_of(body),
                                                   reason_text(body.get("reason"), required=False))
     return json_ok({"session": session.public(), "notified_processes": published}, status=201)
 

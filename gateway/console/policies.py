@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from gateway.admin_policy import VERSION_ID
 from gateway.bundles.files import BundleFiles, check_path
 from gateway.bundles.repository import Draft, files_size
 from gateway.bundles.validate import Validation
@@ -34,7 +35,6 @@ from gateway.bundles.validate import validate as validate_files
 from gateway.console.app import CONSOLE_KEY, PREFIX, officer_session, redirect, require_step_up
 from gateway.errors import BUNDLE_EXISTS, BUNDLE_INVALID, BUNDLE_NOT_FOUND, GatewayError
 
-_VERSION = re.compile(r"[0-9a-f]{16}")
 _DRAFT_ID = re.compile(r"[0-9]{1,18}")
 _PACKAGE = re.compile(r"^package\s+([A-Za-z0-9_.]+)", re.M)
 _TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]*)\b", re.M)
@@ -149,7 +149,7 @@ def _from_report(files: Mapping[str, str], version: str | None, report: Mapping[
 
 def _version(request: web.Request) -> str:
     version = request.match_info["version"]
-    if not _VERSION.fullmatch(version):
+    if not VERSION_ID.fullmatch(version):
         raise GatewayError(BUNDLE_NOT_FOUND, "There is no policy version with that name.")
     return version
 

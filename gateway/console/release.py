@@ -27,8 +27,8 @@ from audit.chain import canonical
 from audit.postgres import PostgresAuditSink
 from audit.query import MAX_LIMIT, Filter, Page, search
 from audit.sink import AuditWriteError
-from gateway.admin import _audit_first
-from gateway.admin_policy import _PROPOSAL_ID, _VERSION, _sample_rate
+from gateway.admin import audit_first
+from gateway.admin_policy import PROPOSAL_ID, VERSION_ID, sample_rate_of
 from gateway.bundles.repository import BundleInfo, is_expired
 from gateway.bundles.runtime import PolicyLoadError, compile_bundle
 from gateway.bundles.service import MAX_REASON, reason_text
@@ -246,7 +246,7 @@ async def what_if_page(request: web.Request) -> web.Response:
 
 async def _validated_info(request: web.Request) -> BundleInfo | None:
     version = request.match_info["version"]
-    if not _VERSION.fullmatch(version):
+    if not VERSION_ID.fullmatch(version):
         raise GatewayError(BUNDLE_NOT_FOUND, "There is no policy version with this name.")
     info = next((b for b in await request.app[CONSOLE_KEY].gw.bundles.bundles() if b.version == version), None)
     if info is None:
@@ -300,7 +300,7 @@ async def what_if(request: web.Request) -> web.Response:
         if record is None:
             more = "" if complete else " (the search stopped early: the trail is very long; try a more recent one)"
             return await again(404, f"No decision on request {rid} was found in the audit trail{more}.")
-        await _audit_first(gw, {"type": "admin", "time": time.time(), "sub": session.sub,
+        await audit_first(gw, {"type": "admin", "time": time.time(), "sub": session.sub,
                                 "action": "policy_what_if_open_input", "request_id": rid,
                                 "customer": record.get("sub"), "version": info.version, "via": "console"})
         doc, why = await open_input(gw, record)
@@ -379,11 +379,11 @@ async def shadow_start(request: web.Request) -> web.Response:
         return step_up
     form = await request.post()
     version = _text(form, "version")
-    if not _VERSION.fullmatch(version):
+    if not VERSION_ID.fullmatch(version):
         return await shadow_page(request, status=400, error="Choose the validated version to run in shadow mode.")
     try:
         percent = float(_text(form, "sample_percent") or "100")
-        rate = _sample_rate({"sample_rate": percent / 100})
+        rate = sample_rate_of({"sample_rate": percent / 100})
     except (ValueError, GatewayError):
         return await shadow_page(request, status=400, error="The share of requests to compare is a percentage"
                                                             " above 0 and at most 100.")
@@ -439,8 +439,8 @@ async def proposals_page(request: web.Request, *, status: int = 200, error: str 
         candidates=[b for b in bundles if b.status == "validated" and not b.ever_active
                     and b.version != active_version],
         chosen=chosen, active_version=active_version, error=error,
-        approved=approved if _PROPOSAL_ID.fullmatch(approved) else None,
-        proposed=proposed if _PROPOSAL_ID.fullmatch(proposed) else None, me=officer_session(request).sub)
+        approved=approved if PROPOSAL_ID.fullmatch(approved) else None,
+        proposed=proposed if PROPOSAL_ID.fullmatch(proposed) else None, me=officer_session(request).sub)
 
 
 async def proposals_show(request: web.Request) -> web.Response:
@@ -454,7 +454,7 @@ async def propose(request: web.Request) -> web.Response:
         return step_up
     form = await request.post()
     version = _text(form, "version")
-    if not _VERSION.fullmatch(version):
+    if not VERSION_ID.fullmatch(version):
         return await proposals_page(request, status=400, error="Choose the validated version to propose.")
     reason = _reason(_text(form, "reason"))
     if reason is None:
@@ -469,7 +469,7 @@ async def propose(request: web.Request) -> web.Response:
 async def approve(request: web.Request) -> web.Response:
     console = request.app[CONSOLE_KEY]
     raw = request.match_info["proposal"]
-    if not _PROPOSAL_ID.fullmatch(raw):
+    if not PROPOSAL_ID.fullmatch(raw):
         raise GatewayError(PROPOSAL_NOT_FOUND, "There is no such proposal.")
     step_up = require_step_up(request)
     if step_up is not None:
@@ -495,7 +495,7 @@ async def rollback_page(request: web.Request, *, status: int = 200, error: str |
     done = request.query.get("rolled_back", "")
     return console.render(request, "rollback.html", status=status, active="policies", earlier=earlier,
                           active_version=active_version, history=(await console.gw.bundles.history())[:10],
-                          error=error, rolled_back=done if _VERSION.fullmatch(done) else None)
+                          error=error, rolled_back=done if VERSION_ID.fullmatch(done) else None)
 
 
 async def rollback_show(request: web.Request) -> web.Response:
@@ -509,7 +509,7 @@ async def rollback(request: web.Request) -> web.Response:
         return step_up
     form = await request.post()
     version = _text(form, "version")
-    if not _VERSION.fullmatch(version):
+    if not VERSION_ID.fullmatch(version):
         return await rollback_page(request, status=400, error="Choose the earlier version to return to.")
     reason = _reason(_text(form, "reason"))
     if reason is None:
@@ -542,7 +542,7 @@ async def break_glass(request: web.Request) -> web.Response:
     form = await request.post()
     version = _text(form, "version")
     written = _text(form, "reason")
-    if not _VERSION.fullmatch(version):
+    if not VERSION_ID.fullmatch(version):
         return await break_glass_page(request, status=400, error="Choose the earlier version to return to.",
                                       reason=written)
     reason = _reason(written)
