@@ -38,8 +38,9 @@ from gateway_cluster import Cluster, gateway_cluster  # noqa: E402
 from redis_keys import drop_prefix  # noqa: E402
 
 OFFICER = "carol"  # gateway_cluster's [policy_admin] officer
-PAGES = ("/console/", "/console/policies", "/console/decisions", "/console/audit", "/console/audit?sub=alice",
-         "/console/freezes", "/console/shadow", "/console/proposals")
+PAGES = ("/console/", "/console/policies", "/console/policies/{active}", "/console/policies/{active}?file=gateway.rego",
+         "/console/policies/{active}/what-if", "/console/decisions", "/console/audit", "/console/audit?sub=alice",
+         "/console/audit/verify", "/console/freezes", "/console/shadow", "/console/proposals", "/console/rollback")
 BASELINE = "/console/static/console.css"
 ORDER = {"symbol": "601318.SH", "side": "buy", "qty": 100, "price": 57.2, "type": "limit"}
 
@@ -92,7 +93,7 @@ async def timed(http: aiohttp.ClientSession, url: str, repeat: int) -> dict[str,
     return {"status": status, "p50_ms": round(pct(times, 0.5), 2), "p95_ms": round(pct(times, 0.95), 2)}
 
 
-async def browser_times(base: str, token: str, repeat: int) -> dict[str, float]:
+async def browser_times(base: str, token: str, paths: list[str], repeat: int) -> dict[str, float]:
     from playwright.async_api import async_playwright
 
     out: dict[str, float] = {}
@@ -103,7 +104,7 @@ async def browser_times(base: str, token: str, repeat: int) -> dict[str, float]:
             await page.goto(base + "/console/sign-in")
             await page.get_by_label("Sign-in token").fill(token)
             await page.get_by_role("button", name="Sign in").click()
-            for path in PAGES:
+            for path in paths:
                 loads = []
                 for _ in range(repeat):
                     await page.goto(base + path, wait_until="load")
@@ -126,11 +127,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 base = cluster.gateways[0].admin_url
                 token = cluster.token(OFFICER, roles=("compliance",))
                 await sign_in(http, base, token)
-                for path in PAGES:  # warm up: templates compiled, caches filled
+                async with http.get(base + "/console/") as r:  # the overview names the version in force
+                    active = re.search(r'class="value mono">([0-9a-f]{16})<', await r.text())
+                assert active is not None, "no active version on the overview"
+                pages_here = [path.format(active=active[1]) for path in PAGES]
+                for path in pages_here:  # warm up: templates compiled, caches filled
                     await timed(http, base + path, 2)
                 baseline = await timed(http, base + BASELINE, args.repeat)
-                pages = {path: await timed(http, base + path, args.repeat) for path in PAGES}
-                browser = await browser_times(base, token, 5) if args.browser else None
+                pages = {path: await timed(http, base + path, args.repeat) for path in pages_here}
+                browser = await browser_times(base, token, pages_here, 5) if args.browser else None
         finally:
             await drop_prefix(args.redis, prefix)
     for row in pages.values():
