@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -29,7 +29,7 @@ from audit.query import MAX_LIMIT, Filter, Page, search
 from audit.sink import AuditWriteError
 from gateway.admin import audit_first
 from gateway.admin_policy import PROPOSAL_ID, VERSION_ID, sample_rate_of
-from gateway.bundles.repository import BundleInfo, is_expired
+from gateway.bundles.repository import BundleInfo, Proposal, is_expired
 from gateway.bundles.runtime import PolicyLoadError, compile_bundle
 from gateway.bundles.service import MAX_REASON, reason_text
 from gateway.console.app import CONSOLE_KEY, PREFIX, officer_session, redirect, require_step_up
@@ -447,23 +447,30 @@ async def proposals_show(request: web.Request) -> web.Response:
     return await proposals_page(request)
 
 
-async def propose(request: web.Request) -> web.Response:
-    console = request.app[CONSOLE_KEY]
+async def _proposal_form(request: web.Request, page: Callable[..., Awaitable[web.Response]],
+                         act: Callable[[str, str, str], Awaitable[Proposal]], choose: str) -> web.Response:
+    """A proposal (activation or rollback) from its form: a recent code, a version and a written reason;
+    ``page`` shows the form again with what went wrong, ``act`` is the service's call."""
     step_up = require_step_up(request)
     if step_up is not None:
         return step_up
     form = await request.post()
     version = _text(form, "version")
     if not VERSION_ID.fullmatch(version):
-        return await proposals_page(request, status=400, error="Choose the validated version to propose.")
+        return await page(request, status=400, error=choose)
     reason = _reason(_text(form, "reason"))
     if reason is None:
-        return await proposals_page(request, status=400, error=REASON_NEEDED)
+        return await page(request, status=400, error=REASON_NEEDED)
     try:
-        proposal = await console.gw.bundles.propose(officer_session(request).sub, version, reason)
+        proposal = await act(officer_session(request).sub, version, reason)
     except GatewayError as exc:
-        return await proposals_page(request, status=exc.status, error=plain(exc))
+        return await page(request, status=exc.status, error=plain(exc))
     return redirect(f"{PREFIX}/proposals?proposed={proposal.id}")
+
+
+async def propose(request: web.Request) -> web.Response:
+    return await _proposal_form(request, proposals_page, request.app[CONSOLE_KEY].gw.bundles.propose,
+                                "Choose the validated version to propose.")
 
 
 async def approve(request: web.Request) -> web.Response:
@@ -503,22 +510,8 @@ async def rollback_show(request: web.Request) -> web.Response:
 
 
 async def rollback(request: web.Request) -> web.Response:
-    console = request.app[CONSOLE_KEY]
-    step_up = require_step_up(request)
-    if step_up is not None:
-        return step_up
-    form = await request.post()
-    version = _text(form, "version")
-    if not VERSION_ID.fullmatch(version):
-        return await rollback_page(request, status=400, error="Choose the earlier version to return to.")
-    reason = _reason(_text(form, "reason"))
-    if reason is None:
-        return await rollback_page(request, status=400, error=REASON_NEEDED)
-    try:
-        proposal = await console.gw.bundles.propose_rollback(officer_session(request).sub, version, reason)
-    except GatewayError as exc:
-        return await rollback_page(request, status=exc.status, error=plain(exc))
-    return redirect(f"{PREFIX}/proposals?proposed={proposal.id}")
+    return await _proposal_form(request, rollback_page, request.app[CONSOLE_KEY].gw.bundles.propose_rollback,
+                                "Choose the earlier version to return to.")
 
 
 async def break_glass_page(request: web.Request, *, status: int = 200, error: str | None = None,
