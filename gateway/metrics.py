@@ -66,6 +66,9 @@ class Metrics:
         self.in_flight = Gauge("portcullis_in_flight_requests", "Requests being handled", registry=r)
         self.audit_backlog = Gauge("portcullis_audit_backlog", "Audit records not yet durable",
                                    registry=r)
+        self.decision_stats_failures = Gauge(
+            "portcullis_decision_stats_flush_failures", "Flushes of this process's decision counts (the console's"
+            " dashboard) the state store refused (count; each retried on the next flush)", registry=r)
         self.audit_witness_backlog = Gauge(
             "portcullis_audit_witness_backlog", "Signed audit checkpoints the witness has not taken yet", registry=r)
         self.audit_witness_failures = Gauge(
@@ -125,6 +128,9 @@ class Metrics:
     def watch_witness(self, backlog: Callable[[], float], failures: Callable[[], float]) -> None:
         self.audit_witness_backlog.set_function(backlog)
         self.audit_witness_failures.set_function(failures)
+
+    def watch_decision_stats(self, failures: Callable[[], float]) -> None:
+        self.decision_stats_failures.set_function(failures)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

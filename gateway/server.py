@@ -208,6 +208,7 @@ class Gateway:
         self._auditor = AuditDecision(self.audit, timeout=config.audit.write_timeout, inputs=self.personal)
         # The console's decisions dashboard: counted in memory, flushed to the state store each second.
         self.decision_stats = self._auditor.stats = DecisionStats(self.state, clock=clock)
+        self.metrics.watch_decision_stats(lambda: self.decision_stats.flush_failures)
         self.freezes = FreezeStore(self.state)
         self.settings = SettingsStore(self.state)
         self.customer_alerts = CustomerAlerts(self.notifier, self.settings, self._auditor.queue,

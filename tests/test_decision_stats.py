@@ -176,6 +176,9 @@ async def test_the_page_counts_real_requests_allowed_denied_and_stepped_up(tmp_p
                                                       "/api/accounts/A1/positions")]
         await officer.sign_in(officer_token(st), next_page="/console/decisions")
         page = await officer.get("/console/decisions")
+        async with s.get(st.admin_url + "/metrics") as r:
+            metrics = await r.text()
+    assert "portcullis_decision_stats_flush_failures 0.0" in metrics
     assert statuses == [200, 200, 403, 403, 401]
     assert _counts(page.text) == {"allow": 2, "step_up": 1, "deny": 2}
     assert "step-up rate 20.0%" in page.text and "denial rate 40.0%" in page.text
