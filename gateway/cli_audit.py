@@ -179,8 +179,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         return 2
 
     # Write-ahead: the query is in the trail before its answer is shown.
-    _record(cfg, {"type": "admin", "time": time.time(), "sub": args.officer, "action": "audit_query", "via": "cli",
-                  "filters": flt.public(), "format": args.format, "count": len(page.records), "cursor": args.cursor})
+    record_in_trail(cfg, {"type": "admin", "time": time.time(), "sub": args.officer, "action": "audit_query",
+                          "via": "cli", "filters": flt.public(), "format": args.format, "count": len(page.records),
+                          "cursor": args.cursor})
     if args.format == "csv":
         sys.stdout.write(to_csv(page.records))
     else:
@@ -202,7 +203,7 @@ async def _search_postgres(dsn: str, schema: str, flt: Any, limit: int, cursor: 
         await conn.close()
 
 
-def _record(cfg: Any, record: dict[str, Any]) -> None:
+def record_in_trail(cfg: Any, record: dict[str, Any]) -> None:
     """Write one record into the trail ``cfg`` ([audit]) describes, durably, in a chain of its own."""
     import asyncio
 
@@ -261,7 +262,7 @@ def cmd_retain(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
 
-    _record(cfg, record(plans, by=args.officer, retention_days=cfg.retention_days))  # before anything moves
+    record_in_trail(cfg, record(plans, by=args.officer, retention_days=cfg.retention_days))  # before anything moves
     if postgres is not None:
         try:
             asyncio.run(apply_postgres(*postgres, plans))
