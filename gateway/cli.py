@@ -181,6 +181,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
             backend.kill()
 
 
+def cmd_mfa_enrol_officer(args: argparse.Namespace) -> int:
+    """A security engineer enrols an officer's TOTP where every gateway's console checks it.
+
+    The officer's app gets a fresh 160-bit secret (``secrets``), shown once on stdout as an otpauth://
+    URI, never logged; the enrolment is written to the audit trail first (who ran it, for whom, never the
+    secret). Only officers named in ``[policy_admin] officers`` are enrolled, so a typo cannot create a
+    new one."""
+    import base64
+    import getpass
+
+    import pyotp
+
+    from gateway.cli_audit import record_in_trail
+    from gateway.crypto.secretbox import SecretBox
+    from gateway.mfa.totp import Totp
+    from gateway.state import build_store
+
+    cfg = load_config(args.config)
+
+    def refuse(why: str) -> int:
+        print(f"portcullis mfa enrol-officer: {why}", file=sys.stderr)
+        return 2
+    if cfg.step_up.secrets_file is None:
+        return refuse(f"{args.config} has no [step_up] secrets_file: each gateway would seal TOTP secrets with"
+                      " a key of its own, which no other process (nor this command) shares")
+    if cfg.state.backend == "memory":
+        return refuse(f"{args.config} keeps its state in memory, inside the gateway process: use a redis [state]")
+    if args.sub not in cfg.policy_admin.officers:
+        return refuse(f"{args.sub!r} is not in [policy_admin] officers of {args.config}: add the officer there"
+                      " first")
+    secret = base64.b32encode(secrets.token_bytes(20)).decode("ascii")
+
+    async def with_totp(enrol: bool) -> float | None:
+        """When the officer was enrolled (None: never); with ``enrol``, the new secret stored first."""
+        state = build_store(cfg.state)
+        try:
+            assert cfg.step_up.secrets_file is not None
+            totp = Totp(state, SecretBox.from_file(cfg.step_up.secrets_file, create=True),
+                        issuer=cfg.step_up.totp_issuer)
+            if enrol:
+                await totp.enrol_known(args.sub, secret, time.time())
+            return await totp.enrolled_at(args.sub)
+        finally:
+            await state.close()
+    if asyncio.run(with_totp(False)) is not None and not args.replace:
+        return refuse(f"{args.sub!r} already has an authenticator (--replace to give a new one)")
+    # Write-ahead: the trail holds the enrolment before it exists.
+    record_in_trail(cfg.audit, {"type": "admin", "time": time.time(), "sub": f"os:{getpass.getuser()}",
+                                "action": "officer_totp_enrol", "officer": args.sub, "replace": bool(args.replace)})
+    status = 0 if asyncio.run(with_totp(True)) is not None else 1
+    if status == 0:
+        uri = pyotp.TOTP(secret).provisioning_uri(name=args.sub, issuer_name=cfg.step_up.totp_issuer)
+        print(f"# {args.sub}'s authenticator is enrolled. Give the officer this URI (or its QR code) once, in"
+              " person; it is not stored in clear anywhere and is not shown again.", file=sys.stderr)
+        print(uri)
+    return status
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     import socket
     import time
@@ -581,6 +639,14 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--next", action="store_true",
                     help="the next 30 s step's code (when this step's was used already; accepted within +-1 step)")
     mt.set_defaults(func=cmd_mfa_totp_code)
+
+    mo = mfa_sub.add_parser("enrol-officer", help="enrol a compliance officer's authenticator (the console's step-up):"
+                            " prints the otpauth:// URI once, for the officer's app")
+    mo.add_argument("--config", required=True, help="the gateways' configuration: its [state] (Redis) and"
+                    " [step_up] secrets_file are where the console's TOTP check looks")
+    mo.add_argument("--sub", required=True, help="the officer's subject (listed in [policy_admin] officers)")
+    mo.add_argument("--replace", action="store_true", help="replace an authenticator already enrolled")
+    mo.set_defaults(func=cmd_mfa_enrol_officer)
 
     b = sub.add_parser("bench", help="benchmark direct vs bare proxy vs gateway")
     b.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
