@@ -95,3 +95,14 @@ async def test_drafts_are_listed_most_recently_changed_first(repo: BundleReposit
     two = await repo.create_draft(None, {"b.rego": "package b\n"}, by="dave", at=2.0)
     await repo.save_draft(one.id, {"a.rego": "package a\n\n"}, revision=1, by="carol", at=3.0)
     assert [d.id for d in await repo.drafts()] == [one.id, two.id]
+
+
+async def test_a_discard_is_a_compare_and_set_and_ids_are_never_reused(repo: BundleRepository) -> None:
+    one = await repo.create_draft(None, {"a.rego": "package a\n"}, by="carol", at=1.0)
+    await repo.save_draft(one.id, {"a.rego": "package a\n# carol\n"}, revision=1, by="carol", at=2.0)
+    assert not await repo.discard_draft(one.id, revision=1)  # dave saw revision 1: carol saved since
+    assert (await repo.draft(one.id)) is not None
+    assert await repo.discard_draft(one.id, revision=2)
+    assert await repo.draft(one.id) is None and not await repo.discard_draft(one.id, revision=2)
+    two = await repo.create_draft(None, {"b.rego": "package b\n"}, by="dave", at=3.0)
+    assert two.id != one.id and [d.id for d in await repo.drafts()] == [two.id]

@@ -215,3 +215,21 @@ async def test_a_check_pins_the_compile_error_then_lists_the_tests(tmp_path: Pat
     assert '<span class="tag failed">' not in passed.text
     assert draft.info.checked_version in passed.text and "The checks passed" in version_page.text
     assert (await st.gateway.bundles.bundle(draft.info.checked_version)).info.status == "validated"
+
+
+async def test_a_draft_is_discarded_unless_someone_saved_it_meanwhile(tmp_path: Path) -> None:
+    async with policy_stack(tmp_path) as st, officer_browser(st) as li:
+        await ready_officer(st, li)
+        draft_id = await new_draft(st, li)
+        await li.get(f"/console/drafts/{draft_id}")
+        original = (await draft_files(st, draft_id))["limits.rego"]
+        await save(li, draft_id, "limits.rego", "# changed\n" + original, 1)
+        stale = await li.post(f"/console/drafts/{draft_id}/discard", {"revision": "1"})
+        kept = await st.gateway.bundles.repo.draft(draft_id)
+        gone = await li.post(f"/console/drafts/{draft_id}/discard", {"revision": "2"})
+        await asyncio.sleep(0.05)
+        records = [r for r in audit_records(tmp_path / "audit") if r.get("action") == "policy_draft_discard"]
+    assert stale.status == 409 and "Not discarded" in stale.text and kept is not None
+    assert gone.status == 200 and f"Draft {draft_id} was discarded" in gone.text
+    assert await st.gateway.bundles.repo.draft(draft_id) is None
+    assert [r["outcome"] for r in records] == ["conflict", "ok"]

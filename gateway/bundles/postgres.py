@@ -480,3 +480,11 @@ class PostgresBundleRepository:
             return _draft(row) if row is not None else None
 
         return await self._run(work, write=False)
+
+    async def discard_draft(self, draft_id: int, *, revision: int) -> bool:
+        async def work(conn: asyncpg.Connection) -> bool:
+            row = await conn.fetchrow(f"DELETE FROM {self._s}.policy_drafts WHERE id = $1 AND revision = $2 "
+                                      "RETURNING id", draft_id, revision)
+            return row is not None
+
+        return await self._run(work, write=False)

@@ -281,6 +281,11 @@ class BundleRepository(Protocol):
         """Remember `version` as the check of `revision`; None when the draft moved on meanwhile."""
         ...
 
+    async def discard_draft(self, draft_id: int, *, revision: int) -> bool:
+        """Compare-and-set: remove the draft if it is still at `revision` (nobody saved meanwhile); False,
+        removing nothing, when it is not (or the draft is unknown). Its checked versions stay bundles."""
+        ...
+
 
 # -- the rules, shared by every implementation ---------------------------------------
 
@@ -356,6 +361,7 @@ class MemoryBundleRepository:
         self._activations: list[Activation] = []
         self._shadows: list[ShadowSession] = []
         self._drafts: dict[int, Draft] = {}
+        self._draft_ids = 0
 
     async def start(self) -> None:
         pass
@@ -489,7 +495,8 @@ class MemoryBundleRepository:
                            at: float) -> DraftInfo:
         if base_version is not None:
             self._info(base_version)
-        info = DraftInfo(id=len(self._drafts) + 1, base_version=base_version, revision=1, file_count=len(files),
+        self._draft_ids += 1  # never reused, though drafts are discarded
+        info = DraftInfo(id=self._draft_ids, base_version=base_version, revision=1, file_count=len(files),
                          size=files_size(files), created_by=by, created_at=at, updated_by=by, updated_at=at)
         self._drafts[info.id] = Draft(info, dict(files))
         return info
@@ -517,3 +524,10 @@ class MemoryBundleRepository:
         info = replace(current.info, checked_version=version)
         self._drafts[draft_id] = Draft(info, current.files)
         return info
+
+    async def discard_draft(self, draft_id: int, *, revision: int) -> bool:
+        current = self._drafts.get(draft_id)
+        if current is None or current.info.revision != revision:
+            return False
+        del self._drafts[draft_id]
+        return True

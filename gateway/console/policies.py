@@ -164,9 +164,11 @@ async def policies_page(request: web.Request) -> web.Response:
     admin = console.gw.bundles
     history = await admin.history()
     active = history[0].version if history else None
+    discarded = request.query.get("discarded", "")
     return console.render(request, "policies.html", active="policies", bundles=await admin.bundles(),
                           history=history, active_version=active, drafts=await admin.repo.drafts(),
-                          status_words=STATUS_WORDS, kind_words=KIND_WORDS)
+                          status_words=STATUS_WORDS, kind_words=KIND_WORDS,
+                          discarded=discarded if _DRAFT_ID.fullmatch(discarded) else None)
 
 
 async def version_page(request: web.Request) -> web.Response:
@@ -363,6 +365,25 @@ async def add_file(request: web.Request) -> web.Response:
                          action="policy_draft_add_file", goto=_draft_url(draft.info.id, path))
 
 
+async def discard(request: web.Request) -> web.Response:
+    """Throw the whole draft away (a compare-and-set too: not when someone saved it meanwhile)."""
+    console = request.app[CONSOLE_KEY]
+    draft = await _draft(request)
+    stop, form = await _step_up_or_form(request)
+    if stop is not None:
+        return stop
+    revision = _revision(form)
+    fields = {"sub": officer_session(request).sub, "action": "policy_draft_discard", "draft": draft.info.id,
+              "revision": revision, "via": "console"}
+    if not await console.gw.bundles.repo.discard_draft(draft.info.id, revision=revision):
+        current = await _draft(request)
+        console.audit({**fields, "outcome": "conflict", "refused": True, "current_revision": current.info.revision})
+        return _render_draft(request, current, status=409, conflict=True, error=(
+            f"Not discarded: {current.info.updated_by} changed this draft meanwhile. Look at their changes first."))
+    console.audit({**fields, "outcome": "ok"})
+    return redirect(f"{PREFIX}/policies?discarded={draft.info.id}")
+
+
 async def delete_file(request: web.Request) -> web.Response:
     draft = await _draft(request)
     stop, form = await _step_up_or_form(request)
@@ -445,4 +466,5 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/drafts/{draft}/save", save_file)
     r.add_post("/drafts/{draft}/add", add_file)
     r.add_post("/drafts/{draft}/delete", delete_file)
+    r.add_post("/drafts/{draft}/discard", discard)
     r.add_post("/drafts/{draft}/check", check_draft)
