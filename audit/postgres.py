@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS {s}.audit_records (
 CREATE INDEX IF NOT EXISTS audit_records_sub ON {s}.audit_records (sub, time);
 CREATE INDEX IF NOT EXISTS audit_records_account ON {s}.audit_records (account, time);
 CREATE INDEX IF NOT EXISTS audit_records_time ON {s}.audit_records (time);
+CREATE INDEX IF NOT EXISTS audit_records_request_id ON {s}.audit_records (request_id);
 CREATE TABLE IF NOT EXISTS {s}.audit_chains (
     chain text PRIMARY KEY, started double precision NOT NULL, last_seq bigint NOT NULL, head text NOT NULL,
     closed boolean NOT NULL DEFAULT false);
@@ -357,7 +358,7 @@ async def search_postgres(conn: asyncpg.Connection, schema: str, flt: Filter, *,
     def arg(value: Any) -> str:
         args.append(value)
         return f"${len(args)}"
-    for column in ("sub", "account", "route", "decision"):
+    for column in ("sub", "account", "route", "decision", "request_id"):
         value = getattr(flt, column)
         if value is not None:
             where.append(f"{column} = {arg(value)}")

@@ -37,6 +37,8 @@ COLUMNS = ("time", "type", "request_id", "sub", "account", "route", "method", "p
            "chain", "seq")
 _CURSOR = re.compile(r"(?P<chain>\d{8}T\d{6}Z-[0-9a-f]{8}):(?P<seq>\d{1,18})")
 _CHAIN_TYPES = frozenset({"chain_start", "checkpoint"})
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""A ``request_id`` filter: what the gateway's request ids are made of."""
 
 
 class FilterError(ValueError):
@@ -72,6 +74,8 @@ class Filter:
     """A reason code among the decision's ``reasons``, or a refusal's ``code``."""
     route: str | None = None
     type: str | None = None
+    request_id: str | None = None
+    """One request's records, matched exactly (1-128 characters of ``A-Za-z0-9._:-``)."""
 
     @classmethod
     def parse(cls, params: Mapping[str, Any]) -> Filter:
@@ -87,8 +91,12 @@ class Filter:
         until = _time(params.get("to", params.get("until")), "to")
         if since is not None and until is not None and until < since:
             raise FilterError("to: before from")
+        request_id = text("request_id")
+        if request_id is not None and not REQUEST_ID.fullmatch(request_id):
+            raise FilterError("request_id: 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'")
         return cls(sub=text("sub"), account=text("account"), since=since, until=until,
-                   decision=text("decision"), reason=text("reason"), route=text("route"), type=text("type"))
+                   decision=text("decision"), reason=text("reason"), route=text("route"), type=text("type"),
+                   request_id=request_id)
 
     def matches(self, r: Mapping[str, Any]) -> bool:
         kind = r.get("type")
@@ -96,6 +104,8 @@ class Filter:
             if kind != self.type:
                 return False
         elif kind in _CHAIN_TYPES:
+            return False
+        if self.request_id is not None and r.get("request_id") != self.request_id:
             return False
         if self.sub is not None and r.get("sub") != self.sub:
             return False
@@ -123,7 +133,8 @@ class Filter:
         """What was asked, for the query's own audit record."""
         return {k: v for k, v in (("sub", self.sub), ("account", self.account), ("from", self.since),
                                   ("to", self.until), ("decision", self.decision), ("reason", self.reason),
-                                  ("route", self.route), ("type", self.type)) if v is not None}
+                                  ("route", self.route), ("type", self.type),
+                                  ("request_id", self.request_id)) if v is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +145,14 @@ class Page:
     scanned: int
 
 
-def _records(directory: Path, after: tuple[str, int] | None) -> Iterator[dict[str, Any]]:
+def _records(directory: Path, after: tuple[str, int] | None) -> Iterator[tuple[str, dict[str, Any]]]:
     for chain, files in segment_files(directory).items():
         if after is not None and chain < after[0]:
             continue
         for doc in read_records(files):
             if after is not None and chain == after[0] and int(doc.get("seq", -1)) <= after[1]:
                 continue
-            yield doc
+            yield chain, doc
 
 
 def parse_cursor(cursor: str) -> tuple[str, int]:
@@ -152,19 +163,29 @@ def parse_cursor(cursor: str) -> tuple[str, int]:
     return m["chain"], int(m["seq"])
 
 
-def search(directory: Path, flt: Filter, *, limit: int = 100, cursor: str | None = None) -> Page:
+def search(directory: Path, flt: Filter, *, limit: int = 100, cursor: str | None = None,
+           max_scanned: int | None = None) -> Page:
+    """A page of the records ``flt`` matches, from ``cursor`` on.
+
+    ``max_scanned`` bounds the work: once that many records are read and more remain, the page ends
+    there, possibly short or empty, with a cursor to go on from (the last record read)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise FilterError(f"limit: 1 to {MAX_LIMIT}")
     after = parse_cursor(cursor) if cursor else None
     out: list[dict[str, Any]] = []
     scanned = 0
-    for doc in _records(directory, after):
+    position: str | None = None
+    for chain, doc in _records(directory, after):
+        if max_scanned is not None and scanned >= max_scanned and position is not None:  # one more exists
+            return Page(out, position, scanned)
         scanned += 1
         if flt.matches(doc):
             if len(out) == limit:  # one more exists: this page ends at the last one kept
                 last = out[-1]
                 return Page(out, f"{last['chain']}:{last['seq']}", scanned)
             out.append(doc)
+        if max_scanned is not None and isinstance(seq := doc.get("seq"), int) and 0 <= seq < 10**18:
+            position = f"{chain}:{seq}"
     return Page(out, None, scanned)
 
 

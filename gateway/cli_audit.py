@@ -3,7 +3,8 @@
     portcullis audit verify [--config FILE]                       # [audit] path, witness, signing key
     portcullis audit verify --dir DIR --public-keys FILE [--witness FILE] [--json]
     portcullis audit query [--config FILE] [--sub S] [--account A] [--from T] [--to T] [--decision D]
-                           [--reason CODE] [--route R] [--type T] [--limit N] [--cursor C] [--format json|csv]
+                           [--reason CODE] [--route R] [--type T] [--request-id ID] [--limit N] [--cursor C]
+                           [--format json|csv]
     portcullis audit public-key [--config FILE]                   # what a verifier is handed
     portcullis audit witness-serve --store FILE --keys PUBLIC_KEYS [--host H] [--port P] [--cert PEM --key PEM]
 
@@ -169,7 +170,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     try:
         flt = Filter.parse({"sub": args.sub, "account": args.account, "from": args.since, "to": args.until,
                             "decision": args.decision, "reason": args.reason, "route": args.route,
-                            "type": args.type})
+                            "type": args.type, "request_id": args.request_id})
         if cfg.sink == "postgres" and cfg.postgres_dsn:
             page = asyncio.run(_search_postgres(cfg.postgres_dsn, cfg.postgres_schema, flt, args.limit, args.cursor))
         else:
@@ -295,6 +296,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], example
     q = a_sub.add_parser("query", parents=[config], help="search the trail (the search is audited too)")
     for name in ("sub", "account", "decision", "reason", "route", "type"):
         q.add_argument(f"--{name}")
+    q.add_argument("--request-id", help="one request's records (the id its response carried), matched exactly")
     q.add_argument("--from", dest="since", help="ISO 8601 time or epoch seconds")
     q.add_argument("--to", dest="until", help="ISO 8601 time or epoch seconds")
     q.add_argument("--limit", type=int, default=100)

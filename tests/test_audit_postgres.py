@@ -275,6 +275,55 @@ async def test_searching_the_database_matches_the_file_stores_search(postgres_ds
         await sink.close()
 
 
+async def test_the_request_id_filter_finds_one_requests_records_as_the_file_store_does(
+        postgres_dsn: str, pg_schema: str, keys: AuditKeys, tmp_path: Path) -> None:
+    from audit.postgres import search_postgres
+    from audit.query import Filter, FilterError, search
+    from audit.sink import FileAuditSink
+
+    docs: list[dict[str, Any]] = [
+        {"type": "decision", "time": 1_796_000_000.0 + i, "request_id": rid, "sub": "alice", "account": "A1",
+         "decision": "allow", "reasons": []} for i, rid in enumerate(("r1", "r10", "R1", "r1:x", "r2"))]
+    docs.append({"type": "denial", "time": 1_796_000_010.0, "request_id": "r1", "sub": "alice",
+                 "code": "rate_limited"})
+    docs.append({"type": "outcome", "time": 1_796_000_011.0, "request_id": "r2", "status": 200})
+    sink = _sink(postgres_dsn, pg_schema, keys, None)
+    files = FileAuditSink(tmp_path / "audit", fsync_interval=0.0, keys=keys, checkpoint_every=5)
+    await sink.start()
+    await files.start()
+    for doc in docs:
+        await sink.write(dict(doc))
+        await files.write(dict(doc))
+    await sink.close()
+    await files.close()
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        async def both(**params: Any) -> list[tuple[str, str]]:
+            flt = Filter.parse(params)
+            db = await search_postgres(conn, pg_schema, flt, limit=100)
+            on_file = search(tmp_path / "audit", flt, limit=100)
+            def same(r: dict[str, Any]) -> dict[str, Any]:  # each store has its own chain: its id and hashes
+                return {k: v for k, v in r.items() if k not in ("chain", "prev")}
+            assert [same(r) for r in db.records] == [same(r) for r in on_file.records]
+            assert db.cursor is None and on_file.cursor is None
+            return [(r["request_id"], r["type"]) for r in db.records]
+
+        assert await both(request_id="r1") == [("r1", "decision"), ("r1", "denial")]  # exactly: not r10, R1, r1:x
+        assert await both(request_id="r1:x") == [("r1:x", "decision")]
+        assert await both(request_id="r2") == [("r2", "decision"), ("r2", "outcome")]
+        assert await both(request_id="r1", type="decision") == [("r1", "decision")]
+        assert await both(request_id="r1", sub="bob") == [] and await both(request_id="nobody") == []
+        assert (await search_postgres(conn, pg_schema, Filter(request_id="r1"), limit=1)).cursor is not None
+        for bad in ("r 1", "r1'; DROP TABLE audit_records; --", "r" * 129, "r1%"):
+            with pytest.raises(FilterError, match="request_id"):
+                Filter.parse({"request_id": bad})
+        index = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+                                    pg_schema, "audit_records_request_id")
+        assert index is not None and index.endswith("(request_id)")
+    finally:
+        await conn.close()
+
+
 async def test_portcullis_audit_verify_reads_the_database_from_the_config(
         postgres_dsn: str, pg_schema: str, tmp_path: Path) -> None:
     from gateway.demo_keys import ensure_demo_keys

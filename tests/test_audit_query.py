@@ -70,6 +70,37 @@ async def test_filters_each_narrow_the_search(tmp_path: Path) -> None:
         search(tmp_path, Filter(), cursor="nonsense")
 
 
+async def test_the_request_id_filter_finds_one_requests_records_exactly(tmp_path: Path) -> None:
+    await _trail(tmp_path)
+    sink = FileAuditSink(tmp_path, fsync_interval=0.0, keys=AuditKeys.generate(), checkpoint_every=4)
+    await sink.start()  # another chain: the request's refusal, and ids that only look alike
+    await sink.write({"type": "denial", "time": T0 + 20, "request_id": "r1", "sub": "alice", "code": "rate_limited"})
+    for rid in ("r1x", "R1", "xr1", "r10:1"):
+        await sink.write(_decision(21, request_id=rid))
+    await sink.close()
+
+    def found(rid: str, **params: Any) -> list[tuple[str, str]]:
+        page = search(tmp_path, Filter.parse({"request_id": rid, **params}), limit=100)
+        return [(r["request_id"], r["type"]) for r in page.records]
+
+    assert sorted(found("r1")) == [("r1", "decision"), ("r1", "denial")]  # both of its records, both chains
+    assert found("r1", type="denial") == [("r1", "denial")]
+    assert found("r10:1") == [("r10:1", "decision")] and found("r10") == [("r10", "decision")]
+    assert found("no-such.request_1") == []
+    assert Filter.parse({"request_id": "r1"}).public() == {"request_id": "r1"}  # the audited search names it
+    assert Filter.parse({"request_id": ""}).request_id is None  # empty: no filter
+    for bad in ("r 1", "r1\n", "r/1", "r1'--", "r%31", "é", "r" * 129, ["r1"]):
+        with pytest.raises(FilterError, match="request_id"):
+            Filter.parse({"request_id": bad})
+    assert Filter.parse({"request_id": "A.b_c:d-9" + "x" * 119}).request_id  # 128 characters of the set
+    # A bound on the work: the page ends after `max_scanned` records, with a cursor to go on from.
+    bounded = search(tmp_path, Filter(request_id="r11"), limit=100, max_scanned=5)
+    assert bounded.records == [] and bounded.scanned == 5 and bounded.cursor
+    rest = search(tmp_path, Filter(request_id="r11"), limit=100, cursor=bounded.cursor)
+    assert [r["request_id"] for r in rest.records] == ["r11"] and rest.cursor is None
+    assert search(tmp_path, Filter(request_id="r11"), limit=100, max_scanned=10_000).cursor is None
+
+
 async def test_pages_follow_the_cursor_and_stay_stable_while_records_are_appended(tmp_path: Path) -> None:
     await _trail(tmp_path)
     first = search(tmp_path, Filter(), limit=5)
@@ -119,6 +150,12 @@ async def test_compliance_officers_search_and_verify_and_each_search_is_audited(
             assert r.status == 200, await r.text()
             page = await r.json()
         assert [x["request_id"] for x in page["records"]] == [rid]
+        async with http.get(url, params={"request_id": rid}, headers=officer()) as r:
+            assert r.status == 200, await r.text()
+            one = await r.json()
+        assert [(x["request_id"], x["type"]) for x in one["records"]] == [(rid, "decision"), (rid, "outcome")]
+        async with http.get(url, params={"request_id": "not an id"}, headers=officer()) as r:
+            assert r.status == 400 and (await r.json())["error"] == "bad_request"
         async with http.get(url, params={"sub": "alice", "format": "csv"}, headers=officer()) as r:
             assert r.status == 200 and r.content_type == "text/csv"
             rows = list(csv.DictReader(io.StringIO(await r.text())))
@@ -130,8 +167,8 @@ async def test_compliance_officers_search_and_verify_and_each_search_is_audited(
             verified = await r.json()
     assert verified["ok"] is True and verified["breaks"] == []
     queries = [r for r in audit_records(tmp_path / "audit") if r.get("action") == "audit_query"]
-    assert [q["sub"] for q in queries] == ["carol", "carol"] and queries[0]["filters"]["sub"] == "alice"
-    assert queries[0]["count"] == 1
+    assert [q["sub"] for q in queries] == ["carol", "carol", "carol"] and queries[0]["filters"]["sub"] == "alice"
+    assert queries[0]["count"] == 1 and queries[1]["filters"] == {"request_id": rid} and queries[1]["count"] == 2
 
 
 # -- the command -------------------------------------------------------------------------------------
@@ -155,6 +192,13 @@ def test_portcullis_audit_query_prints_the_page_and_records_the_query(tmp_path: 
     assert [r["request_id"] for r in json.loads(out.stdout)["records"]] == ["r10", "r11"]
     paged = query("--limit", "2")
     assert paged.returncode == 0 and "more: --cursor" in paged.stderr
+    one = query("--request-id", "r10")
+    assert one.returncode == 0, one.stderr
+    assert [r["request_id"] for r in json.loads(one.stdout)["records"]] == ["r10"]
     assert query("--from", "whenever").returncode == 2
+    assert query("--request-id", "r 10").returncode == 2
     recorded = [r for r in audit_records(tmp_path / "audit") if r.get("action") == "audit_query"]
-    assert [(r["sub"], r["via"], r["count"]) for r in recorded] == [("dave", "cli", 2), ("dave", "cli", 2)]
+    # Each run writes its own chain (runs within one second may sort either way).
+    assert sorted((r["sub"], r["via"], r["count"]) for r in recorded) == [("dave", "cli", 1), ("dave", "cli", 2),
+                                                                          ("dave", "cli", 2)]
+    assert [r["count"] for r in recorded if r["filters"] == {"request_id": "r10"}] == [1]

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from audit.chain import canonical
 from audit.postgres import PostgresAuditSink
-from audit.query import MAX_LIMIT, Filter, Page, search
+from audit.query import MAX_LIMIT, REQUEST_ID, Filter, Page, search
 from audit.sink import AuditWriteError
 from gateway.admin import audit_first
 from gateway.admin_policy import PROPOSAL_ID, VERSION_ID, sample_rate_of
@@ -46,9 +46,13 @@ MAX_INPUT_CHARS = 64 * 1024
 RECENT = 15
 """Latest judged requests offered on the what-if page."""
 RECENT_WINDOWS = (300.0, 3600.0, 86_400.0)
-FIND_WINDOWS: tuple[float | None, ...] = (3600.0, 86_400.0, 30 * 86_400.0, None)
 SCAN_PAGES = 20
-"""Audit pages (of MAX_LIMIT records) read at most to find a request: a bound on one page view's work."""
+"""Audit pages (of MAX_LIMIT records) read at most for the latest requests: a bound on one page view's work."""
+FIND_SCANNED = 1_000_000
+"""Audit records the file store's search reads at most to find a request by its id (PostgreSQL finds it
+through its index): a bound on one page view's work."""
+_JUDGED = frozenset({"decision", "denial"})
+"""The records of a judged request (a decision, or a refusal after the policy ran) carry its input."""
 _COMPILED_KEPT = 4
 _COMPILED: web.AppKey[OrderedDict[str, RegoPolicy]] = web.AppKey("release_compiled", OrderedDict)
 _REQUEST_ID_CHARS = 128
@@ -139,27 +143,26 @@ def candidate_engine(app: web.Application, info: BundleInfo, files: Mapping[str,
 # -- the audit trail: recent judged requests, one request's record ------------------------------------
 
 
-async def _page(gw: Any, flt: Filter, cursor: str | None) -> Page:
+async def _page(gw: Any, flt: Filter, cursor: str | None, max_scanned: int | None = None) -> Page:
     try:
         if isinstance(gw.trail, PostgresAuditSink):
             return await gw.trail.search(flt, limit=MAX_LIMIT, cursor=cursor)
-        return await asyncio.to_thread(search, gw.config.audit.path, flt, limit=MAX_LIMIT, cursor=cursor)
+        return await asyncio.to_thread(search, gw.config.audit.path, flt, limit=MAX_LIMIT, cursor=cursor,
+                                       max_scanned=max_scanned)
     except AuditWriteError as exc:
         raise GatewayError(AUDIT_UNAVAILABLE, str(exc)) from None
 
 
-async def _scan(gw: Any, since: float | None, request_id: str | None) -> tuple[list[dict[str, Any]], bool]:
-    """Judged requests' records (they carry ``input_sm3``) since `since`, oldest first (the search's
-    order), only `request_id`'s if given; and whether the scan reached the end within SCAN_PAGES."""
+async def _scan(gw: Any, since: float) -> tuple[list[dict[str, Any]], bool]:
+    """The last RECENT judged requests' records (they carry ``input_sm3``) since `since`, oldest first
+    (the search's order); and whether the scan reached the end within SCAN_PAGES."""
     found: list[dict[str, Any]] = []
     cursor: str | None = None
     flt = Filter(since=since)
     for _ in range(SCAN_PAGES):
         page = await _page(gw, flt, cursor)
-        found += [r for r in page.records
-                  if "input_sm3" in r and (request_id is None or r.get("request_id") == request_id)]
-        if request_id is None:
-            del found[:-RECENT]
+        found += [r for r in page.records if "input_sm3" in r]
+        del found[:-RECENT]
         cursor = page.cursor
         if cursor is None:
             return found, True
@@ -171,21 +174,21 @@ async def recent_records(gw: Any, now: float) -> list[dict[str, Any]]:
     search reads oldest first, so a busy day is read from its last minutes)."""
     found: list[dict[str, Any]] = []
     for window in RECENT_WINDOWS:
-        found, complete = await _scan(gw, now - window, None)
+        found, complete = await _scan(gw, now - window)
         if len(found) >= RECENT or not complete:
             break
     return list(reversed(found))
 
 
-async def find_record(gw: Any, request_id: str, now: float) -> tuple[dict[str, Any] | None, bool]:
-    """The record of a judged request (the latest, should there be two), widening the window back
-    from the last hour; and whether the search was complete (False: cut short in a very long trail)."""
-    complete = True
-    for window in FIND_WINDOWS:
-        found, complete = await _scan(gw, None if window is None else now - window, request_id)
-        if found:
-            return found[-1], True
-    return None, complete
+async def find_record(gw: Any, request_id: str) -> tuple[dict[str, Any] | None, bool]:
+    """The record of a judged request (the latest, should there be two): one search by its id (the
+    audit search's ``request_id`` filter); and whether the search was complete (False: the file store's
+    trail is longer than FIND_SCANNED records, and the search stopped there)."""
+    if not REQUEST_ID.fullmatch(request_id):  # not an id the gateway gives: no record has it
+        return None, True
+    page = await _page(gw, Filter(request_id=request_id), None, FIND_SCANNED)
+    found = [r for r in page.records if r.get("type") in _JUDGED and "input_sm3" in r]
+    return (found[-1] if found else None), page.cursor is None
 
 
 def record_view(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -296,9 +299,10 @@ async def what_if(request: web.Request) -> web.Response:
         step_up = require_step_up(request)  # opening a customer's sealed data is more than reading a page
         if step_up is not None:
             return step_up
-        record, complete = await find_record(gw, rid, time.time())
+        record, complete = await find_record(gw, rid)
         if record is None:
-            more = "" if complete else " (the search stopped early: the trail is very long; try a more recent one)"
+            more = "" if complete else (" (the search stopped early: the audit trail is too long to search in"
+                                        " full from this page)")
             return await again(404, f"No decision on request {rid} was found in the audit trail{more}.")
         await audit_first(gw, {"type": "admin", "time": time.time(), "sub": session.sub,
                                 "action": "policy_what_if_open_input", "request_id": rid,
