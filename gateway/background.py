@@ -1,12 +1,13 @@
-"""Coroutines run beside the request path that their owner waits for before it closes."""
+"""Coroutines run beside the request path: ones their owner waits for before it closes, and periodic work."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-__all__ = ["Background"]
+__all__ = ["Background", "Periodic"]
 
 
 class Background:
@@ -35,3 +36,31 @@ class Background:
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class Periodic:
+    """``work`` every ``interval`` seconds on a task of its own, from :meth:`start` until :meth:`stop`
+    (the flushes of counts kept in memory: risk profiles, shadow tallies, decision statistics)."""
+
+    def __init__(self, work: Callable[[], Awaitable[object]], interval: float, name: str) -> None:
+        self._work = work
+        self._interval = interval
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self._name)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self._work()
+
+    async def stop(self) -> None:
+        """Cancel the loop and wait for it (the owner runs its last ``work`` itself, when it needs one)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import secrets
 import time
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway import logs
+from gateway.background import Periodic
 from gateway.bundles.shadow import process_name
 from gateway.errors import STEP_UP_REQUIRED
 from gateway.state.base import StateStore, StateUnavailable
@@ -79,12 +79,11 @@ class DecisionStats:
         # Its instance too: two gateways in one process (tests, an embedding) are two reporters.
         self.process = process or f"{process_name()}:{secrets.token_hex(3)}"
         self._clock = clock
-        self._interval = flush_interval
         self._retention = retention
         self._cap = denials
         self._counts: dict[int, collections.Counter[str]] = {}
         self._denials: collections.deque[bytes] = collections.deque(maxlen=denials)
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = Periodic(self.flush, flush_interval, "decision-stats-flush")
         self._lock = asyncio.Lock()
         self.flush_failures = 0
 
@@ -121,21 +120,11 @@ class DecisionStats:
     # -- flushing -----------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop(), name="decision-stats-flush")
+        self._flusher.start()
 
     async def stop(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        await self._flusher.stop()
         await self.flush()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
 
     async def flush(self) -> bool:
         """This process's counts to the store in one round trip; False (kept for the next) if unreachable."""

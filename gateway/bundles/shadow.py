@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
 import random
@@ -42,6 +41,7 @@ from typing import Any
 import orjson
 
 from gateway import logs
+from gateway.background import Periodic
 from gateway.bundles.repository import ShadowSession
 from gateway.config import PolicyAdminConfig
 from gateway.errors import GatewayError
@@ -134,7 +134,7 @@ class ShadowRunner:
         self._queue: collections.deque[tuple[RegoPolicy, _Tally, str, Decision, Mapping[str, Any]]] = (
             collections.deque())
         self._scheduled = False
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = Periodic(self.flush, cfg.shadow_flush_interval, "policy-shadow-flush")
         self._flush_lock = asyncio.Lock()
         self.flush_failures = 0
         if metrics is not None:
@@ -271,22 +271,12 @@ class ShadowRunner:
     # -- flushing to the state store ----------------------------------------------------
 
     def start(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop(), name="policy-shadow-flush")
+        self._flusher.start()
 
     async def stop(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        await self._flusher.stop()
         self.end()
         await self.flush()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.shadow_flush_interval)
-            await self.flush()
 
     async def flush(self) -> bool:
         """Send this process's counts to the state store in one round trip; False (kept) if it is unreachable."""

@@ -26,7 +26,6 @@ Keys (under the store's prefix; every key has a TTL): ``risk:seen:<sub>:<device>
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import logs
+from gateway.background import Periodic
 from gateway.config import RiskConfig
 from gateway.context import RequestContext
 from gateway.errors import ConfigError
@@ -301,7 +301,7 @@ class ProfileWriter:
         self._config = config
         self._local: OrderedDict[str, Profile] = OrderedDict()
         self._dirty: dict[str, Profile] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Periodic(self.flush, config.flush_interval, "risk-profile-flush")
         self.failures = 0
 
     def local(self, sub: str) -> Profile | None:
@@ -333,19 +333,9 @@ class ProfileWriter:
             logs.event(log, "risk_profiles_not_written", logging.WARNING, profiles=len(dirty))
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._config.flush_interval)
-            await self.flush()
+        self._flusher.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._flusher.stop()
         with contextlib.suppress(StateUnavailable):
             await self.flush()
