@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
@@ -30,7 +31,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @asynccontextmanager
-async def browser_page() -> AsyncIterator[object]:
+async def chromium() -> AsyncIterator[Any]:
+    """Debian's Chromium, headless; each officer gets a context of their own (``new_page``: own cookies)."""
     if not CHROMIUM.exists():
         service_unavailable("REQUIRE_BROWSER", f"{CHROMIUM} is not installed (as root: apt-get install chromium)")
     from playwright.async_api import async_playwright
@@ -38,10 +40,21 @@ async def browser_page() -> AsyncIterator[object]:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         try:
-            context = await browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
-            yield await context.new_page()
+            yield browser
         finally:
             await browser.close()
+
+
+async def new_page(browser: Any) -> Any:
+    context = await browser.new_context(viewport=VIEWPORT)
+    return await context.new_page()
+
+
+@asynccontextmanager
+async def browser_page() -> AsyncIterator[object]:
+    """One officer's page in a browser of its own."""
+    async with chromium() as browser:
+        yield await new_page(browser)
 
 
 async def shot(page: object, name: str) -> None:

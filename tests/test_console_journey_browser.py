@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from console_helpers import OFFICER, SECOND_OFFICER, enrol_totp, officer_token, release_config
 from harness import run_stack
-from test_console_browser import sign_in
-from test_console_release_browser import chromium, confirm_code, new_page, quote
+from test_console_browser import chromium, new_page, sign_in
+from test_console_release_browser import confirm_code, quote
 
 pytestmark = pytest.mark.timeout(180)
 

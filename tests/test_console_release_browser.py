@@ -8,15 +8,12 @@ break-glass rollback. Skipped without /usr/bin/chromium unless REQUIRE_BROWSER=1
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pyotp
 import pytest
-from conftest import service_unavailable
 from console_helpers import (
     OFFICER,
     QUOTE,
@@ -27,29 +24,9 @@ from console_helpers import (
     release_config,
 )
 from harness import Stack, run_stack
-from test_console_browser import CHROMIUM, VIEWPORT, no_horizontal_scroll, shot, sign_in
+from test_console_browser import chromium, new_page, no_horizontal_scroll, shot, sign_in
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@asynccontextmanager
-async def chromium() -> AsyncIterator[Any]:
-    """The browser itself: each officer gets a context of their own (their own cookies)."""
-    if not CHROMIUM.exists():
-        service_unavailable("REQUIRE_BROWSER", f"{CHROMIUM} is not installed (as root: apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-async def new_page(browser: Any) -> Any:
-    context = await browser.new_context(viewport=VIEWPORT)
-    return await context.new_page()
 
 
 async def confirm_code(page: Any, secret: str) -> None:
