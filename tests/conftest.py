@@ -261,6 +261,35 @@ async def pg_schema(postgres_dsn: str) -> AsyncIterator[str]:
         await conn.close()
 
 
+@pytest.fixture(params=["memory", "postgres"])
+async def repo(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A policy bundle repository, started: in memory, then in real PostgreSQL (a schema of its own,
+    created by the repository and dropped here)."""
+    from gateway.bundles.postgres import PostgresBundleRepository
+    from gateway.bundles.repository import MemoryBundleRepository
+
+    if request.param == "memory":
+        memory = MemoryBundleRepository()
+        await memory.start()
+        yield memory
+        return
+    import asyncpg
+
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    schema = f"ptest_{uuid.uuid4().hex}"
+    r = PostgresBundleRepository(dsn, schema)
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
 # --------------------------------------------------------------------------
 # Test vectors
 

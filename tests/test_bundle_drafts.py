@@ -6,38 +6,13 @@ A save names the revision it was based on; a save based on an older revision sto
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from bundles import tiny_bundle
 
 from gateway.bundles.files import BundleFiles, identity
-from gateway.bundles.postgres import PostgresBundleRepository
-from gateway.bundles.repository import BundleRepository, MemoryBundleRepository, NewBundle
+from gateway.bundles.repository import BundleRepository, NewBundle
 from gateway.errors import GatewayError
-
-
-@pytest.fixture(params=["memory", "postgres"])
-async def repo(request: pytest.FixtureRequest) -> AsyncIterator[BundleRepository]:
-    if request.param == "memory":
-        yield MemoryBundleRepository()
-        return
-    import asyncpg
-
-    dsn: str = request.getfixturevalue("postgres_dsn")
-    schema = f"ptest_{uuid.uuid4().hex}"  # created by the repository, dropped here
-    r = PostgresBundleRepository(dsn, schema)
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.close()
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 async def _base(repo: BundleRepository) -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-import uuid
-from collections.abc import AsyncIterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from gateway.admin_policy import require_recent_step_up
 from gateway.authn.tokens import Subject
 from gateway.bundles.files import BundleFiles, check_path, identity
 from gateway.bundles.postgres import PostgresBundleRepository
-from gateway.bundles.repository import BundleRepository, MemoryBundleRepository, NewBundle
+from gateway.bundles.repository import BundleRepository, NewBundle
 from gateway.bundles.runtime import ActivePolicy
 from gateway.cli import main as cli_main
 from gateway.config import PolicyAdminConfig, parse
@@ -170,30 +168,6 @@ def new_bundle(rev: int, by: str = "carol") -> NewBundle:
     ident = identity(BundleFiles(files))
     return NewBundle(version=ident.version, digest=ident.digest, files_digest=ident.files_digest, files=files,
                      description=f"rev {rev}", uploaded_by=by, uploaded_at=1000.0 + rev)
-
-
-@pytest.fixture(params=["memory", "postgres"])
-async def repo(request: pytest.FixtureRequest) -> AsyncIterator[BundleRepository]:
-    if request.param == "memory":
-        memory = MemoryBundleRepository()
-        await memory.start()
-        yield memory
-        return
-    import asyncpg
-
-    dsn: str = request.getfixturevalue("postgres_dsn")
-    schema = f"ptest_{uuid.uuid4().hex}"  # created by the repository, dropped here
-    r = PostgresBundleRepository(dsn, schema)
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.close()
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 async def _validated(repo: BundleRepository, rev: int, by: str = "carol") -> str:
