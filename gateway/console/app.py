@@ -138,13 +138,10 @@ def require_step_up(request: web.Request) -> web.Response | None:
     age = officer_session(request).step_up_age(time.time())
     if age is not None and age <= console.cfg.step_up_max_age:
         return None
-    back = safe_next(request.headers.get("X-Console-Back") or _referer_path(request))
+    # The page the change was made on: the form's ``back`` field (read by the guard), or the header a
+    # script sends it in (the Referer is never sent here: Referrer-Policy no-referrer).
+    back = safe_next(request.headers.get("X-Console-Back") or request.get(_BACK))
     return redirect(f"{PREFIX}/step-up?next={quote(back, safe='/')}&why=change")
-
-
-def _referer_path(request: web.Request) -> str | None:
-    """The console page a form was posted from (the Referer is never sent here: forms name it)."""
-    return request.get(_BACK)
 
 
 def _public(request: web.Request) -> bool:
