@@ -26,7 +26,7 @@ from gateway.crypto.sm2 import Sm2Error, Sm2PrivateKey
 from gateway.errors import ConfigError
 
 __all__ = ["RELOAD_INTERVAL", "AgreementKeyInfo", "AgreementKeyRefused", "AgreementKeys", "agreement_key_infos",
-           "retire_agreement_key", "rotate_agreement_key"]
+           "retire_agreement_key", "rotate_agreement_key", "utc_text"]
 
 log = logging.getLogger("portcullis.agreement_keys")
 
@@ -267,7 +267,7 @@ def retire_agreement_key(path: Path, kid: str, *, keep: float, now: float, force
         since = kf.retire_from(kid, keep)
         if not force and (since is None or now < since):
             when = ("it is not recorded when it stopped being current" if since is None
-                    else f"it may go from {_utc(since)} ({since - now:.0f} s from now)")
+                    else f"it may go from {utc_text(since)} ({since - now:.0f} s from now)")
             raise AgreementKeyRefused(f"{kid} stopped being current less than max_age + window ({keep:g} s) ago "
                                       f"(a client may still hold its offer): {when}; --force removes it now")
         drop = {k: v for k, v in kf.keys.items() if k != kid}
@@ -275,5 +275,6 @@ def retire_agreement_key(path: Path, kid: str, *, keep: float, now: float, force
                                        {k: v for k, v in kf.superseded.items() if k != kid}), new=False)
 
 
-def _utc(t: float) -> str:
+def utc_text(t: float) -> str:
+    """A time for operators' terminals: ``2026-12-03T09:41:07Z``."""
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

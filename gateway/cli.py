@@ -442,8 +442,7 @@ async def _keys_with_gateway_config(args: argparse.Namespace) -> int:
 
 
 async def _keys_act(args: argparse.Namespace, ring: KeyRing, personal: PersonalData | None) -> int:
-    from datetime import UTC, datetime
-
+    from gateway.agreement_keys import utc_text
     from gateway.crypto.fields import FieldCipher
 
     action = args.keys_command
@@ -457,7 +456,7 @@ async def _keys_act(args: argparse.Namespace, ring: KeyRing, personal: PersonalD
         rows = await ring.list()
         print(f"{'purpose':<20} {'kid':<12} {'size':>4}  {'created (UTC)':<20} current")
         for r in rows:
-            created = datetime.fromtimestamp(r.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            created = utc_text(r.created)
             print(f"{r.purpose:<20} {r.kid:<12} {r.size:>4}  {created:<20} {'yes' if r.current else ''}")
         if not rows:
             print(f"(no purpose keys in {args.store})")
@@ -498,13 +497,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_keys_agreement(args: argparse.Namespace) -> int:
     """``keys agreement rotate|list|retire``: the gateway's SM2 agreement keys ([envelope] agreement_key_file)."""
-    from datetime import UTC, datetime
-
     from gateway.agreement_keys import (
         AgreementKeyRefused,
         agreement_key_infos,
         retire_agreement_key,
         rotate_agreement_key,
+        utc_text,
     )
     from gateway.crypto.session import b64e
 
@@ -518,7 +516,7 @@ def cmd_keys_agreement(args: argparse.Namespace) -> int:
     now = time.time()
 
     def utc(t: float | None) -> str:
-        return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return "-" if t is None else utc_text(t)
 
     action = args.agreement_command
     if action == "rotate":
